@@ -1,0 +1,164 @@
+"""The `cmkd` command. Subcommands take YAML configs (`--config configs/...yaml`) and any
+field on the command line (`--optim.epochs 5`); `cmkd SUBCOMMAND --help` lists them all.
+
+A global `--data-root PATH` (anywhere on the line) sets where the datasets are; else
+$CMKD_DATA, else ../shared/data beside the checkout, else ~/.cache/cmkd.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from cmkd.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, RunConfig
+from cmkd.errors import CmkdError
+
+
+def train(
+    modality: str,
+    data: DataConfig = DataConfig(),  # noqa: B008  (jsonargparse reads defaults from here)
+    model: ModelConfig = ModelConfig(),  # noqa: B008
+    optim: OptimConfig = OptimConfig(),  # noqa: B008
+    run: RunConfig = RunConfig(),  # noqa: B008
+    seed: int = 0,
+) -> None:
+    """Train one network on one modality with cross-entropy: a teacher, or the no-KD student.
+
+    Args:
+        modality: The modality to train on (e.g. ms or rgb for eurosat_paired).
+        data: Data source, split and batching.
+        model: The network.
+        optim: Optimiser and epochs.
+        run: Output folder, devices, resume.
+        seed: Seeds the split, the initialisation and the batch order.
+    """
+    from cmkd.recipes import train_classifier
+
+    _print_result(train_classifier(data, model, optim, run, modality, seed))
+
+
+def distill(
+    modality: str,
+    distill: DistillConfig = DistillConfig(),  # noqa: B008
+    data: DataConfig = DataConfig(),  # noqa: B008
+    model: ModelConfig = ModelConfig(),  # noqa: B008
+    optim: OptimConfig = OptimConfig(),  # noqa: B008
+    run: RunConfig = RunConfig(),  # noqa: B008
+    seed: int = 0,
+) -> None:
+    """Distil a frozen teacher checkpoint into a student on another modality of the same samples.
+
+    Args:
+        modality: The student's modality.
+        distill: Teacher checkpoint, CE weight and the distillation terms.
+        data: Data source, split and batching (the teacher's split must match).
+        model: The student network.
+        optim: Optimiser and epochs.
+        run: Output folder, devices, resume.
+        seed: Seeds the split, the initialisation and the batch order.
+    """
+    from cmkd.recipes import distill_student
+
+    if not distill.teacher:
+        raise CmkdError("no teacher checkpoint: set --distill.teacher PATH")
+    _print_result(distill_student(data, model, optim, run, distill, modality, seed))
+
+
+def evaluate(checkpoint: str, split: str = "test") -> None:
+    """Score a checkpoint on a split of the data it was trained with.
+
+    Args:
+        checkpoint: A .ckpt written by `cmkd train` or `cmkd distill`.
+        split: train, val or test.
+    """
+    from cmkd.recipes import evaluate_checkpoint
+
+    print(json.dumps(evaluate_checkpoint(checkpoint, split), indent=2))
+
+
+def demo(seeds: list[int] = [0, 1, 2], epochs: int = 30, output_dir: str = "runs/demo") -> None:  # noqa: B006
+    """EuroSAT paired MS -> RGB on the 369 twin patches: MS teacher, RGB student without and
+    with KD, over seeds; prints the test-accuracy table and saves it in output_dir.
+
+    Args:
+        seeds: One split, teacher and pair of students per seed.
+        epochs: Epochs of every training.
+        output_dir: Where the runs and results.md go.
+    """
+    from cmkd.demo import run_demo
+
+    run_demo(seeds, epochs, output_dir)
+
+
+def losses() -> None:
+    """List the registered distillation terms: name, then what it is and its paper."""
+    from cmkd.losses import LOSSES
+
+    width = max(map(len, LOSSES))
+    for name in sorted(LOSSES):
+        print(f"{name:<{width}}  {LOSSES[name].description}")
+
+
+def _print_result(result: dict) -> None:
+    best, last = result["best"], result["last"]
+    print(
+        f"test acc {100 * best['test']['acc']:.1f} % (best on validation, epoch {best['epoch']}), "
+        f"{100 * last['test']['acc']:.1f} % (last epoch); "
+        f"macro F1 {100 * best['test']['f1_macro']:.1f}\n"
+        f"checkpoint: {result['checkpoint']}"
+    )
+
+
+def _pop_data_root(argv: list[str]) -> tuple[list[str], str | None]:
+    rest, root, i = [], None, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--data-root":
+            if i + 1 >= len(argv):
+                raise CmkdError("--data-root needs a path")
+            root, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--data-root="):
+            root = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, root
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jsonargparse import CLI
+
+    from cmkd.bench import teacher_cache
+    from cmkd.data.root import set_cli_root
+
+    # Lightning's start-up banners and tips drown the results; warnings still show.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    try:
+        args, root = _pop_data_root(list(sys.argv[1:] if argv is None else argv))
+        set_cli_root(root)
+        CLI(
+            {
+                "train": train,
+                "distill": distill,
+                "evaluate": evaluate,
+                "demo": demo,
+                "losses": losses,
+                "bench": {"teacher-cache": teacher_cache},
+            },
+            args=args,
+            description=__doc__,
+            as_positional=False,
+        )
+    except CmkdError as err:
+        print(f"cmkd: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cmkd: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Typed run configuration. The CLI and the YAML files in configs/ are generated from these
+dataclasses (jsonargparse), so a typo in a config is an error, not a silently ignored key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class DataConfig:
+    """Which data, and how it is split and batched."""
+
+    source: str = "eurosat_paired"
+    """Registered source: eurosat_paired, eurosat_ms, eurosat_rgb, fsdd, mnist, mfeat, folder,
+    npz."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Source options, e.g. {bands: [B04, B03, B02]} or {folders: {ms: path, rgb: path}}."""
+    root: str | None = None
+    """Data root; else $CMKD_DATA, else ../shared/data beside the checkout, else ~/.cache/cmkd."""
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    split: Literal["stratified", "official"] = "stratified"
+    """'official' keeps a source's published test split (FSDD: takes 0-4)."""
+    batch_size: int = 64
+    augment: bool = False
+    """Random flips and 90-degree rotations of the trained model's images (never the teacher's)."""
+
+
+@dataclass
+class ModelConfig:
+    """The trained network."""
+
+    backbone: str = "small_cnn"
+    """small_cnn, mlp, resnet18, resnet34, mobilenetv2_100, shufflenet_v2_x0_5, or any timm name."""
+    pretrained: bool = False
+    embedding_dim: int | None = None
+    """Optional linear projection of the pooled features to this width."""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: int = 30
+    scheduler: Literal["none", "cosine"] = "none"
+
+
+@dataclass
+class RunConfig:
+    """Where results go and how the Lightning Trainer runs."""
+
+    output_dir: str = "runs"
+    name: str | None = None
+    """Run folder name under output_dir (default: derived from the command and modality)."""
+    accelerator: str = "auto"
+    devices: int | str = 1
+    precision: str = "32-true"
+    progress_bar: bool = True
+    resume: bool = False
+    """Continue an interrupted run from its last.ckpt."""
+    overwrite: bool = False
+    """Replace a finished or interrupted run of the same name instead of refusing."""
+
+
+@dataclass
+class TermConfig:
+    """One distillation term of the loss: weight * term(student, teacher)."""
+
+    name: str = "kd"
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _default_terms() -> list[TermConfig]:
+    return [TermConfig("kd", 0.5, {"temperature": 4.0})]
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = ""
+    """Path of the teacher checkpoint (from `cmkd train`)."""
+    ce_weight: float = 0.5
+    terms: list[TermConfig] = field(default_factory=_default_terms)
+    cache_teacher: bool = True
+    """Compute the frozen teacher's outputs once per run instead of every step."""

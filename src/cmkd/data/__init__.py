@@ -1,0 +1,1 @@
+"""Datasets: sources, splits, normalisation and the Lightning data modules."""

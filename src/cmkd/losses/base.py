@@ -1,0 +1,68 @@
+"""The distillation-term contract and its registry.
+
+A term maps (student output, teacher output, batch) to a scalar or a dict of named scalars.
+It declares which teacher outputs it reads (`needs`), so the teacher cache stores only those,
+and owns any extra trainable parts (adapters, learnable temperatures) as submodules, so the
+optimiser picks them up with the student. The trainer never changes for a new term.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cmkd.errors import CmkdError
+from cmkd.models.outputs import ModelOutput
+
+
+class DistillationTerm(nn.Module):
+    """Base class. Subclasses set `needs` and implement `forward`."""
+
+    needs: frozenset[str] = frozenset({"logits"})
+
+    @classmethod
+    def from_networks(cls, student: nn.Module, teacher: nn.Module, **params) -> DistillationTerm:
+        """Build the term; terms whose adapters depend on widths read them from the networks
+        (`embedding_dim`, `feature_channels`, `num_classes`)."""
+        return cls(**params)
+
+    def on_epoch_start(self, epoch: int, max_epochs: int) -> None:
+        """Hook for schedules (warm-up, ramps); default: none."""
+
+    def forward(
+        self, student: ModelOutput, teacher: ModelOutput, batch: dict
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class RegisteredLoss:
+    cls: type[DistillationTerm]
+    description: str
+
+
+LOSSES: dict[str, RegisteredLoss] = {}
+
+
+def register(name: str, description: str) -> Callable[[type[DistillationTerm]], type]:
+    """Class decorator: `@register("kd", "Hinton et al. 2015 ...")`."""
+
+    def wrap(cls: type[DistillationTerm]) -> type[DistillationTerm]:
+        LOSSES[name] = RegisteredLoss(cls, description)
+        return cls
+
+    return wrap
+
+
+def build_term(name: str, student: nn.Module, teacher: nn.Module, **params) -> DistillationTerm:
+    if name not in LOSSES:
+        raise CmkdError(
+            f"unknown distillation term '{name}'; registered: {', '.join(sorted(LOSSES))}"
+        )
+    try:
+        return LOSSES[name].cls.from_networks(student, teacher, **params)
+    except TypeError as err:
+        raise CmkdError(f"bad parameters for distillation term '{name}': {err}") from None

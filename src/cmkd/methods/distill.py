@@ -1,0 +1,103 @@
+"""Distillation from a frozen teacher on one modality into a student on another.
+
+loss = ce_weight * CE(student) + sum_i weight_i * term_i(student, teacher). The teacher sample
+for each student sample comes from a `Pairing`; its outputs come from a cache computed once
+per run (the teacher is frozen and its inputs are never augmented) or, with the cache off,
+from a forward pass every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from cmkd.data.pairing import Pairing
+from cmkd.losses import build_term
+from cmkd.methods.classifier import ClassifierModule
+from cmkd.models.model import StandardizedNetwork
+from cmkd.models.outputs import ModelOutput
+
+
+class DistillModule(ClassifierModule):
+    def __init__(
+        self,
+        *args,
+        teacher: StandardizedNetwork,
+        teacher_inputs: torch.Tensor,
+        pairing: Pairing,
+        terms: list[dict[str, Any]],
+        ce_weight: float = 0.5,
+        cache_teacher: bool = True,
+        teacher_checkpoint: str = "",
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters(ignore=["teacher", "teacher_inputs", "pairing", "normalize"])
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher_inputs = teacher_inputs  # raw teacher-side training inputs, on the CPU
+        self.pairing = pairing
+        self.terms = torch.nn.ModuleDict(
+            {
+                t["name"]: build_term(
+                    t["name"], self.model.network, teacher.network, **t.get("params", {})
+                )
+                for t in terms
+            }
+        )
+        self.weights = {t["name"]: float(t.get("weight", 1.0)) for t in terms}
+        self.needs = set().union(*(term.needs for term in self.terms.values()))
+        self.cache: ModelOutput | None = None
+
+    def train(self, mode: bool = True):
+        # Lightning puts the whole module in train mode each epoch; the teacher stays frozen
+        # (BatchNorm statistics and dropout off).
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    @torch.no_grad()
+    def _teacher_forward(self, rows: torch.Tensor) -> ModelOutput:
+        x = self.teacher_inputs[rows.cpu()].to(self.device, non_blocking=True)
+        out = self.teacher(x)
+        keep = lambda name: getattr(out, name) if name in self.needs else None  # noqa: E731
+        return ModelOutput(out.logits, keep("embedding"), keep("feature_map"))
+
+    def on_fit_start(self) -> None:
+        if self.hparams.cache_teacher and self.cache is None:
+            parts = [
+                self._teacher_forward(rows)
+                for rows in torch.arange(len(self.teacher_inputs)).split(256)
+            ]
+            cat = lambda name: (  # noqa: E731
+                None
+                if getattr(parts[0], name) is None
+                else torch.cat([getattr(p, name) for p in parts])
+            )
+            self.cache = ModelOutput(cat("logits"), cat("embedding"), cat("feature_map"))
+
+    def on_train_epoch_start(self) -> None:
+        for term in self.terms.values():
+            term.on_epoch_start(self.current_epoch, self.trainer.max_epochs)
+
+    def teacher_outputs(self, batch: dict) -> ModelOutput:
+        rows = self.pairing.teacher_rows(batch["index"], self.current_epoch)
+        if self.cache is not None:
+            return self.cache.select(rows.to(self.cache.logits.device))
+        return self._teacher_forward(rows)
+
+    def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        student = self.model(self.student_input(batch, train=True))
+        teacher = self.teacher_outputs(batch)
+        losses = {"ce": self.hparams.ce_weight * F.cross_entropy(student.logits, batch["label"])}
+        for name, term in self.terms.items():
+            value = term(student, teacher, batch)
+            parts = (
+                {f"{name}/{k}": v for k, v in value.items()}
+                if isinstance(value, dict)
+                else {name: value}
+            )
+            for part, v in parts.items():
+                losses[part] = self.weights[name] * v
+        return losses

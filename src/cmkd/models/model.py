@@ -1,0 +1,39 @@
+"""A network together with the input standardisation it was trained with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from cmkd.data.normalize import Standardize
+from cmkd.models.outputs import ModelOutput
+
+
+class StandardizedNetwork(nn.Module):
+    """Raw input -> Standardize (training statistics, stored as buffers) -> network."""
+
+    def __init__(self, network: nn.Module, normalize: Standardize) -> None:
+        super().__init__()
+        self.normalize = normalize
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        return self.network(self.normalize(x))
+
+
+def build_model(spec: dict[str, Any], normalize: Standardize | None = None) -> StandardizedNetwork:
+    """Build from a network spec (backbone, in_chans, num_classes, pretrained, embedding_dim,
+    options); without statistics the buffers are placeholders that a checkpoint fills."""
+    from cmkd.models.backbones import create_network
+
+    network = create_network(
+        spec["backbone"],
+        in_chans=spec["in_chans"],
+        num_classes=spec["num_classes"],
+        pretrained=spec.get("pretrained", False),
+        embedding_dim=spec.get("embedding_dim"),
+        **spec.get("options", {}),
+    )
+    return StandardizedNetwork(network, normalize or Standardize.identity(spec["in_chans"]))

@@ -1,0 +1,136 @@
+"""Run directories, the Lightning Trainer, and fit-then-test with honest model selection.
+
+A run lives in one folder: config.yaml (resolved), checkpoints/{best,last}.ckpt, tensorboard/,
+csv/metrics.csv and results.json. The checkpoint is chosen on validation accuracy; the test
+split is scored twice, for the best-on-validation and the last-epoch weights, and never used
+for any choice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from cmkd.config import RunConfig
+from cmkd.errors import CmkdError
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def open_run_dir(
+    run: RunConfig, default_name: str, seed: int, config: dict
+) -> tuple[Path, str | None]:
+    """Create (or reopen, when resuming) the run folder; return it and the checkpoint to
+    resume from. Refuses to mix a new run into an old one's folder."""
+    path = Path(run.output_dir) / (run.name or default_name) / f"seed{seed}"
+    last = path / "checkpoints" / "last.ckpt"
+    if run.resume:
+        if not last.exists():
+            raise CmkdError(f"nothing to resume: {last} does not exist")
+        return path, str(last)
+    if path.exists() and any(path.iterdir()):
+        if not run.overwrite:
+            raise CmkdError(
+                f"run folder {path} already holds a run; pass --run.resume true to continue it "
+                "or --run.overwrite true to replace it"
+            )
+        shutil.rmtree(path)
+    write_atomic(path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    return path, None
+
+
+def build_trainer(
+    run_dir: Path, run: RunConfig, epochs: int, callbacks: list[Callback] | tuple = ()
+) -> tuple[L.Trainer, ModelCheckpoint]:
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor="val/acc",
+        mode="max",
+        save_last=True,
+        enable_version_counter=False,
+    )
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator=run.accelerator,
+        devices=run.devices,
+        precision=run.precision,
+        default_root_dir=run_dir,
+        logger=[
+            TensorBoardLogger(run_dir, name="tensorboard", version=""),
+            CSVLogger(run_dir, name="csv", version=""),
+        ],
+        callbacks=[checkpoint, *callbacks],
+        enable_progress_bar=run.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    return trainer, checkpoint
+
+
+def _test_scores(metrics: dict[str, float], classes: list[str]) -> dict[str, Any]:
+    return {
+        "acc": metrics["test/acc"],
+        "f1_macro": metrics["test/f1"],
+        "acc_per_class": {c: metrics[f"test/acc_class/{c}"] for c in classes},
+    }
+
+
+def fit_and_test(
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    run_dir: Path,
+    run: RunConfig,
+    epochs: int,
+    resume_from: str | None = None,
+    callbacks: list[Callback] | tuple = (),
+) -> dict[str, Any]:
+    """Train, then score the last-epoch and the best-on-validation weights on the test split.
+    Writes results.json in the run folder and returns the same record."""
+    trainer, checkpoint = build_trainer(run_dir, run, epochs, callbacks)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    fit_s = time.perf_counter() - start
+    if trainer.interrupted:
+        raise CmkdError(f"training was interrupted; resume with --run.resume true ({run_dir})")
+    classes = module.classes
+    last = _test_scores(trainer.test(module, datamodule=datamodule, verbose=False)[0], classes)
+    best_path = checkpoint.best_model_path
+    best = _test_scores(
+        trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0], classes
+    )
+    best_epoch = torch.load(best_path, map_location="cpu", weights_only=False)["epoch"]
+    results = {
+        "modality": module.modality,
+        "seed": module.hparams.seed,
+        "epochs": epochs,
+        "best": {"epoch": best_epoch, "val_acc": float(checkpoint.best_model_score), "test": best},
+        "last": {"epoch": epochs - 1, "test": last},
+        "checkpoint": str(best_path),
+        "fit_seconds": round(fit_s, 2),
+    }
+    write_json(run_dir / "results.json", results)
+    return results
