@@ -58,6 +58,9 @@ def test_paired_distillation_on_eurosat_twins(quiet_run, data_root) -> None:
     assert {"train/ce", "train/kd", "train/loss", "val/acc"} <= set(header)
     # The frozen teacher left the distillation unchanged.
     ckpt = torch.load(result["checkpoint"], map_location="cpu", weights_only=False)
+    hparams = ckpt["hyper_parameters"]
+    assert hparams["terms"][0]["name"] == "kd" and hparams["ce_weight"] == 0.5
+    assert "teacher" not in hparams and "teacher_inputs" not in hparams
     for key, value in t_model.state_dict().items():
         torch.testing.assert_close(ckpt["state_dict"][f"teacher.{key}"], value)
 

@@ -43,13 +43,24 @@ def run_demo(
             if key == "kd":
                 teacher = replace(kd, teacher=rows["teacher"][-1]["checkpoint"])
                 result = distill_student(
-                    data, model, optim, replace(run, name=names[key]), teacher, "rgb", seed,
+                    data,
+                    model,
+                    optim,
+                    replace(run, name=names[key]),
+                    teacher,
+                    "rgb",
+                    seed,
                     prepared=prepared,
                 )
             else:
                 modality = "ms" if key == "teacher" else "rgb"
                 result = train_classifier(
-                    data, model, optim, replace(run, name=names[key]), modality, seed,
+                    data,
+                    model,
+                    optim,
+                    replace(run, name=names[key]),
+                    modality,
+                    seed,
                     prepared=prepared,
                 )
             rows[key].append(result)

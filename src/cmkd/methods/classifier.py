@@ -36,6 +36,8 @@ class ClassifierModule(L.LightningModule):
     """A network on `modality` trained with cross-entropy; scored by overall accuracy, macro F1
     and per-class accuracy."""
 
+    not_hyperparameters: tuple[str, ...] = ("normalize",)
+
     def __init__(
         self,
         network: dict[str, Any],
@@ -48,8 +50,9 @@ class ClassifierModule(L.LightningModule):
         normalize: Standardize | None = None,
     ) -> None:
         super().__init__()
-        # The spec, classes and data config are saved so a checkpoint rebuilds itself.
-        self.save_hyperparameters(ignore=["normalize"])
+        # The spec, classes and data config are saved so a checkpoint rebuilds itself; this
+        # also collects a subclass's own init arguments, minus what is not a hyperparameter.
+        self.save_hyperparameters(ignore=list(self.not_hyperparameters))
         self.model = build_model(network, normalize)
         self.modality, self.classes, self.augment = modality, list(classes), augment
         k = len(classes)

@@ -8,6 +8,7 @@ from a forward pass every step.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -19,8 +20,13 @@ from cmkd.methods.classifier import ClassifierModule
 from cmkd.models.model import StandardizedNetwork
 from cmkd.models.outputs import ModelOutput
 
+# The frozen teacher is in eval mode on purpose; Lightning warns about it at every fit.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+
 
 class DistillModule(ClassifierModule):
+    not_hyperparameters = ("normalize", "teacher", "teacher_inputs", "pairing")
+
     def __init__(
         self,
         *args,
@@ -34,7 +40,6 @@ class DistillModule(ClassifierModule):
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.save_hyperparameters(ignore=["teacher", "teacher_inputs", "pairing", "normalize"])
         self.teacher = teacher.eval().requires_grad_(False)
         self.teacher_inputs = teacher_inputs  # raw teacher-side training inputs, on the CPU
         self.pairing = pairing

@@ -242,20 +242,25 @@ def _build_small_cnn(
     in_chans: int,
     pretrained: bool = False,
     checkpoint_path: str | os.PathLike[str] | None = None,
-    widths: Sequence[int] = (32, 64, 128, 128),
+    widths: Sequence[int] = (16, 32, 64, 128),
+    stem_stride: int = 2,
 ) -> _Built:
-    """conv3x3-BN-ReLU blocks with a 2x2 max-pool between them: fast enough for CPU tests."""
+    """conv3x3-BN-ReLU blocks with a 2x2 max-pool between them, the first conv strided: at
+    full resolution it cost most of the compute, and CPU demos must stay within minutes."""
     _refuse_weights("small_cnn", pretrained, checkpoint_path)
     if not widths or min(widths) < 1:
         raise CmkdError(f"small_cnn widths must be positive integers, got {tuple(widths)}")
+    if stem_stride < 1:
+        raise CmkdError(f"small_cnn stem_stride must be >= 1, got {stem_stride}")
     layers: list[nn.Module] = []
     previous = in_chans
     for index, width in enumerate(widths):
         if index > 0:
             # ceil_mode keeps odd sizes from shrinking to nothing on small inputs.
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
+        stride = stem_stride if index == 0 else 1
         layers += [
-            nn.Conv2d(previous, width, 3, padding=1, bias=False),
+            nn.Conv2d(previous, width, 3, stride=stride, padding=1, bias=False),
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
         ]
