@@ -90,10 +90,16 @@ def _table(rows: dict[str, list[dict]], seeds: list[int], epochs: int, wall: flo
         "| model | test acc, best-on-val | test acc, last epoch | macro F1, best-on-val |",
         "| --- | --- | --- | --- |",
     ]
+    last = {k: [r["last"]["test"]["acc"] for r in v] for k, v in rows.items()}
     for key, label in labels.items():
-        last = [r["last"]["test"]["acc"] for r in rows[key]]
         f1 = [r["best"]["test"]["f1_macro"] for r in rows[key]]
-        lines.append(f"| {label} | {mean_std(acc[key])} | {mean_std(last)} | {mean_std(f1)} |")
+        lines.append(f"| {label} | {mean_std(acc[key])} | {mean_std(last[key])} | {mean_std(f1)} |")
     delta = [k - n for k, n in zip(acc["kd"], acc["no_kd"], strict=True)]
-    lines += ["", f"KD - no KD, paired by seed: {mean_std(delta)} points. Wall time {wall:.0f} s."]
+    delta_last = [k - n for k, n in zip(last["kd"], last["no_kd"], strict=True)]
+    lines += [
+        "",
+        f"KD - no KD, paired by seed: {mean_std(delta)} points (best-on-val), "
+        f"{mean_std(delta_last)} (last epoch). Wall time {wall:.0f} s.",
+        "A 74-patch test split moves 1.35 points per patch: read differences against the spread.",
+    ]
     return "\n".join(lines) + "\n"

@@ -133,7 +133,8 @@ def distill_student(
             f"teacher classes {t_hp['classes']} differ from the data's {prepared.classes}"
         )
     teacher_train = prepared.rows(t_mod, "train")
-    pairing = IdentityPairing(prepared.rows(modality, "train").ids, teacher_train.ids)
+    student_ids = prepared.rows(modality, "train").ids
+    pairing = IdentityPairing(student_ids, teacher_train.ids)
     terms = [asdict(t) for t in distill.terms]
     config = {
         "command": "distill",
@@ -162,6 +163,7 @@ def distill_student(
         ce_weight=distill.ce_weight,
         cache_teacher=distill.cache_teacher,
         teacher_checkpoint=str(distill.teacher),
+        num_train=len(student_ids),
     )
     dm = ModalityDataModule(prepared, modality, data.batch_size, seed)
     return fit_and_test(module, dm, run_dir, run, optim.epochs, resume, callbacks)

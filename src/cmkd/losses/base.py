@@ -18,15 +18,26 @@ from cmkd.errors import CmkdError
 from cmkd.models.outputs import ModelOutput
 
 
+@dataclass(frozen=True)
+class TermContext:
+    """What a term may need to size itself, beyond the two networks."""
+
+    num_train: int = 0
+    """Student training samples (batch["index"] runs over range(num_train)), e.g. for a bank."""
+    max_epochs: int = 1
+
+
 class DistillationTerm(nn.Module):
     """Base class. Subclasses set `needs` and implement `forward`."""
 
     needs: frozenset[str] = frozenset({"logits"})
 
     @classmethod
-    def from_networks(cls, student: nn.Module, teacher: nn.Module, **params) -> DistillationTerm:
+    def from_networks(
+        cls, student: nn.Module, teacher: nn.Module, context: TermContext, **params
+    ) -> DistillationTerm:
         """Build the term; terms whose adapters depend on widths read them from the networks
-        (`embedding_dim`, `feature_channels`, `num_classes`)."""
+        (`embedding_dim`, `feature_channels`, `num_classes`), sizes from `context`."""
         return cls(**params)
 
     def on_epoch_start(self, epoch: int, max_epochs: int) -> None:
@@ -57,12 +68,18 @@ def register(name: str, description: str) -> Callable[[type[DistillationTerm]], 
     return wrap
 
 
-def build_term(name: str, student: nn.Module, teacher: nn.Module, **params) -> DistillationTerm:
+def build_term(
+    name: str,
+    student: nn.Module,
+    teacher: nn.Module,
+    context: TermContext | None = None,
+    **params,
+) -> DistillationTerm:
     if name not in LOSSES:
         raise CmkdError(
             f"unknown distillation term '{name}'; registered: {', '.join(sorted(LOSSES))}"
         )
     try:
-        return LOSSES[name].cls.from_networks(student, teacher, **params)
+        return LOSSES[name].cls.from_networks(student, teacher, context or TermContext(), **params)
     except TypeError as err:
         raise CmkdError(f"bad parameters for distillation term '{name}': {err}") from None

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cmkd.data.pairing import Pairing
-from cmkd.losses import build_term
+from cmkd.losses import TermContext, build_term
 from cmkd.methods.classifier import ClassifierModule
 from cmkd.models.model import StandardizedNetwork
 from cmkd.models.outputs import ModelOutput
@@ -37,16 +37,18 @@ class DistillModule(ClassifierModule):
         ce_weight: float = 0.5,
         cache_teacher: bool = True,
         teacher_checkpoint: str = "",
+        num_train: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.teacher = teacher.eval().requires_grad_(False)
         self.teacher_inputs = teacher_inputs  # raw teacher-side training inputs, on the CPU
         self.pairing = pairing
+        context = TermContext(num_train=num_train, max_epochs=self.hparams.optim["epochs"])
         self.terms = torch.nn.ModuleDict(
             {
                 t["name"]: build_term(
-                    t["name"], self.model.network, teacher.network, **t.get("params", {})
+                    t["name"], self.model.network, teacher.network, context, **t.get("params", {})
                 )
                 for t in terms
             }
