@@ -87,9 +87,11 @@ def demo(seeds: list[int] = [0, 1, 2], epochs: int = 50, output_dir: str = "runs
         epochs: Epochs of every training.
         output_dir: Where the runs and results.md go.
     """
-    from cmkd.demo import run_demo
+    from cmkd.comparison import compare_students
+    from cmkd.config import TermConfig
 
-    run_demo(seeds, epochs, output_dir)
+    kd = DistillConfig(ce_weight=0.5, terms=[TermConfig("kd", 0.5, {"temperature": 4.0})])
+    compare_students({"RGB student, KD": kd}, seeds, epochs, output_dir)
 
 
 def losses() -> None:
@@ -131,7 +133,7 @@ def _pop_data_root(argv: list[str]) -> tuple[list[str], str | None]:
 def main(argv: list[str] | None = None) -> int:
     from jsonargparse import CLI
 
-    from cmkd.bench import teacher_cache
+    from cmkd.bench import loss_grid, teacher_cache
     from cmkd.data.root import set_cli_root
 
     # Lightning's start-up banners and tips drown the results; warnings still show, except a
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 "evaluate": evaluate,
                 "demo": demo,
                 "losses": losses,
-                "bench": {"teacher-cache": teacher_cache},
+                "bench": {"teacher-cache": teacher_cache, "losses": loss_grid},
             },
             args=args,
             description=__doc__,

@@ -166,7 +166,8 @@ def distill_student(
         num_train=len(student_ids),
     )
     dm = ModalityDataModule(prepared, modality, data.batch_size, seed)
-    return fit_and_test(module, dm, run_dir, run, optim.epochs, resume, callbacks)
+    extra = {"teacher_checkpoint": str(distill.teacher)}
+    return fit_and_test(module, dm, run_dir, run, optim.epochs, resume, callbacks, extra)
 
 
 def evaluate_checkpoint(

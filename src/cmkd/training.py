@@ -107,9 +107,10 @@ def fit_and_test(
     epochs: int,
     resume_from: str | None = None,
     callbacks: list[Callback] | tuple = (),
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train, then score the last-epoch and the best-on-validation weights on the test split.
-    Writes results.json in the run folder and returns the same record."""
+    Writes results.json (with `extra` fields) in the run folder and returns the same record."""
     trainer, checkpoint = build_trainer(run_dir, run, epochs, callbacks)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
@@ -131,6 +132,7 @@ def fit_and_test(
         "last": {"epoch": epochs - 1, "test": last},
         "checkpoint": str(best_path),
         "fit_seconds": round(fit_s, 2),
+        **(extra or {}),
     }
     write_json(run_dir / "results.json", results)
     return results

@@ -1,6 +1,9 @@
-"""Distillation terms behind one interface; see `base.DistillationTerm`."""
+"""Distillation terms behind one interface; see `base.DistillationTerm`.
 
-from cmkd.losses import logits  # noqa: F401  (registers its terms)
+Importing a family module registers its terms in `LOSSES`.
+"""
+
+from cmkd.losses import logits, selection  # noqa: F401
 from cmkd.losses.base import LOSSES, DistillationTerm, TermContext, build_term
 
 __all__ = ["LOSSES", "DistillationTerm", "TermContext", "build_term"]
