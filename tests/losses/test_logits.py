@@ -134,7 +134,8 @@ def test_dkd_term_weights_and_warmup(pair) -> None:
 def test_ctkd_temperature_at_init_and_reversal_ramp() -> None:
     term = build_term("ctkd", None, None)
     assert term.temperature == pytest.approx(1 + 20 / (1 + math.exp(-1.0)))
-    assert [p for p in term.parameters()] == [term.t]
+    params = list(term.parameters())
+    assert len(params) == 1 and params[0] is term.t
     ramp = (1 - math.cos(math.pi / 10)) / 2
     assert term.reversal == pytest.approx(ramp)
     for epoch, want in [(0, ramp), (4, 0.5), (9, 1.0), (30, 1.0)]:
@@ -210,8 +211,8 @@ def test_dist_against_numpy_pearson(pair) -> None:
 def test_dist_zero_for_equal_logits_shift_invariant_not_scale_invariant(pair) -> None:
     zs, zt, _ = pair
     inter, intra = dist_parts(zt, zt)
-    assert inter.item() == pytest.approx(0.0, abs=1e-7)
-    assert intra.item() == pytest.approx(0.0, abs=1e-7)
+    assert inter.item() == pytest.approx(0.0, abs=1e-6)
+    assert intra.item() == pytest.approx(0.0, abs=1e-6)  # eps in the denominator
     # Softmax ignores a per-sample shift of the logits, so DIST does too ...
     shifted = dist_parts(zs + torch.randn(6, 1, dtype=zs.dtype), zt)
     torch.testing.assert_close(shifted, dist_parts(zs, zt))

@@ -65,8 +65,8 @@ def pkt_loop(s: torch.Tensor, t: torch.Tensor, eps: float = 1e-7) -> float:
     b = len(s)
 
     def conditional(e: torch.Tensor) -> list[list[float]]:
-        k = [[(float(F.cosine_similarity(e[i], e[j], dim=0)) + 1) / 2 for j in range(b)]
-             for i in range(b)]  # fmt: skip
+        cos = [[float(F.cosine_similarity(e[i], e[j], dim=0)) for j in range(b)] for i in range(b)]
+        k = [[(c + 1) / 2 for c in row] for row in cos]
         return [[k[i][j] / sum(k[i]) for j in range(b)] for i in range(b)]
 
     p_s, p_t = conditional(s), conditional(t)

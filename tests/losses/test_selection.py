@@ -10,8 +10,8 @@ from scipy.stats import kendalltau
 
 from cmkd.errors import CmkdError
 from cmkd.losses.base import LOSSES, build_term
-from cmkd.losses.logits import kd_loss
-from cmkd.losses.selection import C2KD, _standardize, kendall_tau, select_by_tau
+from cmkd.losses.logits import kd_loss, zscore
+from cmkd.losses.selection import C2KD, kendall_tau, select_by_tau
 from cmkd.models.outputs import ModelOutput
 
 
@@ -104,7 +104,7 @@ def test_loss_equals_kd_on_kept_rows_with_options() -> None:
     term = C2KD(temperature=2.0, scale_by_t2=False, keep_ratio=0.25, standardize=True)
     keep = select_by_tau(kendall_tau(zt, zs), keep_ratio=0.25)
     assert 4 <= keep.sum().item() < 16  # ceil(0.25 * 16), more on ties at the cut-off
-    expected = kd_loss(_standardize(zs[keep]), _standardize(zt[keep]), 2.0, scale_by_t2=False)
+    expected = kd_loss(zscore(zs[keep]), zscore(zt[keep]), 2.0, scale_by_t2=False)
     torch.testing.assert_close(term(_out(zs), _out(zt), {}), expected)
 
 

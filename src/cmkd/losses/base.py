@@ -43,6 +43,11 @@ class DistillationTerm(nn.Module):
     def on_epoch_start(self, epoch: int, max_epochs: int) -> None:
         """Hook for schedules (warm-up, ramps); default: none."""
 
+    def diagnostics(self) -> dict[str, torch.Tensor | float]:
+        """Values worth logging that are not part of the loss (a learnt temperature, the
+        fraction of samples kept); default: none."""
+        return {}
+
     def forward(
         self, student: ModelOutput, teacher: ModelOutput, batch: dict
     ) -> torch.Tensor | dict[str, torch.Tensor]:

@@ -122,6 +122,7 @@ class CRD(DistillationTerm):
 
     @torch.no_grad()
     def _update(self, s: torch.Tensor, t: torch.Tensor, batch: dict) -> None:
+        s, t = s.to(self.memory_s.dtype), t.to(self.memory_t.dtype)  # e.g. under autocast
         if self.memory == "queue":
             size = len(self.memory_s)
             s, t = s[-size:], t[-size:]  # a batch larger than the queue keeps its last rows

@@ -263,6 +263,9 @@ class CTKD(LogitTerm):
         """The current temperature, for logging."""
         return float(self._temperature(self.t.detach()))
 
+    def diagnostics(self) -> dict[str, float]:
+        return {"temperature": self.temperature}
+
     def forward(self, student, teacher, batch):
         zs, zt = self.prepare(student, teacher)
         return kd_loss(zs, zt, self._temperature(grad_reverse(self.t, self.reversal)))

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from cmkd.errors import CmkdError
 from cmkd.losses.base import DistillationTerm, register
+from cmkd.losses.logits import zscore
 from cmkd.models.outputs import ModelOutput
 
 _CHUNK_ELEMENTS = 1 << 24
@@ -70,14 +71,6 @@ def select_by_tau(
     return tau >= tau.topk(k).values[-1]
 
 
-def _standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Per-sample z-score of the logits (LSKD, Sun et al. 2024): removes the logit scale gap
-    between modalities before the temperature is applied."""
-    mean = logits.mean(dim=1, keepdim=True)
-    std = logits.std(dim=1, keepdim=True)
-    return (logits - mean) / (std + eps)
-
-
 @register(
     "c2kd",
     "KD only on samples whose teacher and student logit rankings agree by Kendall tau "
@@ -120,12 +113,16 @@ class C2KD(DistillationTerm):
         self.threshold, self.keep_ratio, self.standardize = threshold, keep_ratio, standardize
         self.last_kept_fraction: torch.Tensor | None = None
 
+    def diagnostics(self) -> dict[str, torch.Tensor]:
+        kept = self.last_kept_fraction
+        return {} if kept is None else {"kept_fraction": kept}
+
     def forward(self, student: ModelOutput, teacher: ModelOutput, batch: dict) -> torch.Tensor:
         zs, zt = student.logits, teacher.logits.detach()
         keep = select_by_tau(kendall_tau(zt, zs), self.threshold, self.keep_ratio).to(zs.dtype)
         self.last_kept_fraction = keep.mean().detach()
         if self.standardize:
-            zs, zt = _standardize(zs), _standardize(zt)
+            zs, zt = zscore(zs), zscore(zt)
         # Masked mean rather than boolean indexing: no host sync, and 0 (still attached to the
         # student's graph) when nothing is kept.
         t = self.temperature

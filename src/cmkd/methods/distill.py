@@ -107,4 +107,6 @@ class DistillModule(ClassifierModule):
             )
             for part, v in parts.items():
                 losses[part] = self.weights[name] * v
+            for key, v in term.diagnostics().items():
+                self.log(f"train/{name}/{key}", v, on_step=False, on_epoch=True)
         return losses
