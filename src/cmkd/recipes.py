@@ -49,6 +49,16 @@ def _module_args(model, optim, data_cfg, data, modality, seed) -> dict[str, Any]
     )
 
 
+def _resolved(command: str, modality: str, seed: int, **sections) -> dict[str, Any]:
+    """The config a run folder keeps: every section as plain data, so the run can be repeated."""
+    return {
+        "command": command,
+        "modality": modality,
+        "seed": seed,
+        **{name: asdict(section) for name, section in sections.items()},
+    }
+
+
 def train_classifier(
     data: DataConfig,
     model: ModelConfig,
@@ -61,15 +71,7 @@ def train_classifier(
 ) -> dict[str, Any]:
     """Train one network on one modality with cross-entropy (a teacher, or the no-KD student)."""
     L.seed_everything(seed, verbose=False)
-    config = {
-        "command": "train",
-        "modality": modality,
-        "seed": seed,
-        "data": asdict(data),
-        "model": asdict(model),
-        "optim": asdict(optim),
-        "run": asdict(run),
-    }
+    config = _resolved("train", modality, seed, data=data, model=model, optim=optim, run=run)
     prepared = prepared or prepare_data(data, seed)
     run_dir, resume = open_run_dir(run, f"{data.source}-{modality}-{model.backbone}", seed, config)
     module = ClassifierModule(**_module_args(model, optim, data, prepared, modality, seed))
@@ -136,16 +138,9 @@ def distill_student(
     student_ids = prepared.rows(modality, "train").ids
     pairing = IdentityPairing(student_ids, teacher_train.ids)
     terms = [asdict(t) for t in distill.terms]
-    config = {
-        "command": "distill",
-        "modality": modality,
-        "seed": seed,
-        "data": asdict(data),
-        "model": asdict(model),
-        "optim": asdict(optim),
-        "run": asdict(run),
-        "distill": asdict(distill),
-    }
+    config = _resolved(
+        "distill", modality, seed, data=data, model=model, optim=optim, run=run, distill=distill
+    )
     names = "+".join(t["name"] for t in terms) or "ce"
     run_dir, resume = open_run_dir(
         run, f"{data.source}-{t_mod}-to-{modality}-{names}", seed, config

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from cmkd.errors import CmkdError
 from cmkd.losses.base import LOSSES, TermContext, build_term
 from cmkd.losses.contrastive import CRD, crd_loss, info_nce
-from cmkd.models.backbones import create_network
 from cmkd.models.outputs import ModelOutput
 
 
@@ -107,24 +106,9 @@ def test_bad_memory_options_are_user_errors() -> None:
 # --- on real networks -----------------------------------------------------------------------
 
 
-def network(kind: str):
-    torch.manual_seed(0)
-    if kind == "cnn13":
-        net = create_network("small_cnn", in_chans=13, num_classes=10, widths=(8, 16, 32))
-        return net, torch.randn(6, 13, 16, 16)
-    if kind == "cnn3":
-        net = create_network("small_cnn", 3, 10, widths=(16, 16), stem_stride=1)
-        return net, torch.randn(6, 3, 16, 16)
-    return create_network("mlp", 20, 10, hidden=(24, 12)), torch.randn(6, 20)
-
-
-PAIRS = [("cnn3", "cnn13"), ("cnn13", "cnn3"), ("mlp", "cnn13"), ("cnn3", "mlp")]
-
-
 @pytest.mark.parametrize("memory", ["queue", "bank"])
-@pytest.mark.parametrize("student_kind,teacher_kind", PAIRS)
-def test_crd_on_real_networks(memory: str, student_kind: str, teacher_kind: str) -> None:
-    (student, xs), (teacher, xt) = network(student_kind), network(teacher_kind)
+def test_crd_on_real_networks(memory: str, network_pair) -> None:
+    (student, xs), (teacher, xt), _ = network_pair
     context = TermContext(num_train=6)
     term = build_term("crd", student, teacher, context, memory=memory, feat_dim=8, queue_size=16)
     value = term(student(xs), teacher(xt), {"index": torch.arange(6)})

@@ -79,25 +79,12 @@ def test_at_is_invariant_to_channel_count_and_scale() -> None:
 # --- every term on real networks ------------------------------------------------------------
 
 
-def network(kind: str):
-    torch.manual_seed(0)
-    if kind == "cnn13":
-        net = create_network("small_cnn", in_chans=13, num_classes=10, widths=(8, 16, 32))
-        return net, torch.randn(6, 13, 16, 16)  # 32 x 2 x 2 maps
-    if kind == "cnn3":
-        net = create_network("small_cnn", 3, 10, widths=(16, 16), stem_stride=1)
-        return net, torch.randn(6, 3, 16, 16)  # 16 x 8 x 8 maps
-    return create_network("mlp", 20, 10, hidden=(24, 12)), torch.randn(6, 20)
-
-
-PAIRS = [("cnn3", "cnn13"), ("cnn13", "cnn3"), ("mlp", "cnn13"), ("cnn3", "mlp")]
 TERMS = [("fitnet", {}), ("fitnet", {"on": "embedding"}), ("at", {})]
 
 
 @pytest.mark.parametrize("name,params", TERMS)
-@pytest.mark.parametrize("student_kind,teacher_kind", PAIRS)
-def test_term_on_real_networks(name, params, student_kind, teacher_kind) -> None:
-    (student, xs), (teacher, xt) = network(student_kind), network(teacher_kind)
+def test_term_on_real_networks(name, params, network_pair) -> None:
+    (student, xs), (teacher, xt), (student_kind, teacher_kind) = network_pair
     context = TermContext(num_train=6)
     on = params.get("on", "feature_map")
     if on == "feature_map" and "mlp" in (student_kind, teacher_kind):

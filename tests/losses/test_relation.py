@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from cmkd.errors import CmkdError
 from cmkd.losses.base import LOSSES, TermContext, build_term
 from cmkd.losses.relation import pkt_loss, rkd_angle_loss, rkd_distance_loss, sp_loss
-from cmkd.models.backbones import create_network
 from cmkd.models.outputs import ModelOutput
 
 # Student: a right triangle; teacher: three collinear points.
@@ -112,25 +111,12 @@ def test_sp_matches_the_formula_for_any_widths_and_maps() -> None:
 # --- every term on real networks ------------------------------------------------------------
 
 
-def network(kind: str):
-    torch.manual_seed(0)
-    if kind == "cnn13":
-        net = create_network("small_cnn", in_chans=13, num_classes=10, widths=(8, 16, 32))
-        return net, torch.randn(6, 13, 16, 16)  # 32 x 2 x 2 maps
-    if kind == "cnn3":
-        net = create_network("small_cnn", 3, 10, widths=(16, 16), stem_stride=1)
-        return net, torch.randn(6, 3, 16, 16)  # 16 x 8 x 8 maps
-    return create_network("mlp", 20, 10, hidden=(24, 12)), torch.randn(6, 20)
-
-
-PAIRS = [("cnn3", "cnn13"), ("cnn13", "cnn3"), ("mlp", "cnn13"), ("cnn3", "mlp")]
 TERMS = [("rkd", {}), ("pkt", {}), ("sp", {}), ("sp", {"on": "feature_map"})]
 
 
 @pytest.mark.parametrize("name,params", TERMS)
-@pytest.mark.parametrize("student_kind,teacher_kind", PAIRS)
-def test_term_on_real_networks(name, params, student_kind, teacher_kind) -> None:
-    (student, xs), (teacher, xt) = network(student_kind), network(teacher_kind)
+def test_term_on_real_networks(name, params, network_pair) -> None:
+    (student, xs), (teacher, xt), (student_kind, teacher_kind) = network_pair
     context = TermContext(num_train=6)
     if params.get("on") == "feature_map" and "mlp" in (student_kind, teacher_kind):
         with pytest.raises(CmkdError, match="has none; use sp with on: embedding"):
