@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import warnings
+from typing import Literal
 
 from cmkd.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, RunConfig
 from cmkd.errors import CmkdError
@@ -94,6 +95,59 @@ def demo(seeds: list[int] = [0, 1, 2], epochs: int = 50, output_dir: str = "runs
     compare_students({"RGB student, KD": kd}, seeds, epochs, output_dir)
 
 
+def match(
+    modality: str,
+    teacher: str,
+    data: DataConfig = DataConfig(),  # noqa: B008
+    method: Literal["ssm", "teacher_embedding", "class_random"] = "ssm",
+    pseudo_view: str | None = None,
+    backbone: str = "resnet34",
+    epochs: int = 100,
+    batch_size: int = 64,
+    seed: int = 0,
+    output: str = "runs/pairs/pairs.json",
+) -> None:
+    """SSM matching (SemBridge): pair every student training sample with a same-class teacher
+    training sample and write the pair list (JSON) used by `pairing.strategy: matched`.
+
+    Args:
+        modality: The student's modality.
+        teacher: The teacher checkpoint; its training samples are the candidates.
+        data: The student's data (its split must not contain the teacher's training samples).
+        method: ssm (SemBridge's self-supervised matcher), teacher_embedding (cosine in
+            the frozen teacher's space) or class_random (when no pseudo-view exists).
+        pseudo_view: For ssm, teacher-to-student (e.g. eurosat_ms_to_rgb); for
+            teacher_embedding, student-to-teacher.
+        backbone: The matcher's two encoders.
+        epochs: Matcher training epochs.
+        batch_size: Matcher batch size.
+        seed: The student's split seed and the matcher's seed.
+        output: Where the pair list goes.
+    """
+    from cmkd.recipes import match_pairs
+
+    pairs = match_pairs(
+        teacher, data, modality, seed, output, pseudo_view, backbone, epochs, batch_size
+    )
+    print(pairs.summary() + f"\nSaved {output}")
+
+
+def show_pairs(path: str) -> None:
+    """Summarise a pair list: coverage, reuse of teacher samples, per-class counts.
+
+    Args:
+        path: A pair list JSON, or a run folder holding pairs.json.
+    """
+    from pathlib import Path
+
+    from cmkd.matching.pairs import PairList
+
+    file = Path(path)
+    if file.is_dir():
+        file = file / "pairs.json"
+    print(PairList.load(file).summary())
+
+
 def losses() -> None:
     """List the registered distillation terms: name, then what it is and its paper."""
     from cmkd.losses import LOSSES
@@ -130,6 +184,20 @@ def _pop_data_root(argv: list[str]) -> tuple[list[str], str | None]:
     return rest, root
 
 
+# Subcommands whose one required argument may also be given positionally, e.g.
+# `cmkd pairs show RUN` or `cmkd evaluate CKPT` (options stay named everywhere else, so YAML
+# configs can supply them).
+_POSITIONAL = {("pairs", "show"): "--path", ("evaluate",): "--checkpoint"}
+
+
+def _positional_to_option(argv: list[str]) -> list[str]:
+    for prefix, flag in _POSITIONAL.items():
+        n = len(prefix)
+        if tuple(argv[:n]) == prefix and len(argv) > n and not argv[n].startswith("-"):
+            return [*argv[:n], flag, *argv[n:]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     from jsonargparse import CLI
 
@@ -143,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, root = _pop_data_root(list(sys.argv[1:] if argv is None else argv))
         set_cli_root(root)
+        args = _positional_to_option(args)
         CLI(
             {
                 "train": train,
@@ -150,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                 "evaluate": evaluate,
                 "demo": demo,
                 "losses": losses,
+                "match": match,
+                "pairs": {"show": show_pairs},
                 "bench": {"teacher-cache": teacher_cache, "losses": loss_grid},
             },
             args=args,

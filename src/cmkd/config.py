@@ -22,6 +22,9 @@ class DataConfig:
     test_fraction: float = 0.2
     split: Literal["stratified", "official"] = "stratified"
     """'official' keeps a source's published test split (FSDD: takes 0-4)."""
+    train_per_class: int | None = None
+    """Keep only this many training samples per class (a label-scarce student); val and test
+    are unchanged."""
     batch_size: int = 64
     augment: bool = False
     """Random flips and 90-degree rotations of the trained model's images (never the teacher's)."""
@@ -79,9 +82,32 @@ def _default_terms() -> list[TermConfig]:
 
 
 @dataclass
+class PairingConfig:
+    """How each student training sample finds the teacher sample that teaches it."""
+
+    strategy: Literal["paired", "class_random", "matched"] = "paired"
+    """paired: the same sample (by id); class_random: a random same-class teacher sample,
+    re-drawn every epoch; matched: a pair list from `cmkd match` (see `pairs`)."""
+    pairs: str | None = None
+    """Pair list JSON for strategy 'matched'."""
+    dynamic: bool = False
+    """DynM: re-pair each student sample with the same-class teacher sample whose softened
+    logits its current logits follow best (min KL), at the epochs of the schedule."""
+    schedule: list[int] | None = None
+    """Explicit re-match epochs; else the curriculum e0 + sum_i (de + emu (i - 1))."""
+    e0: int = 30
+    de: int = 30
+    emu: int = 5
+    temperature: float = 3.0
+    """Softening temperature of the DynM KL."""
+
+
+@dataclass
 class DistillConfig:
     teacher: str = ""
-    """Path of the teacher checkpoint (from `cmkd train`)."""
+    """Path of the teacher checkpoint (from `cmkd train`). Its training samples come from the
+    data it was trained on (its source, split and seed), which may differ from the student's."""
+    pairing: PairingConfig = field(default_factory=PairingConfig)
     ce_weight: float = 0.5
     terms: list[TermConfig] = field(default_factory=_default_terms)
     cache_teacher: bool = True

@@ -10,15 +10,33 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
-from cmkd.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, RunConfig
-from cmkd.data.datamodule import ModalityDataModule, PreparedData, prepare_data
+from cmkd.config import (
+    DataConfig,
+    DistillConfig,
+    ModelConfig,
+    OptimConfig,
+    PairingConfig,
+    RunConfig,
+)
+from cmkd.data.datamodule import ModalityDataModule, ModalityDataset, PreparedData, prepare_data
 from cmkd.data.normalize import Standardize
-from cmkd.data.pairing import IdentityPairing
+from cmkd.data.pairing import (
+    ClassRandomPairing,
+    DynamicPairing,
+    FixedPairing,
+    IdentityPairing,
+    Pairing,
+)
+from cmkd.data.samples import Samples
 from cmkd.errors import CmkdError
+from cmkd.matching.dynamic import schedule_from
+from cmkd.matching.pairs import PairList
 from cmkd.methods.classifier import ClassifierModule
 from cmkd.methods.distill import DistillModule
+from cmkd.methods.dynamic_matching import DynamicMatching
 from cmkd.models.model import StandardizedNetwork, build_model
 from cmkd.training import fit_and_test, open_run_dir
 
@@ -97,19 +115,42 @@ def load_model(checkpoint: str | Path) -> tuple[StandardizedNetwork, dict[str, A
     return model.eval(), hparams
 
 
-def _check_teacher_split(teacher: dict[str, Any], data: DataConfig, seed: int) -> None:
-    """A teacher trained on another split of the same source may have seen this run's test
-    samples; refuse rather than report a leaked score."""
-    t_data = teacher.get("data") or {}
-    same_source = t_data.get("source") == data.source and t_data.get("options") == data.options
-    keys = ("val_fraction", "test_fraction", "split")
-    if same_source and (
-        teacher["seed"] != seed or any(t_data[k] != getattr(data, k) for k in keys)
-    ):
-        raise CmkdError(
-            f"the teacher was trained on another split of {data.source} (seed {teacher['seed']}); "
-            f"train a teacher with seed {seed} and the same split fractions"
-        )
+def _teacher_data(t_hp: dict[str, Any], data: DataConfig, seed: int, prepared: PreparedData):
+    """The teacher's own data (source, split, seed from its checkpoint), which is the student's
+    when both come from one paired source; the data root is resolved here, not remembered."""
+    t_cfg = DataConfig(**{**t_hp["data"], "root": data.root})
+    split_keys = ("source", "options", "val_fraction", "test_fraction", "split")
+    if t_hp["seed"] == seed and all(getattr(t_cfg, k) == getattr(data, k) for k in split_keys):
+        return prepared
+    return prepare_data(t_cfg, t_hp["seed"])
+
+
+def _check_no_leak(teacher_train_ids: np.ndarray, student: PreparedData, modality: str) -> None:
+    """A teacher trained on a sample that the student is scored on (the same id, in any
+    modality) would inflate the score: refuse it."""
+    for split in ("val", "test"):
+        n = int(np.isin(student.rows(modality, split).ids, teacher_train_ids).sum())
+        if n:
+            raise CmkdError(
+                f"the teacher was trained on {n} samples of the student's {split} split "
+                "(same ids): train it with the same split and seed, or on disjoint samples"
+            )
+
+
+def build_pairing(cfg: PairingConfig, student: Samples, teacher: Samples, seed: int) -> Pairing:
+    """The configured strategy between the student's and the teacher's training rows."""
+    if cfg.strategy == "paired":
+        pairing: Pairing = IdentityPairing(student.ids, teacher.ids)
+        table = np.arange(len(student))
+    elif cfg.strategy == "class_random":
+        pairing = ClassRandomPairing(student.y, teacher.y, seed, classes=student.classes)
+        table = pairing.teacher_rows(torch.arange(len(student)), 0).numpy()
+    else:
+        if not cfg.pairs:
+            raise CmkdError("pairing strategy 'matched' needs a pair list: set pairing.pairs")
+        table = PairList.load(cfg.pairs).to_table(student.ids, teacher.ids)
+        pairing = FixedPairing(table)
+    return DynamicPairing(table) if cfg.dynamic else pairing
 
 
 def distill_student(
@@ -123,20 +164,22 @@ def distill_student(
     callbacks: tuple = (),
     prepared: PreparedData | None = None,
 ) -> dict[str, Any]:
-    """Paired distillation: the frozen teacher of `distill.teacher` teaches a student on
-    `modality` through the identity pairing of the shared samples."""
+    """The frozen teacher of `distill.teacher` teaches a student on `modality`. Teacher and
+    student samples may be the same (paired) or not (asymmetric: only labels are shared);
+    `distill.pairing` says which teacher sample teaches each student sample."""
     L.seed_everything(seed, verbose=False)
     teacher, t_hp = load_model(distill.teacher)
-    _check_teacher_split(t_hp, data, seed)
     prepared = prepared or prepare_data(data, seed)
     t_mod = t_hp["modality"]
+    t_prepared = _teacher_data(t_hp, data, seed, prepared)
     if t_hp["classes"] != prepared.classes:
         raise CmkdError(
             f"teacher classes {t_hp['classes']} differ from the data's {prepared.classes}"
         )
-    teacher_train = prepared.rows(t_mod, "train")
-    student_ids = prepared.rows(modality, "train").ids
-    pairing = IdentityPairing(student_ids, teacher_train.ids)
+    teacher_train = t_prepared.rows(t_mod, "train")
+    student_train = prepared.rows(modality, "train")
+    _check_no_leak(teacher_train.ids, prepared, modality)
+    pairing = build_pairing(distill.pairing, student_train, teacher_train, seed)
     terms = [asdict(t) for t in distill.terms]
     config = _resolved(
         "distill", modality, seed, data=data, model=model, optim=optim, run=run, distill=distill
@@ -145,24 +188,35 @@ def distill_student(
     run_dir, resume = open_run_dir(
         run, f"{data.source}-{t_mod}-to-{modality}-{names}", seed, config
     )
-    x_t = teacher_train.x
-    teacher_inputs = torch.from_numpy(
-        x_t if x_t.dtype.name in ("uint8", "float32") else x_t.astype("float32")
-    )
     module = DistillModule(
         **_module_args(model, optim, data, prepared, modality, seed),
         teacher=teacher,
-        teacher_inputs=teacher_inputs,
+        teacher_inputs=ModalityDataset(teacher_train, t_mod).x,
+        teacher_labels=torch.from_numpy(teacher_train.y),
         pairing=pairing,
         terms=terms,
         ce_weight=distill.ce_weight,
         cache_teacher=distill.cache_teacher,
         teacher_checkpoint=str(distill.teacher),
-        num_train=len(student_ids),
+        num_train=len(student_train),
     )
     dm = ModalityDataModule(prepared, modality, data.batch_size, seed)
-    extra = {"teacher_checkpoint": str(distill.teacher)}
-    return fit_and_test(module, dm, run_dir, run, optim.epochs, resume, callbacks, extra)
+    if distill.pairing.dynamic:
+        epochs = schedule_from(distill.pairing, optim.epochs)
+        callbacks = (*callbacks, DynamicMatching(epochs, distill.pairing.temperature))
+    extra = {"teacher_checkpoint": str(distill.teacher), "pairing": distill.pairing.strategy}
+    result = fit_and_test(module, dm, run_dir, run, optim.epochs, resume, callbacks, extra)
+    if not isinstance(pairing, IdentityPairing):
+        # The pairs the student ended with, for `cmkd pairs show RUN`.
+        final = pairing.teacher_rows(torch.arange(len(student_train)), optim.epochs - 1)
+        PairList.from_table(
+            final.numpy(), student_train, teacher_train, method=_pairing_name(distill.pairing)
+        ).save(run_dir / "pairs.json")
+    return result
+
+
+def _pairing_name(cfg: PairingConfig) -> str:
+    return cfg.strategy + ("+dynm" if cfg.dynamic else "")
 
 
 def evaluate_checkpoint(
@@ -191,3 +245,82 @@ def evaluate_checkpoint(
     )
     metrics = trainer.test(module, dataloaders=loader[split](), verbose=False)[0]
     return {k.replace("test/", f"{split}/"): float(v) for k, v in metrics.items()}
+
+
+class _TeacherSpace(torch.nn.Module):
+    """Both sides embedded by the frozen teacher (the student side through a pseudo-view into
+    the teacher's modality): the matcher when the student's modality can be mapped into the
+    teacher's, but not the other way (an RGB teacher, an MS student)."""
+
+    def __init__(self, teacher: StandardizedNetwork) -> None:
+        super().__init__()
+        self.teacher = teacher
+
+    def embed_a(self, x: torch.Tensor) -> torch.Tensor:
+        return self.teacher(x).embedding
+
+    embed_b = embed_a
+
+
+def match_pairs(
+    teacher_checkpoint: str,
+    data: DataConfig,
+    modality: str,
+    seed: int,
+    output: str | Path,
+    method: str = "ssm",
+    pseudo_view: str | None = None,
+    backbone: str = "resnet34",
+    epochs: int = 100,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> PairList:
+    """Pair every student training sample with a same-class teacher training sample and save
+    the pair list. Methods: 'ssm' (SemBridge: a matcher trained on teacher samples and their
+    pseudo-views in the student's modality), 'teacher_embedding' (top-1 cosine in the frozen
+    teacher's embedding space, the student seen through a pseudo-view into the teacher's
+    modality), 'class_random' (no pseudo-view exists, e.g. speech vs images)."""
+    from cmkd.matching.pseudo_views import get_pseudo_view
+    from cmkd.matching.ssm import match_top1, train_matcher
+
+    t_model, t_hp = load_model(teacher_checkpoint)
+    prepared = prepare_data(data, seed)
+    teacher = _teacher_data(t_hp, data, seed, prepared).rows(t_hp["modality"], "train")
+    student = prepared.rows(modality, "train")
+    _check_no_leak(teacher.ids, prepared, modality)
+    if method != "class_random" and pseudo_view is None:
+        raise CmkdError(f"matching method '{method}' needs a pseudo_view")
+    scores = None
+    if method == "class_random":
+        rows = ClassRandomPairing(student.y, teacher.y, seed, student.classes).table_for(0)
+    elif method == "ssm":
+        view = get_pseudo_view(pseudo_view).fit(teacher.x, student.x)
+        matcher = train_matcher(
+            teacher.x,
+            view,
+            backbone=backbone,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+        )
+        rows, scores = match_top1(
+            matcher, teacher.x, teacher.y, student.x, student.y, student.classes
+        )
+    elif method == "teacher_embedding":
+        view = get_pseudo_view(pseudo_view).fit(student.x, teacher.x)
+        rows, scores = match_top1(
+            _TeacherSpace(t_model),
+            teacher.x,
+            teacher.y,
+            view(student.x),
+            student.y,
+            student.classes,
+        )
+    else:
+        raise CmkdError(
+            f"unknown matching method '{method}'; use ssm, teacher_embedding or class_random"
+        )
+    pairs = PairList.from_table(rows, student, teacher, method=method, scores=scores)
+    pairs.save(Path(output))
+    return pairs

@@ -94,7 +94,21 @@ def prepare_data(cfg: DataConfig, seed: int) -> PreparedData:
     for modality, s in samples.items():
         mask = official_test_mask(cfg.source, s.ids) if cfg.split == "official" else None
         split[modality] = stratified_split(s.y, cfg.val_fraction, cfg.test_fraction, seed, mask)
+        if cfg.train_per_class is not None:
+            split[modality]["train"] = _per_class(
+                s.y, split[modality]["train"], cfg.train_per_class, seed
+            )
     return PreparedData(samples, split)
+
+
+def _per_class(y: np.ndarray, rows: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """The first k rows of each class in a seeded order: the same subset for every modality of
+    a paired source, and for every run with this seed."""
+    if k < 1:
+        raise CmkdError(f"train_per_class must be >= 1, got {k}")
+    order = np.random.default_rng([seed, k]).permutation(rows)
+    keep = [order[y[order] == label][:k] for label in np.unique(y[rows])]
+    return np.sort(np.concatenate(keep))
 
 
 class ModalityDataModule(L.LightningDataModule):

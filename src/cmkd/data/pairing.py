@@ -2,10 +2,13 @@
 
 Paired data is the identity pairing (row i of the student's train split is the same sample
 as row i of the teacher's). Asymmetric strategies (class-random, matched, dynamic) implement
-the same `teacher_rows` and may refresh at epoch boundaries.
+the same `teacher_rows` and may refresh at epoch boundaries. Every strategy is a pure function
+of its inputs, a seed and the epoch, so all DDP ranks compute the same pairs without talking.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -15,6 +18,7 @@ from cmkd.errors import CmkdError
 
 class Pairing:
     def teacher_rows(self, student_rows: torch.Tensor, epoch: int) -> torch.Tensor:
+        """Teacher training rows for these student training rows, on the same device."""
         raise NotImplementedError
 
 
@@ -38,3 +42,153 @@ class IdentityPairing(Pairing):
 
     def teacher_rows(self, student_rows: torch.Tensor, epoch: int) -> torch.Tensor:
         return student_rows
+
+
+class _TablePairing(Pairing):
+    """A student-row -> teacher-row table, looked up on the caller's device (copied once)."""
+
+    def __init__(self) -> None:
+        self._table = np.empty(0, dtype=np.int64)
+        self._on: dict[torch.device, torch.Tensor] = {}
+
+    def _set(self, table: np.ndarray) -> None:
+        self._table = table
+        self._on = {}
+
+    def _lookup(self, student_rows: torch.Tensor) -> torch.Tensor:
+        device = student_rows.device
+        if device not in self._on:
+            self._on[device] = torch.from_numpy(self._table).to(device)
+        return self._on[device][student_rows]
+
+
+class ClassRandomPairing(_TablePairing):
+    """Each student row gets a uniformly random teacher row of its class, re-drawn each epoch.
+
+    The draw for epoch e comes from np.random.default_rng([seed, e]): the same on every rank
+    and on a resumed run, different from epoch to epoch.
+    """
+
+    def __init__(
+        self,
+        student_labels: np.ndarray,
+        teacher_labels: np.ndarray,
+        seed: int = 0,
+        classes: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        s_lab = np.asarray(student_labels, dtype=np.int64)
+        t_lab = np.asarray(teacher_labels, dtype=np.int64)
+        self.seed = int(seed)
+        self._groups: list[tuple[np.ndarray, np.ndarray]] = []
+        for label in np.unique(s_lab):
+            s_rows, t_rows = np.flatnonzero(s_lab == label), np.flatnonzero(t_lab == label)
+            if len(t_rows) == 0:
+                name = classes[label] if classes is not None else int(label)
+                raise CmkdError(
+                    f"class {name!r} has {len(s_rows)} student samples but no teacher sample "
+                    "to pair them with"
+                )
+            self._groups.append((s_rows, t_rows))
+        self._n = len(s_lab)
+        self._epoch: int | None = None
+
+    def table_for(self, epoch: int) -> np.ndarray:
+        """The full student-row -> teacher-row table of `epoch`."""
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        table = np.empty(self._n, dtype=np.int64)
+        for s_rows, t_rows in self._groups:
+            table[s_rows] = t_rows[rng.integers(0, len(t_rows), size=len(s_rows))]
+        return table
+
+    def teacher_rows(self, student_rows: torch.Tensor, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            self._set(self.table_for(epoch))
+            self._epoch = epoch
+        return self._lookup(student_rows)
+
+
+def _checked_table(table: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A private int64 copy of a student-row -> teacher-row table, checked."""
+    if torch.is_tensor(table):
+        table = table.detach().cpu().numpy()
+    table = np.array(table)
+    if table.ndim != 1 or not np.issubdtype(table.dtype, np.integer):
+        raise CmkdError(f"a pair table is a 1-d integer array, got {table.dtype} {table.shape}")
+    if len(table) and table.min() < 0:
+        raise CmkdError(f"pair table holds a negative teacher row ({table.min()})")
+    return table.astype(np.int64)
+
+
+class FixedPairing(_TablePairing):
+    """A fixed table, table[student row] = teacher row: what a matched pair list becomes."""
+
+    def __init__(self, table: np.ndarray) -> None:
+        super().__init__()
+        self._set(_checked_table(table))
+
+    @property
+    def table(self) -> np.ndarray:
+        """The current table, read-only (assign a new one instead: lookups cache copies)."""
+        view = self._table.view()
+        view.flags.writeable = False
+        return view
+
+    @table.setter
+    def table(self, table: np.ndarray | torch.Tensor) -> None:
+        """Replace the table (a resumed checkpoint, rank 0's broadcast); same length only."""
+        table = _checked_table(table)
+        if len(table) != len(self._table):
+            raise CmkdError(
+                f"pair table has {len(table)} student rows, this pairing {len(self._table)}"
+            )
+        self._set(table)
+
+    def teacher_rows(self, student_rows: torch.Tensor, epoch: int) -> torch.Tensor:
+        return self._lookup(student_rows)
+
+
+class DynamicPairing(FixedPairing):
+    """SemBridge's DynM: a table that `rematch` replaces by min-KL same-class teachers.
+
+    The caller runs `rematch` at the schedule's epochs (see cmkd.matching.dynamic.schedule_from)
+    with the current student's logits for every student training row, in row order, and the
+    frozen teacher's logits for every teacher training row. `changes[k]` is how many students
+    got a new teacher at the k-th re-match: a curve that should fall as matching settles.
+    """
+
+    def __init__(self, table: np.ndarray, epochs: Sequence[int] = ()) -> None:
+        super().__init__(table)
+        self.epochs = sorted(int(e) for e in epochs)
+        self.changes: list[int] = []
+
+    def due(self, epoch: int) -> bool:
+        """Whether `epoch` is a re-match epoch of the schedule given at construction."""
+        return epoch in self.epochs
+
+    def rematch(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        student_labels: torch.Tensor | np.ndarray,
+        teacher_labels: torch.Tensor | np.ndarray,
+        temperature: float = 3.0,
+    ) -> int:
+        """Replace the table by DynM's matches; returns (and records) how many pairs changed."""
+        # Imported here: cmkd.matching's package init may pull in the SSM matcher (models),
+        # which plain pairing users should not pay for.
+        from cmkd.matching.dynamic import min_kl_match
+
+        if len(student_logits) != len(self._table):
+            raise CmkdError(
+                f"re-match got logits for {len(student_logits)} students, the table has "
+                f"{len(self._table)}"
+            )
+        new = min_kl_match(
+            student_logits, teacher_logits, student_labels, teacher_labels, temperature
+        )
+        new = new.cpu().numpy().astype(np.int64)
+        changed = int((new != self._table).sum())
+        self._set(new)
+        self.changes.append(changed)
+        return changed

@@ -25,7 +25,7 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 
 
 class DistillModule(ClassifierModule):
-    not_hyperparameters = ("normalize", "teacher", "teacher_inputs", "pairing")
+    not_hyperparameters = ("normalize", "teacher", "teacher_inputs", "teacher_labels", "pairing")
 
     def __init__(
         self,
@@ -33,6 +33,7 @@ class DistillModule(ClassifierModule):
         teacher: StandardizedNetwork,
         teacher_inputs: torch.Tensor,
         pairing: Pairing,
+        teacher_labels: torch.Tensor | None = None,
         terms: list[dict[str, Any]],
         ce_weight: float = 0.5,
         cache_teacher: bool = True,
@@ -43,6 +44,7 @@ class DistillModule(ClassifierModule):
         super().__init__(*args, **kwargs)
         self.teacher = teacher.eval().requires_grad_(False)
         self.teacher_inputs = teacher_inputs  # raw teacher-side training inputs, on the CPU
+        self.teacher_labels = teacher_labels  # for re-matching within classes (DynM)
         self.pairing = pairing
         context = TermContext(num_train=num_train, max_epochs=self.hparams.optim["epochs"])
         self.terms = torch.nn.ModuleDict(
@@ -83,6 +85,16 @@ class DistillModule(ClassifierModule):
                 else torch.cat([getattr(p, name) for p in parts])
             )
             self.cache = ModelOutput(cat("logits"), cat("embedding"), cat("feature_map"))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # A re-matched (DynM) table is training state: a resumed run must continue from it.
+        table = getattr(self.pairing, "table", None)
+        if table is not None:
+            checkpoint["pairing_table"] = torch.as_tensor(table).cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "pairing_table" in checkpoint and hasattr(self.pairing, "table"):
+            self.pairing.table = checkpoint["pairing_table"].numpy()
 
     def on_train_epoch_start(self) -> None:
         for term in self.terms.values():

@@ -1,0 +1,145 @@
+"""SKA: CORAL against the direct covariance formulas, the token-weight algebra, the planners
+(Sinkhorn against POT), and the term between differently shaped networks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cmkd.errors import CmkdError
+from cmkd.losses.base import build_term
+from cmkd.losses.ska import (
+    SKA,
+    FixedProjection,
+    TokenAttention,
+    coral,
+    cross_plan,
+    cross_weights,
+    refine,
+    scatter_gap,
+    sinkhorn_plan,
+)
+
+
+def direct_coral(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Sun & Saenko's definition with d x d covariance matrices."""
+    d = x.shape[1]
+    return (torch.cov(x.T) - torch.cov(y.T)).pow(2).sum() / (4 * d * d)
+
+
+def authors_coral(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """utils/loss_kd.py of the authors' code, written out."""
+    d = source.shape[1]
+    xm = source.mean(0, keepdim=True) - source
+    xmt = target.mean(0, keepdim=True) - target
+    return ((xm.T @ xm) - (xmt.T @ xmt)).pow(2).mean() / (4 * d)
+
+
+@pytest.mark.parametrize("b, d", [(5, 40), (40, 5), (7, 7)])
+def test_coral_matches_the_covariance_formulas(b: int, d: int) -> None:
+    torch.manual_seed(0)
+    x, y = torch.randn(b, d, dtype=torch.float64), 2 * torch.randn(b, d, dtype=torch.float64) + 1
+    torch.testing.assert_close(coral(x, y), direct_coral(x, y))
+    torch.testing.assert_close(coral(x, y, reference=True), authors_coral(x, y))
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    torch.testing.assert_close(scatter_gap(xc, yc, gram=True), scatter_gap(xc, yc, gram=False))
+    assert coral(x, x) == 0 and coral(x, x, reference=True) == 0  # exactly, despite the Gram form
+    # A shift changes no covariance; the Gram form leaves only rounding (see scatter_gap).
+    assert coral(x, x + 3.0) < 1e-12 * coral(x, y)
+
+
+def test_refinement_keeps_the_energy_of_the_mean_token() -> None:
+    torch.manual_seed(0)
+    f = torch.randn(3, 10, 6, dtype=torch.float64)
+    weights = torch.rand(3, 4, 10, dtype=torch.float64)  # (b, heads, N)
+    refined = refine(f, weights)
+    torch.testing.assert_close(refined.mean(1).norm(dim=-1), f.mean(1).norm(dim=-1))
+    a = weights.mean(1, keepdim=True).transpose(1, 2)
+    ratio = refined / (a * f)  # one scale per sample
+    torch.testing.assert_close(ratio, ratio[:, :1, :1].expand_as(ratio))
+
+
+def test_cross_weights_equal_the_explicit_plan_and_reduce_to_n_times_w() -> None:
+    torch.manual_seed(0)
+    w_t, w_s = torch.rand(2, 3, 5, dtype=torch.float64), torch.rand(2, 3, 7, dtype=torch.float64)
+    m = cross_plan(w_t, w_s)
+    assert m.shape == (2, 3, 5, 7)
+    a_t, a_s = cross_weights(w_t, w_s)
+    torch.testing.assert_close(a_t, m.mean(-1) / w_t.mean(-1, keepdim=True))
+    torch.testing.assert_close(a_s, m.mean(-2) / w_s.mean(-1, keepdim=True))
+    # Attention rows summing to 1 make every w sum to 1: a = w * N_self / N_other.
+    w_t, w_s = w_t / w_t.sum(-1, keepdim=True), w_s / w_s.sum(-1, keepdim=True)
+    a_t, a_s = cross_weights(w_t, w_s)
+    torch.testing.assert_close(a_t, w_t * 5 / 7)
+    torch.testing.assert_close(a_s, w_s * 7 / 5)
+
+
+def test_softmax_attention_rows_sum_to_one() -> None:
+    torch.manual_seed(0)
+    attn = TokenAttention(16, heads=4)
+    plan = attn.plan(torch.randn(2, 9, 16))
+    assert plan.shape == (2, 4, 9, 9)
+    torch.testing.assert_close(plan.sum(-1), torch.ones(2, 4, 9))
+    torch.testing.assert_close(attn(torch.randn(2, 9, 16)).sum(-1), torch.ones(2, 4))
+
+
+def test_sinkhorn_plan_has_uniform_marginals_and_matches_pot() -> None:
+    ot = pytest.importorskip("ot")
+    torch.manual_seed(0)
+    q, k = (
+        torch.randn(2, 3, 6, 4, dtype=torch.float64),
+        torch.randn(2, 3, 6, 4, dtype=torch.float64),
+    )
+    reg = 2.0  # sqrt(d_head)
+    plan = sinkhorn_plan(q @ k.transpose(-2, -1) / reg, n_iters=300)
+    torch.testing.assert_close(plan.sum(-1), torch.full((2, 3, 6), 1 / 6, dtype=torch.float64))
+    torch.testing.assert_close(plan.sum(-2), torch.full((2, 3, 6), 1 / 6, dtype=torch.float64))
+    uniform = np.full(6, 1 / 6)
+    for i, j in [(0, 0), (1, 2)]:
+        cost = -(q[i, j] @ k[i, j].T).numpy()
+        expected = ot.sinkhorn(uniform, uniform, cost, reg, numItermax=10000, stopThr=1e-12)
+        np.testing.assert_allclose(plan[i, j].numpy(), expected, rtol=1e-7, atol=1e-12)
+
+
+def test_sinkhorn_planner_gives_uniform_token_weights() -> None:
+    """A balanced plan fixes the column sums, so the weights carry nothing (documented)."""
+    torch.manual_seed(0)
+    w = TokenAttention(16, heads=4, planner="sinkhorn", sinkhorn_iters=20)(torch.randn(2, 9, 16))
+    torch.testing.assert_close(w, torch.full((2, 4, 9), 1 / 9))
+
+
+def test_fixed_projection_is_a_frozen_isometry() -> None:
+    proj = FixedProjection(6, 16)
+    assert not list(proj.parameters())
+    x = torch.randn(4, 6)
+    torch.testing.assert_close(proj(x).norm(dim=1), x.norm(dim=1))
+    maps = torch.randn(4, 6, 3, 2)
+    torch.testing.assert_close(proj(maps)[..., 1, 0], proj(maps[..., 1, 0]))
+    torch.testing.assert_close(FixedProjection(6, 16).weight, proj.weight)  # seeded
+
+
+@pytest.mark.parametrize("options", [{}, {"projection": "learnt", "planner": "sinkhorn"}])
+def test_ska_between_different_networks(network_pair, options: dict) -> None:
+    (student, x_s), (teacher, x_t), kinds = network_pair
+    if "mlp" in kinds:
+        with pytest.raises(CmkdError, match="feature map"):
+            build_term("ska", student, teacher, dim=32, heads=4, **options)
+        return
+    term = build_term("ska", student, teacher, dim=32, heads=4, sinkhorn_iters=5, **options)
+    assert isinstance(term, SKA) and term.needs == {"feature_map", "embedding"}
+    value = term(student(x_s), teacher(x_t), {})
+    assert set(value) == {"tokens", "pooled"}
+    total = value["tokens"] + value["pooled"]
+    assert total.ndim == 0 and torch.isfinite(total) and total > 0
+    total.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    for name, p in term.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+
+
+def test_bad_options_raise() -> None:
+    for options in ({"planner": "exact"}, {"dim": 30, "heads": 8}, {"projection": "x"}):
+        with pytest.raises(CmkdError):
+            SKA(4, 4, 4, 4, **options)

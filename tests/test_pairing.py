@@ -1,0 +1,114 @@
+"""Pairing strategies: identity, class-random, fixed and dynamic (DynM) tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cmkd.data.pairing import (
+    ClassRandomPairing,
+    DynamicPairing,
+    FixedPairing,
+    IdentityPairing,
+)
+from cmkd.errors import CmkdError
+from cmkd.matching.dynamic import min_kl_match
+
+S_LAB = np.array([0, 1, 2, 0, 1, 2, 0, 0, 1, 2] * 30)
+T_LAB = np.array([2, 2, 1, 0, 0, 1, 2, 0, 1] * 20)
+
+
+def test_identity_pairing_checks_ids() -> None:
+    rows = torch.tensor([2, 0])
+    assert (
+        IdentityPairing(np.array(["a", "b", "c"]), np.array(["a", "b", "c"])).teacher_rows(rows, 0)
+        is rows
+    )
+    with pytest.raises(CmkdError, match="'b' vs 'x'"):
+        IdentityPairing(np.array(["a", "b"]), np.array(["a", "x"]))
+
+
+def test_class_random_same_class_redrawn_per_epoch_reproducible() -> None:
+    pairing = ClassRandomPairing(S_LAB, T_LAB, seed=7)
+    rows = torch.arange(len(S_LAB))
+    e0, e1 = pairing.teacher_rows(rows, 0), pairing.teacher_rows(rows, 1)
+    assert e0.dtype == torch.long
+    for table in (e0, e1):
+        assert np.array_equal(T_LAB[table.numpy()], S_LAB)
+    assert not torch.equal(e0, e1)
+    again = ClassRandomPairing(S_LAB, T_LAB, seed=7)
+    assert torch.equal(again.teacher_rows(rows, 1), e1)  # another rank, same pairs
+    assert torch.equal(again.teacher_rows(rows, 0), e0)
+    assert not torch.equal(ClassRandomPairing(S_LAB, T_LAB, seed=8).teacher_rows(rows, 0), e0)
+    # a batch is a lookup into the epoch's table
+    batch = torch.tensor([5, 3, 299])
+    assert torch.equal(pairing.teacher_rows(batch, 1), e1[batch])
+    # every teacher class is used, and across epochs most teacher samples get drawn
+    used = np.unique(np.concatenate([pairing.table_for(e) for e in range(10)]))
+    assert set(T_LAB[used]) == {0, 1, 2} and len(used) > 0.9 * len(T_LAB)
+
+
+def test_class_random_missing_teacher_class_is_named() -> None:
+    with pytest.raises(CmkdError, match="class 'River' has 2 student samples but no teacher"):
+        ClassRandomPairing(
+            np.array([0, 1, 2, 2]), np.array([0, 1]), classes=["Forest", "Lake", "River"]
+        )
+
+
+def test_fixed_pairing_table() -> None:
+    pairing = FixedPairing(np.array([4, 0, 2]))
+    assert pairing.teacher_rows(torch.tensor([2, 0]), 5).tolist() == [2, 4]
+    assert pairing.table.tolist() == [4, 0, 2]
+    with pytest.raises(ValueError):
+        pairing.table[0] = 1
+    with pytest.raises(CmkdError, match="1-d integer"):
+        FixedPairing(np.array([0.5]))
+    # assignment (checkpoint resume, DDP broadcast) takes arrays or tensors, copies them
+    pairing.teacher_rows(torch.tensor([0]), 0)  # warm the lookup cache
+    pairing.table = torch.tensor([1, 1, 1])
+    assert pairing.teacher_rows(torch.tensor([0, 2]), 0).tolist() == [1, 1]
+    pairing.table = pairing.table
+    assert pairing.table.tolist() == [1, 1, 1]
+    with pytest.raises(CmkdError, match="2 student rows, this pairing 3"):
+        pairing.table = np.array([0, 1])
+
+
+def test_dynamic_pairing_rematch_changes_table_and_counts() -> None:
+    gen = torch.Generator().manual_seed(0)
+    zt = torch.randn(len(T_LAB), 3, generator=gen) * 3
+    start = ClassRandomPairing(S_LAB, T_LAB, seed=0).table_for(0)
+    pairing = DynamicPairing(start, epochs=[60, 30])
+    assert pairing.due(30) and not pairing.due(31) and pairing.epochs == [30, 60]
+    zs = torch.randn(len(S_LAB), 3, generator=gen) * 3
+    changed = pairing.rematch(zs, zt, S_LAB, T_LAB)
+    expected = min_kl_match(zs, zt, S_LAB, T_LAB, temperature=3.0).numpy()
+    assert np.array_equal(pairing.table, expected)
+    assert changed == int((expected != start).sum()) > 0
+    assert pairing.rematch(zs, zt, S_LAB, T_LAB) == 0
+    assert pairing.changes == [changed, 0]
+    assert torch.equal(
+        pairing.teacher_rows(torch.tensor([1, 0]), 30), torch.from_numpy(expected[[1, 0]])
+    )
+    with pytest.raises(CmkdError, match="logits for 3 students"):
+        pairing.rematch(zs[:3], zt, S_LAB[:3], T_LAB)
+
+
+def test_real_eurosat_twins_never_cross_classes(data_root: Path) -> None:
+    """369 MS/RGB twins: class-random and min-KL pairs stay inside their class."""
+    from cmkd.data.sources import load_source
+
+    data = load_source("eurosat_paired", data_root)
+    ms, rgb = data["ms"], data["rgb"]
+    assert len(rgb) == 369
+    table = ClassRandomPairing(rgb.y, ms.y, seed=0, classes=rgb.classes).table_for(3)
+    assert np.array_equal(ms.y[table], rgb.y)
+    # crude but real logits: per-class channel means of each modality's pixels
+    zs = torch.from_numpy(rgb.x.reshape(len(rgb), 3, -1).astype(np.float32).mean(2)) / 50
+    zt = torch.from_numpy(ms.x.reshape(len(ms), ms.x.shape[1], -1).astype(np.float32).mean(2))
+    zt = zt[:, :3] / 500
+    match = min_kl_match(zs, zt, rgb.y, ms.y, chunk_size=100).numpy()
+    assert np.array_equal(ms.y[match], rgb.y)
+    assert len(set(rgb.y)) == len(rgb.classes)  # every class present and covered
