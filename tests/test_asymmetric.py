@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cmkd.cli import main
 from cmkd.config import (
@@ -81,6 +82,10 @@ def test_sembridge_pipeline_on_unpaired_eurosat(quiet_run, data_root, tmp_path, 
     )
     header = _header(result)
     assert "pairing/changed" in header and any(c.startswith("train/ska") for c in header)
+    # The re-matched table is training state: it is in the checkpoint a resume starts from.
+    last = torch.load(Path(result["checkpoint"]).with_name("last.ckpt"), weights_only=False)
+    saved = PairList.load(Path(result["checkpoint"]).parents[1] / "pairs.json")
+    assert len(last["pairing_table"]) == len(saved) == 80
     assert main(["pairs", "show", str(Path(result["checkpoint"]).parents[1])]) == 0
     assert "coverage" in capsys.readouterr().out.lower()
 

@@ -13,7 +13,7 @@ import pytest
 from cmkd.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["train", "distill", "evaluate", "demo", "losses", "bench"]
+SUBCOMMANDS = ["train", "distill", "evaluate", "demo", "losses", "match", "pairs", "bench"]
 
 
 def cmkd(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -36,7 +36,19 @@ def test_help_lists_every_subcommand(capsys) -> None:
 
 
 @pytest.mark.parametrize(
-    "sub", [["train"], ["distill"], ["evaluate"], ["demo"], ["losses"], ["bench", "teacher-cache"]]
+    "sub",
+    [
+        ["train"],
+        ["distill"],
+        ["evaluate"],
+        ["demo"],
+        ["losses"],
+        ["match"],
+        ["pairs", "show"],
+        ["bench", "teacher-cache"],
+        ["bench", "losses"],
+        ["bench", "sembridge"],
+    ],
 )
 def test_every_subcommand_has_help(sub, capsys) -> None:
     with pytest.raises(SystemExit) as exit_:

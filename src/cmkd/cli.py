@@ -92,7 +92,7 @@ def demo(seeds: list[int] = [0, 1, 2], epochs: int = 50, output_dir: str = "runs
     from cmkd.config import TermConfig
 
     kd = DistillConfig(ce_weight=0.5, terms=[TermConfig("kd", 0.5, {"temperature": 4.0})])
-    compare_students({"RGB student, KD": kd}, seeds, epochs, output_dir)
+    compare_students({"student, KD": kd}, seeds, epochs, output_dir)
 
 
 def match(
@@ -201,7 +201,7 @@ def _positional_to_option(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     from jsonargparse import CLI
 
-    from cmkd.bench import loss_grid, teacher_cache
+    from cmkd.bench import loss_grid, sembridge_grid, teacher_cache
     from cmkd.data.root import set_cli_root
 
     # Lightning's start-up banners and tips drown the results; warnings still show, except a
@@ -221,7 +221,11 @@ def main(argv: list[str] | None = None) -> int:
                 "losses": losses,
                 "match": match,
                 "pairs": {"show": show_pairs},
-                "bench": {"teacher-cache": teacher_cache, "losses": loss_grid},
+                "bench": {
+                    "teacher-cache": teacher_cache,
+                    "losses": loss_grid,
+                    "sembridge": sembridge_grid,
+                },
             },
             args=args,
             description=__doc__,

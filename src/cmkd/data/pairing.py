@@ -151,20 +151,16 @@ class FixedPairing(_TablePairing):
 class DynamicPairing(FixedPairing):
     """SemBridge's DynM: a table that `rematch` replaces by min-KL same-class teachers.
 
-    The caller runs `rematch` at the schedule's epochs (see cmkd.matching.dynamic.schedule_from)
+    The caller (cmkd.methods.dynamic_matching.DynamicMatching) runs `rematch` at the
+    schedule's epochs (cmkd.matching.dynamic.schedule_from)
     with the current student's logits for every student training row, in row order, and the
     frozen teacher's logits for every teacher training row. `changes[k]` is how many students
     got a new teacher at the k-th re-match: a curve that should fall as matching settles.
     """
 
-    def __init__(self, table: np.ndarray, epochs: Sequence[int] = ()) -> None:
+    def __init__(self, table: np.ndarray) -> None:
         super().__init__(table)
-        self.epochs = sorted(int(e) for e in epochs)
         self.changes: list[int] = []
-
-    def due(self, epoch: int) -> bool:
-        """Whether `epoch` is a re-match epoch of the schedule given at construction."""
-        return epoch in self.epochs
 
     def rematch(
         self,
