@@ -227,7 +227,7 @@ def _table(rows: dict[str, list[dict]], title: str, wall: float) -> str:
     for label, runs in rows.items():
         f1 = [r["best"]["test"]["f1_macro"] for r in runs]
         deltas = ["", ""]
-        if label != TEACHER:
+        if label not in (TEACHER, NO_KD):
             deltas = [
                 mean_ci([a - b for a, b in zip(scores[label], scores[NO_KD], strict=True)])
                 for scores in (best, last)
