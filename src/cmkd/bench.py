@@ -136,6 +136,7 @@ def sembridge_grid(
     seeds: list[int] = [0, 1, 2],  # noqa: B006
     epochs: int = 30,
     matcher_epochs: int = 30,
+    rgb_per_class: int | None = 300,
     output_dir: str | None = None,
 ) -> None:
     """SemBridge against its baselines on an asymmetric scenario (teacher and student share
@@ -150,6 +151,8 @@ def sembridge_grid(
         seeds: One split, teacher and matcher per seed.
         epochs: Epochs of every teacher and student.
         matcher_epochs: Epochs of the SSM matcher.
+        rgb_per_class: Unpaired RGB patches per class in the EuroSAT scenarios (None: all
+            26,631, for a stronger RGB teacher or a bigger RGB student set).
         output_dir: Default runs/bench/sembridge-<scenario>.
     """
     from cmkd.comparison import SCENARIOS, compare_students
@@ -173,11 +176,17 @@ def sembridge_grid(
         ),
         "SemBridge + KD": DistillConfig(ce_weight=0.3, terms=[kd, ska], pairing=dynamic),
     }
+    sc = SCENARIOS[scenario]
+    side = "teacher_data" if sc.teacher_modality == "rgb" else "student_data"
+    rgb = getattr(sc, side)
+    if rgb.source == "eurosat_rgb":
+        options = {**rgb.options, "per_class_limit": rgb_per_class}
+        sc = replace(sc, **{side: replace(rgb, options=options)})
     compare_students(
         methods,
         seeds,
         epochs,
         output_dir or f"runs/bench/sembridge-{scenario}",
-        scenario=scenario,
+        scenario=sc,
         matcher_epochs=matcher_epochs,
     )

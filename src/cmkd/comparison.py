@@ -106,7 +106,7 @@ def compare_students(
     seeds: list[int],
     epochs: int,
     output_dir: str,
-    scenario: str = "eurosat_paired",
+    scenario: str | Scenario = "eurosat_paired",
     backbone: str = "small_cnn",
     matcher_epochs: int = 30,
     echo=print,
@@ -116,7 +116,7 @@ def compare_students(
     A method whose pairing is 'matched' without a pair list gets one per seed from
     `match_pairs` with the scenario's matching method, written under output_dir/pairs/.
     """
-    sc = SCENARIOS[scenario]
+    sc = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
     model = ModelConfig(backbone=backbone)
     optim = OptimConfig(lr=1e-3, epochs=epochs)
     run = RunConfig(output_dir=output_dir, progress_bar=False, overwrite=True)
