@@ -263,8 +263,9 @@ class CTKD(LogitTerm):
         """The current temperature, for logging."""
         return float(self._temperature(self.t.detach()))
 
-    def diagnostics(self) -> dict[str, float]:
-        return {"temperature": self.temperature}
+    def diagnostics(self) -> dict[str, torch.Tensor]:
+        # A tensor, not a float: no host sync in every training step.
+        return {"temperature": self._temperature(self.t.detach())}
 
     def forward(self, student, teacher, batch):
         zs, zt = self.prepare(student, teacher)
