@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -90,7 +91,7 @@ class DistillModule(ClassifierModule):
         # A re-matched (DynM) table is training state: a resumed run must continue from it.
         table = getattr(self.pairing, "table", None)
         if table is not None:
-            checkpoint["pairing_table"] = torch.as_tensor(table).cpu()
+            checkpoint["pairing_table"] = torch.from_numpy(np.array(table, dtype=np.int64))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "pairing_table" in checkpoint and hasattr(self.pairing, "table"):
