@@ -1,4 +1,5 @@
-"""The runs behind the CLI: supervised training, paired distillation, evaluation.
+"""The runs behind the CLI: supervised training, distillation (paired or asymmetric), SSM
+matching, evaluation.
 
 Each takes the typed configs, prepares the data once, and writes one run folder.
 """
