@@ -181,7 +181,9 @@ def sembridge_grid(
     rgb = getattr(sc, side)
     if rgb.source == "eurosat_rgb":
         options = {**rgb.options, "per_class_limit": rgb_per_class}
-        sc = replace(sc, **{side: replace(rgb, options=options)})
+        count = "all 26,631" if rgb_per_class is None else f"{10 * rgb_per_class:,}"
+        title = sc.title.replace("3,000", count)
+        sc = replace(sc, title=title, **{side: replace(rgb, options=options)})
     compare_students(
         methods,
         seeds,

@@ -196,7 +196,7 @@ def compare_students(
     write_json(
         out / "results.json",
         {
-            "scenario": scenario,
+            "scenario": sc.title,
             "seeds": seeds,
             "epochs": epochs,
             "backbone": backbone,
