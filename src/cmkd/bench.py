@@ -95,6 +95,7 @@ def loss_grid(
     configs: list[str] | None = None,
     seeds: list[int] = [0, 1, 2],  # noqa: B006
     epochs: int = 50,
+    backbone: str = "small_cnn",
     output_dir: str = "runs/bench/losses",
 ) -> None:
     """Every distillation config against the no-KD student on the EuroSAT paired twins, with
@@ -105,13 +106,14 @@ def loss_grid(
             `distill` section (terms, ce_weight) is used, so every method gets the same budget.
         seeds: One split and one teacher per seed.
         epochs: Epochs of every training.
+        backbone: Teacher and students.
         output_dir: Where the runs and results.md go.
     """
     from cmkd.comparison import compare_students
 
     paths = [Path(c) for c in configs] if configs else sorted(LOSS_CONFIGS.glob("*.yaml"))
     methods = {p.stem: distill_section(p) for p in paths}
-    compare_students(methods, seeds, epochs, output_dir)
+    compare_students(methods, seeds, epochs, output_dir, backbone=backbone)
 
 
 LOSS_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "eurosat_paired" / "losses"
@@ -137,6 +139,7 @@ def sembridge_grid(
     epochs: int = 30,
     matcher_epochs: int = 30,
     rgb_per_class: int | None = 300,
+    backbone: str = "small_cnn",
     output_dir: str | None = None,
 ) -> None:
     """SemBridge against its baselines on an asymmetric scenario (teacher and student share
@@ -153,6 +156,7 @@ def sembridge_grid(
         matcher_epochs: Epochs of the SSM matcher.
         rgb_per_class: Unpaired RGB patches per class in the EuroSAT scenarios (None: all
             26,631, for a stronger RGB teacher or a bigger RGB student set).
+        backbone: Teacher, students and matcher encoders (resnet34 for the paper's R/R pair).
         output_dir: Default runs/bench/sembridge-<scenario>.
     """
     from cmkd.comparison import SCENARIOS, compare_students
@@ -190,5 +194,6 @@ def sembridge_grid(
         epochs,
         output_dir or f"runs/bench/sembridge-{scenario}",
         scenario=sc,
+        backbone=backbone,
         matcher_epochs=matcher_epochs,
     )
