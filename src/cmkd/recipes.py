@@ -282,7 +282,7 @@ def match_pairs(
     teacher's embedding space, the student seen through a pseudo-view into the teacher's
     modality), 'class_random' (no pseudo-view exists, e.g. speech vs images)."""
     from cmkd.matching.pseudo_views import get_pseudo_view
-    from cmkd.matching.ssm import match_top1, train_matcher
+    from cmkd.matching.ssm import ssm_pairs, train_matcher
 
     t_model, t_hp = load_model(teacher_checkpoint)
     prepared = prepare_data(data, seed)
@@ -291,9 +291,9 @@ def match_pairs(
     _check_no_leak(teacher.ids, prepared, modality)
     if method != "class_random" and pseudo_view is None:
         raise CmkdError(f"matching method '{method}' needs a pseudo_view")
-    scores = None
     if method == "class_random":
         rows = ClassRandomPairing(student.y, teacher.y, seed, student.classes).table_for(0)
+        pairs = PairList.from_table(rows, student, teacher, method=method)
     elif method == "ssm":
         view = get_pseudo_view(pseudo_view).fit(teacher.x, student.x)
         matcher = train_matcher(
@@ -305,23 +305,14 @@ def match_pairs(
             seed=seed,
             progress=progress,
         )
-        rows, scores = match_top1(
-            matcher, teacher.x, teacher.y, student.x, student.y, student.classes
-        )
+        pairs = ssm_pairs(matcher, teacher, student)
     elif method == "teacher_embedding":
         view = get_pseudo_view(pseudo_view).fit(student.x, teacher.x)
-        rows, scores = match_top1(
-            _TeacherSpace(t_model),
-            teacher.x,
-            teacher.y,
-            view(student.x),
-            student.y,
-            student.classes,
-        )
+        as_teacher = Samples(view(student.x), student.y, student.ids, student.classes)
+        pairs = ssm_pairs(_TeacherSpace(t_model), teacher, as_teacher, method=method)
     else:
         raise CmkdError(
             f"unknown matching method '{method}'; use ssm, teacher_embedding or class_random"
         )
-    pairs = PairList.from_table(rows, student, teacher, method=method, scores=scores)
     pairs.save(Path(output))
     return pairs

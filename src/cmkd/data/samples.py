@@ -41,7 +41,3 @@ class Samples:
 
     def subset(self, index: np.ndarray) -> Samples:
         return Samples(self.x[index], self.y[index], self.ids[index], list(self.classes))
-
-    @property
-    def is_image(self) -> bool:
-        return self.x.ndim == 4

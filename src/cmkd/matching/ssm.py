@@ -241,9 +241,14 @@ def match_top1(
 
 
 def ssm_pairs(
-    matcher: SSMMatcher, teacher: Samples, student: Samples, batch_size: int = 256
+    matcher: SSMMatcher,
+    teacher: Samples,
+    student: Samples,
+    batch_size: int = 256,
+    method: str = "ssm",
 ) -> PairList:
-    """`match_top1` over two sample sets, as a `PairList` (method "ssm", scores = cosine)."""
+    """`match_top1` over two sample sets, as a `PairList` (scores = cosine). Any module with
+    `embed_a` / `embed_b` serves as the matcher; `method` names it in the list."""
     if teacher.classes != student.classes:
         raise CmkdError(
             f"student and teacher class lists differ: {student.classes} vs {teacher.classes}"
@@ -251,4 +256,4 @@ def ssm_pairs(
     table, scores = match_top1(
         matcher, teacher.x, teacher.y, student.x, student.y, student.classes, batch_size
     )
-    return PairList.from_table(table, student, teacher, "ssm", scores)
+    return PairList.from_table(table, student, teacher, method, scores)
