@@ -60,6 +60,12 @@ class RunConfig:
     """Run folder name under output_dir (default: derived from the command and modality)."""
     accelerator: str = "auto"
     devices: int | str = 1
+    """Devices per node: 4, "auto", or a list like "0,1"; several run one process each."""
+    strategy: str = "auto"
+    """Lightning strategy: auto (DDP when devices > 1), ddp, ddp_spawn,
+    ddp_find_unused_parameters_true, ..."""
+    num_nodes: int = 1
+    """Machines taking part in DDP (launched by torchrun or SLURM, one per node)."""
     precision: str = "32-true"
     progress_bar: bool = True
     resume: bool = False
@@ -85,9 +91,11 @@ def _default_terms() -> list[TermConfig]:
 class PairingConfig:
     """How each student training sample finds the teacher sample that teaches it."""
 
-    strategy: Literal["paired", "class_random", "matched"] = "paired"
+    strategy: Literal["paired", "class_random", "matched", "unpaired"] = "paired"
     """paired: the same sample (by id); class_random: a random same-class teacher sample,
-    re-drawn every epoch; matched: a pair list from `cmkd match` (see `pairs`)."""
+    re-drawn every epoch; matched: a pair list from `cmkd match` (see `pairs`); unpaired: the
+    DisCoM-KD way, each set shuffled on its own every epoch and the two zipped, labels unused
+    (pairs cross classes; the teacher set is cycled or truncated to the student's size)."""
     pairs: str | None = None
     """Pair list JSON for strategy 'matched'."""
     dynamic: bool = False
@@ -112,3 +120,10 @@ class DistillConfig:
     terms: list[TermConfig] = field(default_factory=_default_terms)
     cache_teacher: bool = True
     """Compute the frozen teacher's outputs once per run instead of every step."""
+    teacher_target: Literal["sample", "class_mean", "teacher_free"] = "sample"
+    """sample: the paired teacher sample's outputs. Two controls that tell cross-modal
+    knowledge from mere regularisation: class_mean, the teacher's mean outputs over its
+    training samples of the student sample's class (class-level knowledge only); teacher_free,
+    a hand-made soft label with no teacher information (Yuan et al. 2020)."""
+    teacher_free_confidence: float = 0.9
+    """Probability of the true class in the teacher-free soft label."""

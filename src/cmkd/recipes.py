@@ -198,6 +198,8 @@ def distill_student(
         terms=terms,
         ce_weight=distill.ce_weight,
         cache_teacher=distill.cache_teacher,
+        teacher_target=distill.teacher_target,
+        teacher_free_confidence=distill.teacher_free_confidence,
         teacher_checkpoint=str(distill.teacher),
         num_train=len(student_train),
     )

@@ -132,6 +132,11 @@ def fit_and_test(
         "last": {"epoch": epochs - 1, "test": last},
         "checkpoint": str(best_path),
         "fit_seconds": round(fit_s, 2),
+        **(
+            {"teacher_seconds": round(module.teacher_seconds, 3)}
+            if hasattr(module, "teacher_seconds")
+            else {}
+        ),
         **(extra or {}),
     }
     write_json(run_dir / "results.json", results)

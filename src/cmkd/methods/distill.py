@@ -8,6 +8,7 @@ from a forward pass every step.
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from cmkd.data.pairing import Pairing
+from cmkd.errors import CmkdError
 from cmkd.losses import TermContext, build_term
 from cmkd.methods.classifier import ClassifierModule
 from cmkd.models.model import StandardizedNetwork
@@ -40,6 +42,8 @@ class DistillModule(ClassifierModule):
         cache_teacher: bool = True,
         teacher_checkpoint: str = "",
         num_train: int = 0,
+        teacher_target: str = "sample",
+        teacher_free_confidence: float = 0.9,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -59,6 +63,15 @@ class DistillModule(ClassifierModule):
         self.weights = {t["name"]: float(t.get("weight", 1.0)) for t in terms}
         self.needs = set().union(*(term.needs for term in self.terms.values()))
         self.cache: ModelOutput | None = None
+        if teacher_target not in ("sample", "class_mean", "teacher_free"):
+            raise CmkdError(
+                f"unknown teacher_target '{teacher_target}'; use sample, class_mean or teacher_free"
+            )
+        if teacher_target == "class_mean" and (not cache_teacher or teacher_labels is None):
+            raise CmkdError("teacher_target 'class_mean' needs the teacher cache and its labels")
+        if teacher_target == "teacher_free" and self.needs - {"logits"}:
+            raise CmkdError("teacher_target 'teacher_free' only has logits; use logit terms")
+        self.teacher_seconds = 0.0  # time in teacher forward passes, for the bench's cost split
 
     def train(self, mode: bool = True):
         # Lightning puts the whole module in train mode each epoch; the teacher stays frozen
@@ -69,8 +82,10 @@ class DistillModule(ClassifierModule):
 
     @torch.no_grad()
     def _teacher_forward(self, rows: torch.Tensor) -> ModelOutput:
+        start = time.perf_counter()
         x = self.teacher_inputs[rows.cpu()].to(self.device, non_blocking=True)
         out = self.teacher(x)
+        self.teacher_seconds += time.perf_counter() - start
         keep = lambda name: getattr(out, name) if name in self.needs else None  # noqa: E731
         return ModelOutput(out.logits, keep("embedding"), keep("feature_map"))
 
@@ -86,6 +101,37 @@ class DistillModule(ClassifierModule):
                 else torch.cat([getattr(p, name) for p in parts])
             )
             self.cache = ModelOutput(cat("logits"), cat("embedding"), cat("feature_map"))
+            if self.hparams.teacher_target == "class_mean":
+                self.class_means = self._class_means(self.cache)
+
+    def _class_means(self, cache: ModelOutput) -> ModelOutput:
+        """Per class, the teacher's outputs averaged over its training samples of that class."""
+        labels = self.teacher_labels.to(cache.logits.device).long()
+        k = len(self.classes)
+
+        def mean(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
+            flat = t.reshape(len(t), -1)
+            sums = torch.zeros(k, flat.shape[1], dtype=flat.dtype, device=flat.device)
+            sums.index_add_(0, labels, flat)
+            counts = torch.bincount(labels, minlength=k).clamp(min=1).unsqueeze(1)
+            return (sums / counts).reshape(k, *t.shape[1:])
+
+        return ModelOutput(mean(cache.logits), mean(cache.embedding), mean(cache.feature_map))
+
+    def _control_target(self, labels: torch.Tensor) -> ModelOutput:
+        """The controls that separate cross-modal knowledge from mere regularisation, indexed
+        by the *student's* labels so they carry nothing about the paired teacher sample.
+        class_mean: the teacher's class-mean outputs (class-level knowledge only);
+        teacher_free: logits log p with p = a on the true class and (1 - a) / (K - 1) elsewhere
+        (teacher-free KD, Yuan et al. 2020): no teacher information at all."""
+        if self.hparams.teacher_target == "class_mean":
+            return self.class_means.select(labels.to(self.class_means.logits.device))
+        k, a = len(self.classes), self.hparams.teacher_free_confidence
+        p = torch.full((len(labels), k), (1 - a) / (k - 1), device=labels.device)
+        p.scatter_(1, labels.long().unsqueeze(1), a)
+        return ModelOutput(p.log(), None, None)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # A re-matched (DynM) table is training state: a resumed run must continue from it.
@@ -102,6 +148,8 @@ class DistillModule(ClassifierModule):
             term.on_epoch_start(self.current_epoch, self.trainer.max_epochs)
 
     def teacher_outputs(self, batch: dict) -> ModelOutput:
+        if self.hparams.teacher_target != "sample":
+            return self._control_target(batch["label"])
         rows = self.pairing.teacher_rows(batch["index"], self.current_epoch)
         if self.cache is not None:
             return self.cache.select(rows.to(self.cache.logits.device))
