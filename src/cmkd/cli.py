@@ -187,7 +187,11 @@ def _pop_data_root(argv: list[str]) -> tuple[list[str], str | None]:
 # Subcommands whose one required argument may also be given positionally, e.g.
 # `cmkd pairs show RUN` or `cmkd evaluate CKPT` (options stay named everywhere else, so YAML
 # configs can supply them).
-_POSITIONAL = {("pairs", "show"): "--path", ("evaluate",): "--checkpoint"}
+_POSITIONAL = {
+    ("pairs", "show"): "--path",
+    ("evaluate",): "--checkpoint",
+    ("bench", "grid"): "--grid",
+}
 
 
 def _positional_to_option(argv: list[str]) -> list[str]:
@@ -202,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     from jsonargparse import CLI
 
     from cmkd.bench import loss_grid, sembridge_grid, teacher_cache
+    from cmkd.bench.grid import bench_grid
     from cmkd.data.root import set_cli_root
+    from cmkd.methods.discomkd import discomkd_command
 
     # Lightning's start-up banners and tips drown the results; warnings still show, except a
     # deprecation inside Lightning itself that users can do nothing about.
@@ -220,8 +226,10 @@ def main(argv: list[str] | None = None) -> int:
                 "demo": demo,
                 "losses": losses,
                 "match": match,
+                "discomkd": discomkd_command,
                 "pairs": {"show": show_pairs},
                 "bench": {
+                    "grid": bench_grid,
                     "teacher-cache": teacher_cache,
                     "losses": loss_grid,
                     "sembridge": sembridge_grid,
