@@ -111,6 +111,38 @@ class PairingConfig:
 
 
 @dataclass
+class QualityConfig:
+    """Quality-based per-sample weights on the distillation terms (soft-constrained CMKD; see
+    cmkd.methods.quality, a reconstruction). Weights have mean 1 in each batch."""
+
+    source: Literal["none", "confidence", "norm", "dropout"] = "none"
+    """confidence: the teacher's probability of the true class; norm: its embedding norm,
+    batch-standardised and clipped; dropout: stability of its output under dropout (SER-FIQ)."""
+    power: float = 1.0
+    """confidence and dropout: q ** power before normalising (> 1 sharpens)."""
+    norm_clip: float = 2.0
+    norm_strength: float = 0.5
+    """norm: w = 1 + strength * clip(z, -clip, clip) / clip, before normalising."""
+    dropout_p: float = 0.5
+    dropout_passes: int = 10
+    terms: list[str] | None = None
+    """Names of the weighted terms (each needs a per-sample form); None: every term."""
+
+
+@dataclass
+class CorruptionConfig:
+    """Corrupt a seeded fraction of the teacher's training inputs at distillation time (the
+    robustness scenario; cmkd.data.corruption). The teacher itself is trained on clean data."""
+
+    kind: Literal["none", "noise", "blank", "clip"] = "none"
+    fraction: float = 0.0
+    severity: float | None = None
+    """noise: std in units of the channel std (default 1); blank, clip: share of channels or
+    rows blanked, of values clipped (default 0.5)."""
+    seed: int = 0
+
+
+@dataclass
 class DistillConfig:
     teacher: str = ""
     """Path of the teacher checkpoint (from `cmkd train`). Its training samples come from the
@@ -120,6 +152,8 @@ class DistillConfig:
     terms: list[TermConfig] = field(default_factory=_default_terms)
     cache_teacher: bool = True
     """Compute the frozen teacher's outputs once per run instead of every step."""
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
     teacher_target: Literal["sample", "class_mean", "teacher_free"] = "sample"
     """sample: the paired teacher sample's outputs. Two controls that tell cross-modal
     knowledge from mere regularisation: class_mean, the teacher's mean outputs over its

@@ -22,6 +22,7 @@ from cmkd.config import (
     PairingConfig,
     RunConfig,
 )
+from cmkd.data.corruption import corrupt_teacher_inputs
 from cmkd.data.datamodule import ModalityDataModule, ModalityDataset, PreparedData, prepare_data
 from cmkd.data.normalize import Standardize
 from cmkd.data.pairing import (
@@ -38,6 +39,7 @@ from cmkd.matching.pairs import PairList
 from cmkd.methods.classifier import ClassifierModule
 from cmkd.methods.distill import DistillModule
 from cmkd.methods.dynamic_matching import DynamicMatching
+from cmkd.methods.quality import save_teacher_quality
 from cmkd.models.model import StandardizedNetwork, build_model
 from cmkd.training import fit_and_test, open_run_dir
 
@@ -189,10 +191,14 @@ def distill_student(
     run_dir, resume = open_run_dir(
         run, f"{data.source}-{t_mod}-to-{modality}-{names}", seed, config
     )
+    # The robustness scenario's one hook: a seeded share of the teacher's inputs degraded.
+    teacher_inputs, corrupted = corrupt_teacher_inputs(
+        ModalityDataset(teacher_train, t_mod).x, distill.corruption
+    )
     module = DistillModule(
         **_module_args(model, optim, data, prepared, modality, seed),
         teacher=teacher,
-        teacher_inputs=ModalityDataset(teacher_train, t_mod).x,
+        teacher_inputs=teacher_inputs,
         teacher_labels=torch.from_numpy(teacher_train.y),
         pairing=pairing,
         terms=terms,
@@ -202,6 +208,7 @@ def distill_student(
         teacher_free_confidence=distill.teacher_free_confidence,
         teacher_checkpoint=str(distill.teacher),
         num_train=len(student_train),
+        quality=asdict(distill.quality),
     )
     dm = ModalityDataModule(prepared, modality, data.batch_size, seed)
     if distill.pairing.dynamic:
@@ -209,6 +216,7 @@ def distill_student(
         callbacks = (*callbacks, DynamicMatching(epochs, distill.pairing.temperature))
     extra = {"teacher_checkpoint": str(distill.teacher), "pairing": distill.pairing.strategy}
     result = fit_and_test(module, dm, run_dir, run, optim.epochs, resume, callbacks, extra)
+    save_teacher_quality(run_dir, module, teacher_train.ids, corrupted)
     if not isinstance(pairing, IdentityPairing):
         # The pairs the student ended with, for `cmkd pairs show RUN`.
         final = pairing.teacher_rows(torch.arange(len(student_train)), optim.epochs - 1)

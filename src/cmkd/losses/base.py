@@ -53,6 +53,28 @@ class DistillationTerm(nn.Module):
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def per_sample(self, student: ModelOutput, teacher: ModelOutput, batch: dict) -> torch.Tensor:
+        """The term's value for each sample, shape [B], whose mean is `forward`'s value.
+
+        Per-sample weighting (quality weights, `cmkd.methods.quality`) multiplies these values
+        by a weight per sample before averaging; a term whose loss is not a mean over samples
+        (relations between samples, a contrastive bank) has no such form and keeps this
+        default, which refuses.
+        """
+        raise CmkdError(f"distillation term {type(self).__name__} has no per-sample form")
+
+    @property
+    def has_per_sample(self) -> bool:
+        """Whether this term has a per-sample form that matches its `forward`: `per_sample` is
+        overridden, and not by a base class of the one defining `forward` (a subclass that
+        changes `forward` but inherits `per_sample` would be weighted with the wrong loss)."""
+
+        def owner(name: str) -> type:
+            return next(c for c in type(self).__mro__ if name in c.__dict__)
+
+        defines = owner("per_sample")
+        return defines is not DistillationTerm and issubclass(defines, owner("forward"))
+
 
 @dataclass(frozen=True)
 class RegisteredLoss:

@@ -94,6 +94,12 @@ class FitNet(DistillationTerm):
             s = resize(s, t.shape[-2:])
         return fitnet_loss(self.regressor(s), t)
 
+    def per_sample(self, student, teacher, batch):
+        s, t = feature(student, self.on), feature(teacher, self.on).detach()
+        if self.on == "feature_map":
+            s = resize(s, t.shape[-2:])
+        return (self.regressor(s) - t).pow(2).flatten(1).mean(dim=1)
+
 
 # --- Attention transfer ---------------------------------------------------------------------
 

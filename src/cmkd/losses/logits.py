@@ -80,6 +80,13 @@ class KD(LogitTerm):
         zs, zt = self.prepare(student, teacher)
         return kd_loss(zs, zt, self.temperature, self.scale_by_t2)
 
+    def per_sample(self, student, teacher, batch):
+        zs, zt = self.prepare(student, teacher)
+        log_p_s = F.log_softmax(zs / self.temperature, dim=1)
+        log_p_t = F.log_softmax(zt / self.temperature, dim=1)
+        kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(dim=1)
+        return kl * self.temperature**2 if self.scale_by_t2 else kl
+
 
 @register(
     "lskd",
@@ -108,6 +115,10 @@ def logits_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> to
 class Logits(LogitTerm):
     def forward(self, student, teacher, batch):
         return logits_mse(*self.prepare(student, teacher))
+
+    def per_sample(self, student, teacher, batch):
+        zs, zt = self.prepare(student, teacher)
+        return (zs - zt).pow(2).mean(dim=1)
 
 
 # --- DKD ----------------------------------------------------------------------------------------

@@ -4,6 +4,11 @@ loss = ce_weight * CE(student) + sum_i weight_i * term_i(student, teacher). The 
 for each student sample comes from a `Pairing`; its outputs come from a cache computed once
 per run (the teacher is frozen and its inputs are never augmented) or, with the cache off,
 from a forward pass every step.
+
+With quality weights (`quality.source`, see `cmkd.methods.quality`) the weighted terms become
+mean_i w_i * term_i, w the per-sample weights of the batch's teacher samples (mean 1, detached);
+their distribution is logged (summary statistics every epoch, a TensorBoard histogram) and
+the mean weight each teacher sample received is kept for `quality_record`.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from cmkd.data.pairing import Pairing
 from cmkd.errors import CmkdError
 from cmkd.losses import TermContext, build_term
 from cmkd.methods.classifier import ClassifierModule
+from cmkd.methods.quality import batch_weights, teacher_quality
 from cmkd.models.model import StandardizedNetwork
 from cmkd.models.outputs import ModelOutput
 
@@ -44,6 +50,7 @@ class DistillModule(ClassifierModule):
         num_train: int = 0,
         teacher_target: str = "sample",
         teacher_free_confidence: float = 0.9,
+        quality: dict[str, Any] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -72,6 +79,31 @@ class DistillModule(ClassifierModule):
         if teacher_target == "teacher_free" and self.needs - {"logits"}:
             raise CmkdError("teacher_target 'teacher_free' only has logits; use logit terms")
         self.teacher_seconds = 0.0  # time in teacher forward passes, for the bench's cost split
+        self.quality = dict(quality or {})
+        self.weighted = self._weighted_terms()
+        if self.weighted and teacher_target != "sample":
+            raise CmkdError("quality weights weight teacher samples; use teacher_target 'sample'")
+        self.quality_table: dict[str, torch.Tensor] | None = None
+        self._epoch_weights: list[torch.Tensor] = []
+
+    def _weighted_terms(self) -> set[str]:
+        """The terms quality weights apply to; each must have a per-sample form."""
+        if self.quality.get("source", "none") == "none":
+            return set()
+        names = self.quality.get("terms") or list(self.terms)
+        for name in names:
+            if name not in self.terms:
+                raise CmkdError(
+                    f"quality.terms names '{name}', which is not a term of this loss "
+                    f"({', '.join(self.terms)})"
+                )
+            if not self.terms[name].has_per_sample:
+                ok = [n for n, t in self.terms.items() if t.has_per_sample]
+                raise CmkdError(
+                    f"quality weights need per-sample term values, but term '{name}' has none; "
+                    f"list the terms to weight in quality.terms (these can be: {ok or 'none'})"
+                )
+        return set(names)
 
     def train(self, mode: bool = True):
         # Lightning puts the whole module in train mode each epoch; the teacher stays frozen
@@ -103,6 +135,34 @@ class DistillModule(ClassifierModule):
             self.cache = ModelOutput(cat("logits"), cat("embedding"), cat("feature_map"))
             if self.hparams.teacher_target == "class_mean":
                 self.class_means = self._class_means(self.cache)
+        if self.weighted and self.quality_table is None:
+            if self.teacher_labels is None:
+                raise CmkdError("quality weights need the teacher's training labels")
+            table = teacher_quality(
+                self.teacher,
+                self.teacher_inputs,
+                self.teacher_labels,
+                self.device,
+                dropout_p=self.quality.get("dropout_p", 0.5),
+                dropout_passes=self.quality.get("dropout_passes", 10),
+                seed=self.hparams.seed,
+            )
+            n = len(self.teacher_inputs)
+            table["weight_sum"] = torch.zeros(n, dtype=torch.float64)
+            table["weight_count"] = torch.zeros(n, dtype=torch.float64)
+            self.quality_table = {k: v.to(self.device) for k, v in table.items()}
+
+    def quality_record(self) -> dict[str, np.ndarray]:
+        """Per teacher training row: every quality source, whether the teacher is right, and the
+        mean weight the row received in training (nan if it never taught), as numpy arrays."""
+        if self.quality_table is None:
+            return {}
+        t = {k: v.cpu().numpy() for k, v in self.quality_table.items()}
+        count = t.pop("weight_count")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t["mean_weight"] = np.where(count > 0, t.pop("weight_sum") / count, np.nan)
+        t["times_used"] = count
+        return t
 
     def _class_means(self, cache: ModelOutput) -> ModelOutput:
         """Per class, the teacher's outputs averaged over its training samples of that class."""
@@ -150,17 +210,59 @@ class DistillModule(ClassifierModule):
     def teacher_outputs(self, batch: dict) -> ModelOutput:
         if self.hparams.teacher_target != "sample":
             return self._control_target(batch["label"])
-        rows = self.pairing.teacher_rows(batch["index"], self.current_epoch)
+        return self._teacher_at(self.pairing.teacher_rows(batch["index"], self.current_epoch))
+
+    def _teacher_at(self, rows: torch.Tensor) -> ModelOutput:
         if self.cache is not None:
             return self.cache.select(rows.to(self.cache.logits.device))
         return self._teacher_forward(rows)
 
+    def _sample_weights(self, rows: torch.Tensor) -> torch.Tensor:
+        """Quality weights of the batch's teacher rows (mean 1), logged and accumulated."""
+        table, q = self.quality_table, self.quality
+        rows = rows.to(table["confidence"].device)
+        w = batch_weights(
+            table[q["source"]][rows],
+            q["source"],
+            power=q.get("power", 1.0),
+            norm_clip=q.get("norm_clip", 2.0),
+            norm_strength=q.get("norm_strength", 0.5),
+        )
+        table["weight_sum"].index_add_(0, rows, w.double())
+        table["weight_count"].index_add_(0, rows, torch.ones_like(w, dtype=torch.float64))
+        self._epoch_weights.append(w)
+        size = len(w)
+        stats = {"min": w.min(), "max": w.max(), "std": w.std(unbiased=False)}
+        stats["below_0.5"] = (w < 0.5).float().mean()
+        for key, v in stats.items():
+            self.log(f"train/quality/{key}", v, on_step=False, on_epoch=True, batch_size=size)
+        return w.to(self.device)
+
+    def on_train_epoch_end(self) -> None:
+        if not self._epoch_weights:
+            return
+        weights = torch.cat(self._epoch_weights).detach().cpu()
+        self._epoch_weights = []
+        for logger in self.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_histogram"):  # TensorBoard
+                experiment.add_histogram("train/quality/weights", weights, self.current_epoch)
+
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         student = self.model(self.student_input(batch, train=True))
-        teacher = self.teacher_outputs(batch)
+        w = None
+        if self.hparams.teacher_target != "sample":
+            teacher = self._control_target(batch["label"])
+        else:
+            rows = self.pairing.teacher_rows(batch["index"], self.current_epoch)
+            teacher = self._teacher_at(rows)
+            w = self._sample_weights(rows) if self.weighted else None
         losses = {"ce": self.hparams.ce_weight * F.cross_entropy(student.logits, batch["label"])}
         for name, term in self.terms.items():
-            value = term(student, teacher, batch)
+            if name in self.weighted:
+                value = (w * term.per_sample(student, teacher, batch)).mean()
+            else:
+                value = term(student, teacher, batch)
             parts = (
                 {f"{name}/{k}": v for k, v in value.items()}
                 if isinstance(value, dict)

@@ -1,0 +1,90 @@
+"""Soft-constrained CMKD end to end on small real data: margin + classifier-level terms, quality
+weights, a corrupted share of the teacher's inputs, and what the run writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cmkd.config import (
+    CorruptionConfig,
+    DataConfig,
+    DistillConfig,
+    ModelConfig,
+    OptimConfig,
+    PairingConfig,
+    QualityConfig,
+    TermConfig,
+)
+from cmkd.errors import CmkdError
+from cmkd.methods.quality import auroc
+from cmkd.recipes import distill_student, train_classifier
+
+MFEAT = DataConfig(source="mfeat", options={"views": ["fac", "pix"]}, batch_size=64)
+MLP = ModelConfig(backbone="mlp", options={"hidden": [64]})
+SOFT = [
+    TermConfig("soft_feature", 1.0, {"margin": 0.2}),
+    TermConfig("soft_classifier", 0.5, {"tolerance": 1.0}),
+    TermConfig("kd", 0.5, {"temperature": 4.0}),
+]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, data_root):
+    from cmkd.config import RunConfig
+
+    run = RunConfig(
+        output_dir=str(tmp_path_factory.mktemp("t")), accelerator="cpu", progress_bar=False
+    )
+    return train_classifier(MFEAT, MLP, OptimConfig(epochs=6), run, "fac", seed=0)
+
+
+def test_soft_cmkd_with_quality_weights_on_corrupted_teacher_inputs(quiet_run, teacher):
+    distill = DistillConfig(
+        teacher=teacher["checkpoint"],
+        pairing=PairingConfig("class_random"),
+        terms=SOFT,
+        quality=QualityConfig(source="confidence"),
+        corruption=CorruptionConfig(kind="blank", fraction=0.25, severity=0.5, seed=1),
+    )
+    run = replace(quiet_run, name="soft")
+    result = distill_student(MFEAT, MLP, OptimConfig(epochs=2), run, distill, "pix", 0)
+    assert 0.0 <= result["best"]["test"]["acc"] <= 1.0
+    run_dir = Path(quiet_run.output_dir) / "soft" / "seed0"
+    header = set(next(csv.reader(open(run_dir / "csv" / "metrics.csv"))))
+    assert {"train/soft_feature", "train/soft_classifier", "train/kd"} <= header
+    assert {"train/quality/min", "train/quality/max", "train/soft_feature/inside_margin"} <= header
+    corrupted = json.loads((run_dir / "corruption.json").read_text())
+    q = np.load(run_dir / "quality.npz")
+    n = len(q["ids"])
+    assert corrupted["n"] == n and len(corrupted["corrupted_ids"]) == round(0.25 * n)
+    assert set(q["ids"][q["corrupted"]]) == set(corrupted["corrupted_ids"])
+    assert str(q["source"]) == "confidence"
+    used = q["times_used"] > 0
+    assert used.any()
+    # Every batch's weights average 1, so the count-weighted mean of the per-row means is 1.
+    total = (q["mean_weight"][used] * q["times_used"][used]).sum() / q["times_used"][used].sum()
+    assert abs(total - 1.0) < 1e-6
+    # Blanking half the features of a clean-trained teacher's inputs costs it ~40 points of
+    # accuracy there (measured: 97 % clean, 54 % blanked) and lowers its confidence on the true
+    # class: confidence must rank corrupted samples below clean ones (AUROC for "is clean" 0.9
+    # measured; Gaussian noise separates far less), and the realised weights follow.
+    assert auroc(q["confidence"], ~q["corrupted"]) > 0.8
+    assert np.nanmean(q["mean_weight"][q["corrupted"]]) < np.nanmean(
+        q["mean_weight"][~q["corrupted"]]
+    )
+
+
+def test_quality_weights_refuse_terms_without_per_sample_values(quiet_run, teacher):
+    distill = DistillConfig(
+        teacher=teacher["checkpoint"],
+        terms=[TermConfig("rkd", 1.0), TermConfig("kd", 0.5)],
+        quality=QualityConfig(source="norm"),
+    )
+    with pytest.raises(CmkdError, match="term 'rkd' has none"):
+        distill_student(MFEAT, MLP, OptimConfig(epochs=1), quiet_run, distill, "pix", 0)
