@@ -1,4 +1,4 @@
-"""Pairing strategies: identity, class-random, fixed and dynamic (DynM) tables."""
+"""Pairing strategies: identity, class-random, unpaired zip, fixed and dynamic (DynM) tables."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from cmkd.data.pairing import (
     DynamicPairing,
     FixedPairing,
     IdentityPairing,
+    UnpairedZipPairing,
 )
 from cmkd.errors import CmkdError
 from cmkd.matching.dynamic import min_kl_match
@@ -56,6 +57,53 @@ def test_class_random_missing_teacher_class_is_named() -> None:
         ClassRandomPairing(
             np.array([0, 1, 2, 2]), np.array([0, 1]), classes=["Forest", "Lake", "River"]
         )
+
+
+def test_unpaired_zip_reproducible_per_epoch_and_fair_when_cycled() -> None:
+    n_s, n_t = len(S_LAB), len(T_LAB)  # 300 students, 180 teachers
+    pairing = UnpairedZipPairing(n_s, n_t, seed=3)
+    rows = torch.arange(n_s)
+    e0, e1 = pairing.teacher_rows(rows, 0), pairing.teacher_rows(rows, 1)
+    assert e0.dtype == torch.long and not torch.equal(e0, e1)
+    # another rank, or a run resumed at epoch 1: the same pairs, whatever the call order
+    again = UnpairedZipPairing(n_s, n_t, seed=3)
+    assert torch.equal(again.teacher_rows(rows, 1), e1)
+    assert torch.equal(again.teacher_rows(rows, 0), e0)
+    assert not torch.equal(UnpairedZipPairing(n_s, n_t, seed=4).teacher_rows(rows, 0), e0)
+    batch = torch.tensor([299, 0, 7])
+    assert torch.equal(pairing.teacher_rows(batch, 1), e1[batch])
+    for epoch in range(5):
+        counts = np.bincount(pairing.table_for(epoch), minlength=n_t)
+        # every teacher row teaches floor(300 / 180) = 1 or 2 students, none is skipped
+        assert counts.min() == 1 and counts.max() == 2 and counts.sum() == n_s
+    # labels are not used: many pairs cross classes (about 2/3 with 3 balanced classes)
+    crossing = (T_LAB[e0.numpy()] != S_LAB).mean()
+    assert 0.5 < crossing < 0.8
+
+
+def test_unpaired_zip_truncates_a_larger_teacher_set() -> None:
+    pairing = UnpairedZipPairing(n_student=50, n_teacher=180, seed=0)
+    tables = [pairing.table_for(e) for e in range(4)]
+    for table in tables:
+        assert len(table) == 50 and len(np.unique(table)) == 50  # no teacher row repeats
+        assert table.min() >= 0 and table.max() < 180
+    # the unused teacher rows change from epoch to epoch: over 4 epochs most get used
+    assert len(np.unique(np.concatenate(tables))) > 120
+    with pytest.raises(CmkdError, match="0 teacher samples"):
+        UnpairedZipPairing(5, 0)
+
+
+def test_unpaired_zip_is_not_the_student_loaders_shuffle() -> None:
+    """With equal set sizes, the student loader's [seed, epoch] permutation must not be
+    reused for the teacher: the pairs would then follow the loader's order."""
+    from cmkd.data.datamodule import SeededShuffle
+
+    n, seed = 200, 0
+    table = UnpairedZipPairing(n, n, seed).table_for(2)
+    loader = SeededShuffle(n, seed)
+    loader.set_epoch(2)
+    order = np.array(list(loader))
+    assert not np.array_equal(table, order) and (table == order).mean() < 0.05
 
 
 def test_fixed_pairing_table() -> None:

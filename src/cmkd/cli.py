@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     from jsonargparse import CLI
 
     from cmkd.bench import loss_grid, sembridge_grid, teacher_cache
+    from cmkd.bench.discomkd import discomkd_grid
     from cmkd.bench.grid import bench_grid
     from cmkd.data.root import set_cli_root
     from cmkd.methods.discomkd import discomkd_command
@@ -230,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 "pairs": {"show": show_pairs},
                 "bench": {
                     "grid": bench_grid,
+                    "discomkd": discomkd_grid,
                     "teacher-cache": teacher_cache,
                     "losses": loss_grid,
                     "sembridge": sembridge_grid,

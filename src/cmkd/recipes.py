@@ -31,6 +31,7 @@ from cmkd.data.pairing import (
     FixedPairing,
     IdentityPairing,
     Pairing,
+    UnpairedZipPairing,
 )
 from cmkd.data.samples import Samples
 from cmkd.errors import CmkdError
@@ -41,7 +42,7 @@ from cmkd.methods.distill import DistillModule
 from cmkd.methods.dynamic_matching import DynamicMatching
 from cmkd.methods.quality import save_teacher_quality
 from cmkd.models.model import StandardizedNetwork, build_model
-from cmkd.training import fit_and_test, open_run_dir
+from cmkd.training import fit_and_test, is_global_zero, open_run_dir
 
 
 def _network_spec(model: ModelConfig, data: PreparedData, modality: str) -> dict[str, Any]:
@@ -148,6 +149,9 @@ def build_pairing(cfg: PairingConfig, student: Samples, teacher: Samples, seed: 
     elif cfg.strategy == "class_random":
         pairing = ClassRandomPairing(student.y, teacher.y, seed, classes=student.classes)
         table = pairing.teacher_rows(torch.arange(len(student)), 0).numpy()
+    elif cfg.strategy == "unpaired":
+        pairing = UnpairedZipPairing(len(student), len(teacher), seed)
+        table = pairing.table_for(0)
     else:
         if not cfg.pairs:
             raise CmkdError("pairing strategy 'matched' needs a pair list: set pairing.pairs")
@@ -213,15 +217,20 @@ def distill_student(
     dm = ModalityDataModule(prepared, modality, data.batch_size, seed)
     if distill.pairing.dynamic:
         epochs = schedule_from(distill.pairing, optim.epochs)
-        callbacks = (*callbacks, DynamicMatching(epochs, distill.pairing.temperature))
+        dynm = DynamicMatching(
+            epochs, distill.pairing.temperature, audit_dir=run_dir / "pairs-digests"
+        )
+        callbacks = (*callbacks, dynm)
     extra = {"teacher_checkpoint": str(distill.teacher), "pairing": distill.pairing.strategy}
     result = fit_and_test(module, dm, run_dir, run, optim.epochs, resume, callbacks, extra)
     save_teacher_quality(run_dir, module, teacher_train.ids, corrupted)
-    if not isinstance(pairing, IdentityPairing):
-        # The pairs the student ended with, for `cmkd pairs show RUN`.
-        final = pairing.teacher_rows(torch.arange(len(student_train)), optim.epochs - 1)
+    final = pairing.teacher_rows(torch.arange(len(student_train)), optim.epochs - 1).numpy()
+    # The pairs the student ended with, for `cmkd pairs show RUN`; a pair list never crosses
+    # classes, so unpaired (zip) pairs, which do by design, are not kept.
+    same_class = np.array_equal(teacher_train.y[final], student_train.y)
+    if not isinstance(pairing, IdentityPairing) and same_class and is_global_zero():
         PairList.from_table(
-            final.numpy(), student_train, teacher_train, method=_pairing_name(distill.pairing)
+            final, student_train, teacher_train, method=_pairing_name(distill.pairing)
         ).save(run_dir / "pairs.json")
     return result
 

@@ -39,13 +39,31 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
+def global_rank() -> int:
+    """This process's DDP rank, 0 without DDP. Known before any Trainer exists: Lightning's
+    launcher (and torchrun, SLURM) start ranks > 0 with their rank in the environment, and
+    they re-run the whole command, run-folder set-up included."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+def is_global_zero() -> bool:
+    """Whether this process writes the run's shared files (one writer, no races)."""
+    return global_rank() == 0
+
+
 def open_run_dir(
     run: RunConfig, default_name: str, seed: int, config: dict
 ) -> tuple[Path, str | None]:
     """Create (or reopen, when resuming) the run folder; return it and the checkpoint to
-    resume from. Refuses to mix a new run into an old one's folder."""
+    resume from. Refuses to mix a new run into an old one's folder. Only rank 0 checks and
+    writes: under DDP the other ranks start once rank 0 has set the folder up, and would
+    otherwise find it taken (or, with overwrite, delete it)."""
     path = Path(run.output_dir) / (run.name or default_name) / f"seed{seed}"
     last = path / "checkpoints" / "last.ckpt"
+    if not is_global_zero():
+        return path, str(last) if run.resume else None
     if run.resume:
         if not last.exists():
             raise CmkdError(f"nothing to resume: {last} does not exist")
@@ -76,6 +94,8 @@ def build_trainer(
         max_epochs=epochs,
         accelerator=run.accelerator,
         devices=run.devices,
+        strategy=run.strategy,
+        num_nodes=run.num_nodes,
         precision=run.precision,
         default_root_dir=run_dir,
         logger=[
@@ -139,5 +159,6 @@ def fit_and_test(
         ),
         **(extra or {}),
     }
-    write_json(run_dir / "results.json", results)
+    if trainer.is_global_zero:
+        write_json(run_dir / "results.json", results)
     return results

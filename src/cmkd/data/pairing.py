@@ -1,9 +1,10 @@
 """Who teaches whom: a pairing maps each student training row to a teacher training row.
 
 Paired data is the identity pairing (row i of the student's train split is the same sample
-as row i of the teacher's). Asymmetric strategies (class-random, matched, dynamic) implement
-the same `teacher_rows` and may refresh at epoch boundaries. Every strategy is a pure function
-of its inputs, a seed and the epoch, so all DDP ranks compute the same pairs without talking.
+as row i of the teacher's). Asymmetric strategies (class-random, matched, dynamic, unpaired
+zip) implement the same `teacher_rows` and may refresh at epoch boundaries. Every strategy is
+a pure function of its inputs, a seed and the epoch, so all DDP ranks compute the same pairs
+without talking; DynM's re-matched tables are broadcast from rank 0.
 """
 
 from __future__ import annotations
@@ -100,6 +101,44 @@ class ClassRandomPairing(_TablePairing):
         for s_rows, t_rows in self._groups:
             table[s_rows] = t_rows[rng.integers(0, len(t_rows), size=len(s_rows))]
         return table
+
+    def teacher_rows(self, student_rows: torch.Tensor, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            self._set(self.table_for(epoch))
+            self._epoch = epoch
+        return self._lookup(student_rows)
+
+
+class UnpairedZipPairing(_TablePairing):
+    """DisCoM-KD's unpaired training: each modality's set shuffled on its own and the two
+    streams zipped. Labels are not used, so a student sample is often taught by a teacher
+    sample of another class: that is the method, not a bug.
+
+    The table of epoch e is a permutation p of the teacher rows drawn from
+    np.random.default_rng([seed, e, 1]) (the same on every rank and on a resumed run; the
+    trailing 1 keeps it independent of the student loader's own [seed, e] shuffle, which would
+    otherwise be the very same permutation when both sets have the same size), and student row
+    i gets teacher row p[i mod n_T]. With fewer teacher than student rows the permutation is
+    cycled, so every teacher row teaches floor(n_S / n_T) or one more students per epoch; with
+    more, it is truncated to its first n_S entries, so no teacher row repeats and the unused
+    ones change from epoch to epoch. Zipping two shuffled loaders is the same draw: the student
+    loader's order is independent of p, so student and teacher are paired uniformly at random.
+    """
+
+    def __init__(self, n_student: int, n_teacher: int, seed: int = 0) -> None:
+        super().__init__()
+        if n_student < 1 or n_teacher < 1:
+            raise CmkdError(
+                f"unpaired pairing needs samples on both sides, got {n_student} student and "
+                f"{n_teacher} teacher samples"
+            )
+        self.n_student, self.n_teacher, self.seed = int(n_student), int(n_teacher), int(seed)
+        self._epoch: int | None = None
+
+    def table_for(self, epoch: int) -> np.ndarray:
+        """The full student-row -> teacher-row table of `epoch`."""
+        perm = np.random.default_rng([self.seed, int(epoch), 1]).permutation(self.n_teacher)
+        return perm[np.arange(self.n_student) % self.n_teacher].astype(np.int64)
 
     def teacher_rows(self, student_rows: torch.Tensor, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:

@@ -3,8 +3,20 @@ with the same-class teacher sample its current logits can best follow (SemBridge
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+
+from cmkd.training import write_json
+
+
+def table_digest(table: np.ndarray) -> str:
+    """sha256 of a pair table as little-endian int64: equal digests, equal pairs."""
+    return hashlib.sha256(np.ascontiguousarray(table, dtype="<i8").tobytes()).hexdigest()
 
 
 class DynamicMatching(Callback):
@@ -13,21 +25,53 @@ class DynamicMatching(Callback):
     The teacher's logit gallery over its training set is computed once (or read from the
     teacher cache); the student's logits are taken in eval mode. Rank 0's table is broadcast so
     every DDP rank trains on the same pairs even if float reductions differ across devices.
+
+    With `audit_dir`, each rank writes `rank{r}.json` there: the digest of the table it holds
+    when training starts (the loaded pair list, or the checkpoint's table on resume) and after
+    every re-match (with its own digest before the broadcast and the number of changed pairs).
+    Equal digests across ranks are the proof that every rank trained on the same pairs.
     """
 
-    def __init__(self, epochs: list[int], temperature: float = 3.0, batch_size: int = 512) -> None:
+    def __init__(
+        self,
+        epochs: list[int],
+        temperature: float = 3.0,
+        batch_size: int = 512,
+        audit_dir: str | Path | None = None,
+    ) -> None:
         self.epochs, self.temperature, self.batch_size = (
             sorted(set(epochs)),
             temperature,
             batch_size,
         )
+        self.audit_dir = Path(audit_dir) if audit_dir is not None else None
         self.gallery: torch.Tensor | None = None
+        self._audit: dict | None = None
 
     @torch.no_grad()
     def _logits(self, model, x: torch.Tensor, device) -> torch.Tensor:
         return torch.cat(
             [model(chunk.to(device)).logits.float().cpu() for chunk in x.split(self.batch_size)]
         )
+
+    def _record(self, trainer, event: str, **fields) -> None:
+        if self.audit_dir is None:
+            return
+        path = self.audit_dir / f"rank{trainer.global_rank}.json"
+        if self._audit is None:
+            # A resumed run appends to what the interrupted one recorded.
+            old = json.loads(path.read_text()) if path.is_file() else {}
+            self._audit = {
+                "rank": trainer.global_rank,
+                "world_size": trainer.world_size,
+                "tables": old.get("tables", []),
+            }
+        entry = {"event": event, "epoch": trainer.current_epoch, **fields}
+        self._audit["tables"].append(entry)
+        write_json(path, self._audit)
+
+    def on_train_start(self, trainer, module) -> None:
+        self._record(trainer, "start", sha256=table_digest(module.pairing.table))
 
     def on_train_epoch_start(self, trainer, module) -> None:
         if trainer.current_epoch not in self.epochs:
@@ -44,9 +88,22 @@ class DynamicMatching(Callback):
         student_logits = self._logits(module.model, train.x, module.device)
         module.model.train(was_training)
         teacher_labels = module.teacher_labels
+        before = np.array(module.pairing.table)
         module.pairing.rematch(
             student_logits, self.gallery, train.y, teacher_labels, self.temperature
         )
+        local = table_digest(module.pairing.table)
         module.pairing.table = trainer.strategy.broadcast(module.pairing.table, src=0)
-        changed = module.pairing.changes[-1] if module.pairing.changes else 0
+        # Counted against this rank's previous table, after the broadcast: what changed in
+        # the pairs it trains on.
+        changed = int((module.pairing.table != before).sum())
+        if module.pairing.changes:
+            module.pairing.changes[-1] = changed
         module.log("pairing/changed", float(changed), on_step=False, on_epoch=True)
+        self._record(
+            trainer,
+            "rematch",
+            sha256=table_digest(module.pairing.table),
+            local_sha256=local,
+            changed=changed,
+        )
