@@ -15,9 +15,7 @@ from pathlib import Path
 
 from scipy import stats
 
-from cmkd.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, RunConfig
-from cmkd.data.datamodule import prepare_data
-from cmkd.recipes import distill_student, match_pairs, train_classifier
+from cmkd.config import DataConfig, DistillConfig
 from cmkd.training import write_atomic, write_json
 
 TEACHER, NO_KD = "teacher", "student, no KD"
@@ -34,6 +32,9 @@ class Scenario:
     student_modality: str
     match_method: str = "class_random"
     pseudo_view: str | None = None
+    oracle_data: DataConfig | None = None
+    """The student's own samples in the teacher's modality, where such twins exist: the bank
+    of an oracle row that pairs every student sample with its true twin."""
 
 
 _RGB_UNPAIRED = DataConfig(
@@ -66,6 +67,7 @@ SCENARIOS = {
         "ms",
         match_method="teacher_embedding",
         pseudo_view="eurosat_ms_to_rgb",
+        oracle_data=DataConfig(source="eurosat_paired", batch_size=32),
     ),
     "fsdd_to_mnist": Scenario(
         "Spoken digits teacher -> MNIST student with 20 labels per class",
@@ -110,83 +112,46 @@ def compare_students(
     backbone: str = "small_cnn",
     matcher_epochs: int = 30,
     echo=print,
+    fresh: bool = False,
 ) -> str:
-    """Run the grid, print and save (results.md, results.json in output_dir) the table.
+    """Run the grid (one scenario, one backbone for teacher and students, no controls), print
+    and save (results.md, results.json in output_dir) the table. Cells finished by an earlier
+    call with the same settings are reused unless `fresh`.
 
     A method whose pairing is 'matched' without a pair list gets one per seed from
     `match_pairs` with the scenario's matching method, written under output_dir/pairs/.
     """
+    from cmkd.bench.grid import Architecture, Grid, GridRunner
+
     sc = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
-    model = ModelConfig(backbone=backbone)
-    optim = OptimConfig(lr=1e-3, epochs=epochs)
-    run = RunConfig(output_dir=output_dir, progress_bar=False, overwrite=True)
-    rows: dict[str, list[dict]] = {TEACHER: [], NO_KD: [], **{m: [] for m in methods}}
+    grid = Grid(
+        name=Path(output_dir).name,
+        scenarios=["custom"],
+        methods=methods,
+        architectures=[Architecture(backbone, backbone, backbone)],
+        seeds=list(seeds),
+        epochs=epochs,
+        matcher_epochs=matcher_epochs,
+        controls=False,
+        custom_scenarios={"custom": sc},
+    )
     out = Path(output_dir)
+    runner = GridRunner(grid, out, echo=echo)
+    if fresh:
+        runner.store.clear()
     start = time.perf_counter()
-    for seed in seeds:
-        prepared = prepare_data(sc.student_data, seed)  # shared by every student of this seed
-        pair_file: Path | None = None
-        for label in rows:
-            t0 = time.perf_counter()
-            folder = replace(run, name=_slug(label))
-            if label == TEACHER:
-                t_prep = prepared if sc.teacher_data == sc.student_data else None
-                result = train_classifier(
-                    sc.teacher_data,
-                    model,
-                    optim,
-                    folder,
-                    sc.teacher_modality,
-                    seed,
-                    prepared=t_prep,
-                )
-            elif label == NO_KD:
-                result = train_classifier(
-                    sc.student_data,
-                    model,
-                    optim,
-                    folder,
-                    sc.student_modality,
-                    seed,
-                    prepared=prepared,
-                )
-            else:
-                distill = replace(methods[label], teacher=rows[TEACHER][-1]["checkpoint"])
-                if distill.pairing.strategy == "matched" and not distill.pairing.pairs:
-                    if pair_file is None:
-                        pair_file = out / "pairs" / f"seed{seed}.json"
-                        match_pairs(
-                            distill.teacher,
-                            sc.student_data,
-                            sc.student_modality,
-                            seed,
-                            pair_file,
-                            sc.match_method,
-                            sc.pseudo_view,
-                            backbone=backbone,
-                            epochs=matcher_epochs,
-                            progress=False,
-                        )
-                    distill = replace(
-                        distill, pairing=replace(distill.pairing, pairs=str(pair_file))
-                    )
-                result = distill_student(
-                    sc.student_data,
-                    model,
-                    optim,
-                    folder,
-                    distill,
-                    sc.student_modality,
-                    seed,
-                    prepared=prepared,
-                )
-            rows[label].append(result)
-            echo(
-                f"seed {seed}  {label:28s} test acc {100 * result['best']['test']['acc']:5.1f} "
-                f"(best-on-val epoch {result['best']['epoch']}), last epoch "
-                f"{100 * result['last']['test']['acc']:5.1f}  [{time.perf_counter() - t0:.0f} s]"
-            )
+    store = runner.run()
     wall = time.perf_counter() - start
+    from cmkd.bench.store import CellKey
+
+    groups = {TEACHER: f"teacher-{backbone}", NO_KD: f"student-{backbone}"}
+    rows = {
+        label: [
+            store.get(CellKey("custom", groups.get(label, backbone), label, seed))["result"]
+            for seed in seeds
+        ]
+        for label in [TEACHER, NO_KD, *methods]
+    }
     title = (
         f"{sc.title}; {len(seeds)} seeds {seeds}, {epochs} epochs, {backbone} teacher and "
         "students; test accuracy % (mean ± std over seeds)"
@@ -206,10 +171,6 @@ def compare_students(
     )
     echo("\n" + table + f"\nSaved in {out / 'results.md'}")
     return table
-
-
-def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
 
 
 def _table(rows: dict[str, list[dict]], title: str, wall: float) -> str:

@@ -161,3 +161,7 @@ class DistillConfig:
     a hand-made soft label with no teacher information (Yuan et al. 2020)."""
     teacher_free_confidence: float = 0.9
     """Probability of the true class in the teacher-free soft label."""
+    teacher_data: DataConfig | None = None
+    """The bank of teacher-modality samples to pair with (its train split, same seed as the
+    student's); default: the data the teacher was trained on. E.g. the true twins of the
+    student's samples for an oracle row."""

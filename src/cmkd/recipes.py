@@ -184,8 +184,13 @@ def distill_student(
             f"teacher classes {t_hp['classes']} differ from the data's {prepared.classes}"
         )
     teacher_train = t_prepared.rows(t_mod, "train")
-    student_train = prepared.rows(modality, "train")
     _check_no_leak(teacher_train.ids, prepared, modality)
+    if distill.teacher_data is not None:
+        # Another bank of teacher-modality samples, e.g. the true twins for an oracle row.
+        bank = DataConfig(**{**asdict(distill.teacher_data), "root": data.root})
+        teacher_train = prepare_data(bank, seed).rows(t_mod, "train")
+        _check_no_leak(teacher_train.ids, prepared, modality)
+    student_train = prepared.rows(modality, "train")
     pairing = build_pairing(distill.pairing, student_train, teacher_train, seed)
     terms = [asdict(t) for t in distill.terms]
     config = _resolved(

@@ -152,6 +152,7 @@ def fit_and_test(
         "last": {"epoch": epochs - 1, "test": last},
         "checkpoint": str(best_path),
         "fit_seconds": round(fit_s, 2),
+        "train_samples": len(datamodule.sets["train"]) if hasattr(datamodule, "sets") else None,
         **(
             {"teacher_seconds": round(module.teacher_seconds, 3)}
             if hasattr(module, "teacher_seconds")

@@ -41,21 +41,19 @@ def sembridge_grid(
             f"unknown asymmetric scenario '{scenario}'; choose from "
             f"{sorted(set(SCENARIOS) - {'eurosat_paired'})}"
         )
-    kd = TermConfig("kd", 0.4, {"temperature": 3.0, "scale_by_t2": False})
-    ska = TermConfig("ska", 0.3 * 0.01, {"dim": 256})
-    # The authors' curriculum (30, 60, 95, 135 of 200 epochs) scaled to this budget.
-    e0, emu = max(1, round(0.15 * epochs)), max(1, round(0.025 * epochs))
-    dynamic = PairingConfig("matched", dynamic=True, e0=e0, de=e0, emu=emu)
+    from cmkd.bench.grid import oracle, sembridge_plugin
+
+    kd = DistillConfig(
+        ce_weight=0.3, terms=[TermConfig("kd", 0.4, {"temperature": 3.0, "scale_by_t2": False})]
+    )
     methods = {
-        "KD, class-random pairs": DistillConfig(
-            ce_weight=0.3, terms=[kd], pairing=PairingConfig("class_random")
-        ),
-        "KD, matched pairs": DistillConfig(
-            ce_weight=0.3, terms=[kd], pairing=PairingConfig("matched")
-        ),
-        "SemBridge + KD": DistillConfig(ce_weight=0.3, terms=[kd, ska], pairing=dynamic),
+        "KD, class-random pairs": replace(kd, pairing=PairingConfig("class_random")),
+        "KD, matched pairs": replace(kd, pairing=PairingConfig("matched")),
+        "SemBridge + KD": sembridge_plugin(kd, epochs),
     }
     sc = SCENARIOS[scenario]
+    if sc.oracle_data is not None:
+        methods["KD, oracle twins"] = oracle(kd, sc)
     side = "teacher_data" if sc.teacher_modality == "rgb" else "student_data"
     rgb = getattr(sc, side)
     if rgb.source == "eurosat_rgb":

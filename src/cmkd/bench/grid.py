@@ -1,0 +1,406 @@
+"""A benchmark grid: scenarios x teacher/student architecture pairs x methods x seeds, at one
+budget, run cell by cell into a results store (`cmkd bench grid FILE`).
+
+Per (scenario, seed) every student sees the same stratified split; per (scenario, teacher
+backbone, seed) one teacher is trained and reused by every method and architecture pair; per
+(scenario, student backbone, seed) one no-KD student is the baseline of every method. Finished
+cells are never rerun (see cmkd.bench.store). Two controls are added to every grid unless
+switched off: the same loss against a teacher-free soft label and against the teacher's
+class-mean outputs, so a method's cross-modal gain can be told from mere regularisation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cmkd.bench.store import CellKey, Store, config_hash, peak_memory, slug
+from cmkd.comparison import NO_KD, SCENARIOS, TEACHER, Scenario
+from cmkd.config import (
+    DataConfig,
+    DistillConfig,
+    ModelConfig,
+    OptimConfig,
+    PairingConfig,
+    RunConfig,
+    TermConfig,
+)
+from cmkd.errors import CmkdError
+from cmkd.training import write_json
+
+CONTROL_TF, CONTROL_CM = "control: teacher-free", "control: class-mean"
+ORACLE = "oracle: true twins"
+PAIRS = "pairs"
+SEMBRIDGE = " + SemBridge"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A teacher/student backbone pair; `matcher` builds the SSM encoders (default: the
+    student's backbone)."""
+
+    name: str
+    teacher: str = "small_cnn"
+    student: str = "small_cnn"
+    matcher: str | None = None
+
+
+@dataclass
+class Grid:
+    name: str
+    scenarios: list[str]
+    methods: dict[str, DistillConfig]
+    architectures: list[Architecture] = field(default_factory=lambda: [Architecture("S/S")])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    epochs: int = 30
+    matcher_epochs: int = 30
+    lr: float = 1e-3
+    controls: bool = True
+    control_loss: str | None = None
+    """The method whose loss the controls use (default: the first method)."""
+    sembridge_over: list[str] = field(default_factory=list)
+    """Methods that also run with SemBridge plugged in (SSM pairs, DynM, SKA)."""
+    data: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """Per scenario, DataConfig overrides of its 'teacher' and 'student' side."""
+    paper: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per scenario, accuracies (%) the papers report, shown beside ours."""
+    description: str = ""
+    custom_scenarios: dict[str, Scenario] = field(default_factory=dict)
+
+    def scenario(self, name: str) -> Scenario:
+        sc = self.custom_scenarios.get(name) or SCENARIOS.get(name)
+        if sc is None:
+            raise CmkdError(f"unknown scenario '{name}'; choose from {sorted(SCENARIOS)}")
+        sides = {}
+        for side, over in self.data.get(name, {}).items():
+            if side not in ("teacher", "student"):
+                raise CmkdError(f"grid data override '{side}' for {name}: use teacher or student")
+            base: DataConfig = getattr(sc, f"{side}_data")
+            options = {**base.options, **over.get("options", {})}
+            sides[f"{side}_data"] = replace(base, **{**over, "options": options})
+        return replace(sc, **sides)
+
+    def all_methods(self, sc: Scenario | None = None) -> dict[str, DistillConfig]:
+        """The grid's methods, their SemBridge variants, the oracle (where the scenario has
+        true twins) and the two controls, in table order."""
+        out = dict(self.methods)
+        for label in self.sembridge_over:
+            if label not in self.methods:
+                raise CmkdError(f"sembridge_over: '{label}' is not a method of the grid")
+            out[label + SEMBRIDGE] = sembridge_plugin(self.methods[label], self.epochs)
+        if self.methods and sc is not None and sc.oracle_data is not None:
+            base = self.methods[self.control_loss or next(iter(self.methods))]
+            out[ORACLE] = oracle(base, sc)
+        if self.controls and self.methods:
+            base = self.methods[self.control_loss or next(iter(self.methods))]
+            # The pairing is irrelevant to both controls (they read only the student's label).
+            base = replace(base, pairing=PairingConfig("class_random"))
+            out[CONTROL_TF] = replace(base, teacher_target="teacher_free")
+            out[CONTROL_CM] = replace(base, teacher_target="class_mean")
+        return out
+
+
+def oracle(distill: DistillConfig, sc: Scenario) -> DistillConfig:
+    """The same loss with every student sample paired with its true twin in the teacher's
+    modality: what a perfect matcher could reach."""
+    if sc.oracle_data is None:
+        raise CmkdError(f"scenario '{sc.title}' has no twins for an oracle row")
+    return replace(distill, pairing=PairingConfig("paired"), teacher_data=sc.oracle_data)
+
+
+def sembridge_plugin(distill: DistillConfig, epochs: int) -> DistillConfig:
+    """SemBridge over a paired KD loss: SSM-matched pairs re-matched by DynM on the authors'
+    curriculum (30, 60, 95, 135 of 200 epochs) scaled to `epochs`, plus SKA at the paper's
+    weight (0.3 x 0.01)."""
+    e0, emu = max(1, round(0.15 * epochs)), max(1, round(0.025 * epochs))
+    ska = TermConfig("ska", 0.3 * 0.01, {"dim": 256})
+    pairing = PairingConfig("matched", dynamic=True, e0=e0, de=e0, emu=emu)
+    return replace(distill, terms=[*distill.terms, ska], pairing=pairing)
+
+
+def load_grid(path: str | Path) -> Grid:
+    """A grid from YAML. A method is an inline `distill` section, or `config: FILE` (a distill
+    config, path relative to the grid file) with any of its fields overridden inline."""
+    from cmkd.bench.losses import distill_section
+
+    path = Path(path)
+    if not path.is_file():
+        raise CmkdError(f"grid file {path} does not exist")
+    doc = yaml.safe_load(path.read_text()) or {}
+    unknown = set(doc) - (set(Grid.__dataclass_fields__) - {"custom_scenarios"})
+    if unknown:
+        raise CmkdError(f"grid {path}: unknown keys {sorted(unknown)}")
+    methods = {}
+    for label, spec in (doc.pop("methods", None) or {}).items():
+        spec = dict(spec or {})
+        try:
+            base = (
+                distill_section(path.parent / spec.pop("config"))
+                if "config" in spec
+                else DistillConfig(terms=[])
+            )
+            if "pairing" in spec:
+                spec["pairing"] = PairingConfig(**spec["pairing"])
+            if "terms" in spec:
+                spec["terms"] = [TermConfig(**t) for t in spec["terms"]]
+            if "teacher_data" in spec:
+                spec["teacher_data"] = DataConfig(**spec["teacher_data"])
+            methods[label] = replace(base, **spec)
+        except TypeError as err:
+            raise CmkdError(f"grid {path}, method '{label}': {err}") from None
+    archs = [Architecture(**a) for a in doc.pop("architectures", [{"name": "S/S"}])]
+    return Grid(name=doc.pop("name", path.stem), methods=methods, architectures=archs, **doc)
+
+
+class GridRunner:
+    """Runs a grid's cells in order, skipping those the store already holds."""
+
+    def __init__(self, grid: Grid, output_dir: str | Path, echo: Callable = print) -> None:
+        self.grid, self.echo = grid, echo
+        self.out = Path(output_dir)
+        self.store = Store(self.out)
+        self.optim = OptimConfig(lr=grid.lr, epochs=grid.epochs)
+        self.run_cfg = RunConfig(output_dir=str(self.out / "runs"), progress_bar=False)
+        self.counts = {"ran": 0, "reused": 0}
+
+    def describe(self, command: str = "") -> dict[str, Any]:
+        """The grid as the report needs it (written to grid.json beside the cells)."""
+        g = self.grid
+        scenarios = {name: g.scenario(name) for name in g.scenarios}
+        return {
+            "name": g.name,
+            "description": g.description,
+            "command": command,
+            "scenarios": {name: asdict(sc) for name, sc in scenarios.items()},
+            "methods": {name: list(g.all_methods(sc)) for name, sc in scenarios.items()},
+            "architectures": [asdict(a) for a in g.architectures],
+            "seeds": g.seeds,
+            "epochs": g.epochs,
+            "matcher_epochs": g.matcher_epochs,
+            "lr": g.lr,
+            "paper": g.paper,
+        }
+
+    def run(self, command: str = "") -> Store:
+        write_json(self.out / "grid.json", self.describe(command))
+        total = len(self.grid.scenarios) * len(self.grid.architectures) * len(self.grid.seeds)
+        done = 0
+        for name in self.grid.scenarios:
+            sc = self.grid.scenario(name)
+            methods = self.grid.all_methods(sc)
+            for seed in self.grid.seeds:
+                prepared = _Lazy(lambda sc=sc, seed=seed: _prepare(sc.student_data, seed))
+                for arch in self.grid.architectures:
+                    done += 1
+                    self.echo(f"[{done}/{total}] {name}  {arch.name}  seed {seed}")
+                    teacher = self._teacher(name, sc, arch, seed, prepared)
+                    self._no_kd(name, sc, arch, seed, prepared)
+                    for label, distill in methods.items():
+                        self._distill(name, sc, arch, seed, prepared, label, distill, teacher)
+        self.echo(
+            f"grid {self.grid.name}: {self.counts['ran']} cells run, "
+            f"{self.counts['reused']} reused from {self.store.root}"
+        )
+        return self.store
+
+    # One cell: reuse its record when the config is unchanged, else run and store it.
+    def _cell(self, key: CellKey, config: dict[str, Any], fn: Callable[[], dict]) -> dict:
+        digest = config_hash(config)
+        old = self.store.get(key)
+        if old is not None and old.get("config_hash") == digest:
+            self.counts["reused"] += 1
+            return old
+        start = time.perf_counter()
+        with peak_memory() as memory:
+            result = fn()
+        wall = time.perf_counter() - start
+        fit, n = result.get("fit_seconds"), result.get("train_samples")
+        record = {
+            **asdict(key),
+            "grid": self.grid.name,
+            "config_hash": digest,
+            "config": config,
+            "result": result,
+            "wall_seconds": round(wall, 2),
+            "samples_per_second": round(n * result["epochs"] / fit, 1) if fit and n else None,
+            "teacher_share": (
+                round(result["teacher_seconds"] / fit, 4)
+                if fit and "teacher_seconds" in result
+                else None
+            ),
+            **memory,
+        }
+        self.store.put(key, record)
+        self.counts["ran"] += 1
+        if key.method != PAIRS:
+            self.echo(
+                f"    {key.method:32s} test acc {100 * result['best']['test']['acc']:5.1f} "
+                f"(best-on-val), {100 * result['last']['test']['acc']:5.1f} (last)  [{wall:.0f} s]"
+            )
+        return record
+
+    def _run(self, key: CellKey) -> RunConfig:
+        name = str(Path(*map(slug, (key.scenario, key.group, key.method))))
+        return replace(self.run_cfg, name=name, overwrite=True)
+
+    def _teacher(self, name, sc: Scenario, arch, seed, prepared) -> dict:
+        from cmkd.recipes import train_classifier
+
+        key = CellKey(name, f"teacher-{arch.teacher}", TEACHER, seed)
+        model = ModelConfig(backbone=arch.teacher)
+        config = self._config(sc.teacher_data, model, sc.teacher_modality, seed)
+        same = sc.teacher_data == sc.student_data
+        return self._cell(
+            key,
+            config,
+            lambda: train_classifier(
+                sc.teacher_data,
+                model,
+                self.optim,
+                self._run(key),
+                sc.teacher_modality,
+                seed,
+                prepared=prepared() if same else None,
+            ),
+        )
+
+    def _no_kd(self, name, sc: Scenario, arch, seed, prepared) -> dict:
+        from cmkd.recipes import train_classifier
+
+        key = CellKey(name, f"student-{arch.student}", NO_KD, seed)
+        model = ModelConfig(backbone=arch.student)
+        config = self._config(sc.student_data, model, sc.student_modality, seed)
+        return self._cell(
+            key,
+            config,
+            lambda: train_classifier(
+                sc.student_data,
+                model,
+                self.optim,
+                self._run(key),
+                sc.student_modality,
+                seed,
+                prepared=prepared(),
+            ),
+        )
+
+    def _pairs(self, name, sc: Scenario, arch, seed, teacher: dict) -> str:
+        from cmkd.recipes import match_pairs
+
+        matcher = arch.matcher or arch.student
+        key = CellKey(name, f"{arch.teacher}-{matcher}", PAIRS, seed)
+        path = self.out / "pairs" / slug(name) / slug(key.group) / f"seed{seed}.json"
+        config = {
+            "teacher": teacher["config_hash"],
+            "student_data": asdict(sc.student_data),
+            "method": sc.match_method,
+            "pseudo_view": sc.pseudo_view,
+            "matcher": matcher,
+            "matcher_epochs": self.grid.matcher_epochs,
+        }
+
+        def match() -> dict:
+            pairs = match_pairs(
+                teacher["result"]["checkpoint"],
+                sc.student_data,
+                sc.student_modality,
+                seed,
+                path,
+                sc.match_method,
+                sc.pseudo_view,
+                backbone=matcher,
+                epochs=self.grid.matcher_epochs,
+                progress=False,
+            )
+            return {"pairs": str(path), "summary": pairs.summary()}
+
+        return self._cell(key, config, match)["result"]["pairs"]
+
+    def _distill(self, name, sc, arch, seed, prepared, label, distill, teacher) -> dict:
+        from cmkd.recipes import distill_student
+
+        distill = replace(distill, teacher=teacher["result"]["checkpoint"])
+        if distill.pairing.strategy == "matched" and not distill.pairing.pairs:
+            pairs = self._pairs(name, sc, arch, seed, teacher)
+            distill = replace(distill, pairing=replace(distill.pairing, pairs=pairs))
+        key = CellKey(name, arch.name, label, seed)
+        model = ModelConfig(backbone=arch.student)
+        config = {
+            **self._config(sc.student_data, model, sc.student_modality, seed),
+            "distill": asdict(distill),
+            "teacher": teacher["config_hash"],
+        }
+        return self._cell(
+            key,
+            config,
+            lambda: distill_student(
+                sc.student_data,
+                model,
+                self.optim,
+                self._run(key),
+                distill,
+                sc.student_modality,
+                seed,
+                prepared=prepared(),
+            ),
+        )
+
+    def _config(self, data: DataConfig, model: ModelConfig, modality: str, seed: int) -> dict:
+        return {
+            "data": asdict(data),
+            "model": asdict(model),
+            "optim": asdict(self.optim),
+            "modality": modality,
+            "seed": seed,
+        }
+
+
+class _Lazy:
+    """Prepare a split only when a cell actually has to run (a resumed grid may need none)."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make, self.value = make, None
+
+    def __call__(self) -> Any:
+        if self.value is None:
+            self.value = self.make()
+        return self.value
+
+
+def _prepare(data: DataConfig, seed: int):
+    from cmkd.data.datamodule import prepare_data
+
+    return prepare_data(data, seed)
+
+
+def bench_grid(
+    grid: str,
+    output_dir: str | None = None,
+    fresh: bool = False,
+    report: bool = True,
+) -> None:
+    """Run a benchmark grid cell by cell; cells already in its results store with the same
+    config are reused, so an interrupted grid continues where it stopped. Then write its
+    report (`cmkd report`).
+
+    Args:
+        grid: Grid YAML (configs/bench/*.yaml).
+        output_dir: Results store and runs (default runs/bench/<grid name>).
+        fresh: Drop the stored cells and rerun everything.
+        report: Write benchmarks/<grid name>.md and its plots afterwards.
+    """
+    spec = load_grid(grid)
+    out = Path(output_dir or f"runs/bench/{spec.name}")
+    runner = GridRunner(spec, out)
+    if fresh:
+        runner.store.clear()
+    runner.run(command=f"cmkd bench grid {grid}" + (" --fresh true" if fresh else ""))
+    if report:
+        from cmkd.bench.report import write_report
+
+        write_report(out)

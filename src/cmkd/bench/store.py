@@ -1,0 +1,107 @@
+"""The results store of a benchmark grid: one JSON file per cell, written atomically.
+
+A cell is one training (a teacher, a student, or a pair list) identified by its key
+(scenario, group, method, seed). Its record holds the resolved config and a hash of it, the
+run's metrics, wall time, throughput and peak memory. A grid skips a cell whose record exists
+with the same config hash, so a crashed grid continues where it stopped and a changed grid
+reruns only the cells it changed. Plain JSON: readable by anything, loadable without
+executing code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cmkd.errors import CmkdError
+from cmkd.training import write_json
+
+
+@dataclass(frozen=True)
+class CellKey:
+    scenario: str
+    group: str  # an architecture pair ('R/R'), 'teacher-<backbone>' or 'student-<backbone>'
+    method: str
+    seed: int
+
+    def path(self, root: Path) -> Path:
+        parts = (self.scenario, self.group, self.method)
+        return root / "cells" / Path(*map(slug, parts)) / f"seed{self.seed}.json"
+
+
+def slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "._" else "-" for c in label.lower()).strip("-")
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A stable hash of a JSON-able config (key order does not matter)."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Store:
+    """The cells of one grid under `root/cells/`."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def get(self, key: CellKey) -> dict[str, Any] | None:
+        path = key.path(self.root)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise CmkdError(f"results store: {path} is not valid JSON ({err})") from None
+
+    def put(self, key: CellKey, record: dict[str, Any]) -> None:
+        write_json(key.path(self.root), record)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every cell's record, in a stable order."""
+        cells = self.root / "cells"
+        if not cells.is_dir():
+            raise CmkdError(f"no results store under {self.root} (run the grid first)")
+        return [json.loads(p.read_text()) for p in sorted(cells.rglob("seed*.json"))]
+
+    def clear(self) -> None:
+        shutil.rmtree(self.root / "cells", ignore_errors=True)
+
+
+@contextmanager
+def peak_memory() -> Iterator[dict[str, float]]:
+    """Peak resident memory (and GPU memory where used) of the process during the block, in
+    MiB. On Linux the RSS high-water mark is reset at the start (/proc/self/clear_refs), so the
+    peak is the block's own; elsewhere it is the process's peak so far."""
+    box: dict[str, float] = {}
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    yield box
+    box["peak_rss_mib"] = round(_rss_high_water_kib() / 1024, 1)
+    if torch.cuda.is_available():
+        box["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def _rss_high_water_kib() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if os.uname().sysname == "Darwin" else peak  # bytes on macOS

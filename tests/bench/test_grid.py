@@ -1,0 +1,126 @@
+"""The grid runner and its results store: a crashed grid resumes without rerunning finished
+cells, a changed method reruns only the cells it changes, and every shipped grid file loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import cmkd.recipes
+from cmkd.bench.grid import (
+    CONTROL_CM,
+    CONTROL_TF,
+    ORACLE,
+    SEMBRIDGE,
+    Grid,
+    GridRunner,
+    load_grid,
+)
+from cmkd.bench.store import CellKey, Store, config_hash
+from cmkd.comparison import NO_KD, SCENARIOS, TEACHER
+from cmkd.config import DistillConfig, PairingConfig, TermConfig
+from cmkd.errors import CmkdError
+
+GRIDS = sorted((Path(__file__).resolve().parents[2] / "configs" / "bench").glob("*.yaml"))
+KD = DistillConfig(
+    ce_weight=0.5, terms=[TermConfig("kd", 0.5)], pairing=PairingConfig("class_random")
+)
+
+
+def _tiny_grid(kd: DistillConfig = KD) -> Grid:
+    return Grid(
+        name="tiny",
+        scenarios=["fsdd_to_mnist"],
+        methods={"KD": kd},
+        seeds=[0],
+        epochs=1,
+        controls=False,  # they run like any method; tests/test_controls.py covers them
+        data={
+            "fsdd_to_mnist": {
+                "teacher": {"train_per_class": 3},
+                "student": {"train_per_class": 3, "val_fraction": 0.02, "test_fraction": 0.02},
+            }
+        },
+    )
+
+
+def test_config_hash_ignores_key_order() -> None:
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+@pytest.mark.parametrize("path", GRIDS, ids=[p.stem for p in GRIDS])
+def test_every_shipped_grid_loads(path: Path) -> None:
+    grid = load_grid(path)
+    assert grid.methods and grid.seeds and grid.scenarios
+    for name in grid.scenarios:
+        sc = grid.scenario(name)
+        labels = list(grid.all_methods(sc))
+        assert len(labels) == len(set(labels))
+        if grid.controls:
+            assert labels[-2:] == [CONTROL_TF, CONTROL_CM]
+        assert (ORACLE in labels) == (sc.oracle_data is not None)
+        assert all(m + SEMBRIDGE in labels for m in grid.sembridge_over)
+
+
+def test_unknown_grid_key_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nscenarios: [fsdd_to_mnist]\nmethod: {}\n")
+    with pytest.raises(CmkdError, match="unknown keys"):
+        load_grid(bad)
+
+
+def test_a_crashed_grid_resumes_and_a_changed_method_reruns_only_its_cells(
+    tmp_path: Path, data_root, monkeypatch
+) -> None:
+    out = tmp_path / "grid"
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed mid-cell")
+
+    with monkeypatch.context() as m:
+        m.setattr(cmkd.recipes, "distill_student", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            GridRunner(_tiny_grid(), out, echo=lambda *_: None).run()
+    store = Store(out)
+    done = {(r["group"], r["method"]) for r in store.records()}
+    # The two finished cells are stored; the one that crashed left nothing behind.
+    assert done == {("teacher-small_cnn", TEACHER), ("student-small_cnn", NO_KD)}
+    teacher_file = CellKey("fsdd_to_mnist", "teacher-small_cnn", TEACHER, 0).path(out)
+    stamp = teacher_file.stat().st_mtime_ns
+
+    runner = GridRunner(_tiny_grid(), out, echo=lambda *_: None)
+    runner.run()
+    assert runner.counts == {"ran": 1, "reused": 2}
+    assert teacher_file.stat().st_mtime_ns == stamp
+    record = json.loads(CellKey("fsdd_to_mnist", "S/S", "KD", 0).path(out).read_text())
+    assert (
+        record["result"]["teacher_checkpoint"]
+        == json.loads(teacher_file.read_text())["result"]["checkpoint"]
+    )
+    assert record["samples_per_second"] > 0 and record["peak_rss_mib"] > 0
+    assert 0 <= record["teacher_share"] < 1
+
+    again = GridRunner(_tiny_grid(), out, echo=lambda *_: None)
+    again.run()
+    assert again.counts == {"ran": 0, "reused": 3}
+
+    # A new KD weight reruns the KD cell only: the teacher and no-KD cells stay.
+    heavier = DistillConfig(
+        ce_weight=0.5, terms=[TermConfig("kd", 0.9)], pairing=PairingConfig("class_random")
+    )
+    changed = GridRunner(_tiny_grid(heavier), out, echo=lambda *_: None)
+    changed.run()
+    assert changed.counts == {"ran": 1, "reused": 2}
+
+
+def test_oracle_row_pairs_every_ms_sample_with_its_true_rgb_twin() -> None:
+    from cmkd.bench.grid import oracle
+
+    sc = SCENARIOS["eurosat_rgb_to_ms"]
+    o = oracle(KD, sc)
+    assert o.pairing.strategy == "paired" and o.teacher_data.source == "eurosat_paired"
+    with pytest.raises(CmkdError, match="no twins"):
+        oracle(KD, SCENARIOS["fsdd_to_mnist"])
