@@ -158,6 +158,10 @@ def losses() -> None:
 
 
 def _print_result(result: dict) -> None:
+    from cmkd.training import is_global_zero
+
+    if not is_global_zero():  # every DDP rank holds the same result: print it once
+        return
     best, last = result["best"], result["last"]
     print(
         f"test acc {100 * best['test']['acc']:.1f} % (best on validation, epoch {best['epoch']}), "
