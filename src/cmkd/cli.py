@@ -195,6 +195,7 @@ _POSITIONAL = {
     ("pairs", "show"): "--path",
     ("evaluate",): "--checkpoint",
     ("bench", "grid"): "--grid",
+    ("report",): "--grid_dir",
 }
 
 
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     from cmkd.bench import loss_grid, sembridge_grid, teacher_cache
     from cmkd.bench.discomkd import discomkd_grid
     from cmkd.bench.grid import bench_grid
+    from cmkd.bench.report import report_command
     from cmkd.data.root import set_cli_root
     from cmkd.methods.discomkd import discomkd_command
 
@@ -233,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 "match": match,
                 "discomkd": discomkd_command,
                 "pairs": {"show": show_pairs},
+                "report": report_command,
                 "bench": {
                     "grid": bench_grid,
                     "discomkd": discomkd_grid,

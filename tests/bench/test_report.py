@@ -1,0 +1,178 @@
+"""The grid report on a fixed, hand-made results store: its means, paired differences and
+intervals equal values worked out by hand here, a partial store says how many cells are done,
+the win marker needs an interval that excludes 0, and the record-only plots and the CLI work.
+The accuracies are invented; these tests check the report's arithmetic, not any method."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from cmkd.bench.grid import CONTROL_CM, CONTROL_TF
+from cmkd.bench.report import Row, interval, paired, wins, write_report
+from cmkd.bench.store import CellKey, Store
+from cmkd.cli import main
+from cmkd.comparison import NO_KD, TEACHER
+
+SC, ARCH = "toy", "S/S"
+# Best-on-val test accuracy per seed (fractions). GOOD beats no-KD by +2, +4, +6 points (mean
+# +4, std 2, 95 % t half-width 4.303 * 2 / sqrt 3 = 4.97: CI [-1.0, +9.0], contains 0);
+# GREAT by +10, +11, +12 (CI [+8.5, +13.5], excludes 0); BAD by -10, -11, -12.
+ACC = {
+    TEACHER: [0.90, 0.92, 0.94],
+    NO_KD: [0.50, 0.60, 0.70],
+    "GOOD": [0.52, 0.64, 0.76],
+    "GREAT": [0.60, 0.71, 0.82],
+    "BAD": [0.40, 0.49, 0.58],
+    CONTROL_TF: [0.55, 0.65, 0.75],
+    CONTROL_CM: [0.50, 0.60, 0.70],
+}
+METHODS = ["GOOD", "GREAT", "BAD", CONTROL_TF, CONTROL_CM]
+
+
+def _record(method: str, seed: int, acc: float, fit: float) -> dict:
+    group = {TEACHER: "teacher-small_cnn", NO_KD: "student-small_cnn"}.get(method, ARCH)
+    test = {"acc": acc, "f1_macro": acc - 0.01, "acc_per_class": {}}
+    return {
+        "scenario": SC,
+        "group": group,
+        "method": method,
+        "seed": seed,
+        "grid": "toy",
+        "config_hash": "x",
+        "config": {},
+        "result": {
+            "modality": "rgb",
+            "seed": seed,
+            "epochs": 2,
+            # last-epoch weights 1 point below the best-on-val ones
+            "best": {"epoch": 1, "val_acc": acc, "test": test},
+            "last": {"epoch": 1, "test": {**test, "acc": acc - 0.01}},
+            "checkpoint": f"/nonexistent/{method}/seed{seed}/checkpoints/best.ckpt",
+            "fit_seconds": fit,
+            "train_samples": 100,
+        },
+        "wall_seconds": fit + 1,
+        "samples_per_second": 200.0,
+        "teacher_share": 0.25 if method not in (TEACHER, NO_KD) else None,
+        "peak_rss_mib": 1000.0,
+    }
+
+
+def make_store(root: Path, skip: set[tuple[str, int]] = frozenset()) -> Path:
+    store = Store(root)
+    for method, accs in ACC.items():
+        for seed, acc in enumerate(accs):
+            if (method, seed) in skip:
+                continue
+            rec = _record(method, seed, acc, fit=10.0 if method == NO_KD else 15.0)
+            store.put(CellKey(rec["scenario"], rec["group"], method, seed), rec)
+    grid = {
+        "name": "toy",
+        "description": "A hand-made store.",
+        "command": "cmkd bench grid toy.yaml",
+        "scenarios": {SC: {"title": "Toy scenario"}},
+        "methods": {SC: METHODS},
+        "architectures": [{"name": ARCH, "teacher": "small_cnn", "student": "small_cnn"}],
+        "seeds": [0, 1, 2],
+        "epochs": 2,
+        "matcher_epochs": 1,
+        "lr": 0.001,
+        "paper": {f"{SC} {ARCH}": {"GREAT": 77.7}},
+    }
+    (root / "grid.json").write_text(json.dumps(grid))
+    return root
+
+
+def table_row(page: str, label: str) -> list[str]:
+    line = next(ln for ln in page.splitlines() if ln.startswith(f"| {label} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory) -> str:
+    tmp = tmp_path_factory.mktemp("report")
+    out = write_report(make_store(tmp / "store"), tmp / "out" / "toy.md")
+    return out.read_text()
+
+
+def test_mean_std_and_paired_delta_match_hand_values(page):
+    # no-KD 50, 60, 70: mean 60.0, sample std 10.0; last epoch one point lower.
+    base = table_row(page, NO_KD)
+    assert base[1:5] == ["3", "60.0 ± 10.0", "59.0 ± 10.0", "59.0 ± 10.0"]
+    good = table_row(page, "GOOD")
+    assert good[2] == "64.0 ± 12.0"
+    # +2, +4, +6: mean 4, half-width t(0.975, 2) * 2 / sqrt(3) = 4.303 * 1.1547 = 4.968
+    assert good[5] == "+4.0 [-1.0, +9.0] n=3"
+    assert good[6] == "+4.0 [-1.0, +9.0] n=3"  # both sides lose the same point at the end
+    # vs teacher-free (55, 65, 75): -3, -1, +1 -> mean -1, std 2 -> [-6.0, +4.0]
+    assert good[7] == "-1.0 [-6.0, +4.0] n=3"
+    # vs class-mean (= no-KD here)
+    assert good[8] == "+4.0 [-1.0, +9.0] n=3"
+    # fit time 15 s vs 10 s; teacher share 25 %; paper number only where grid.json has it
+    assert good[10] == "1.50×" and good[13] == "25 %" and good[14] == "—"
+    assert table_row(page, "GREAT")[14] == "77.7"
+
+
+def test_interval_matches_hand_computation():
+    mean, lo, hi = interval([0.02, 0.04, 0.06])
+    assert mean == pytest.approx(4.0)
+    assert hi - mean == pytest.approx(4.302653 * 2 / 3**0.5, rel=1e-5)
+    assert interval([0.05]) is None  # one pair: no interval, hence never a win
+
+
+def test_wins_marker_only_where_the_interval_excludes_zero(page):
+    assert table_row(page, "GREAT")[9] == "✓"
+    assert table_row(page, "GOOD")[9] == ""  # +4 on average, but the CI contains 0
+    assert table_row(page, "BAD")[9] == ""  # excludes 0, in the wrong direction
+    summary = next(ln for ln in page.splitlines() if ln.startswith("*Summary:*"))
+    assert "GREAT (+11.0)" in summary and "BAD (-11.0)" in summary
+    assert "GOOD" not in summary.split("beats both controls")[0]
+    # GREAT vs teacher-free: +5, +6, +7 and vs class-mean: +10, +11, +12 -> beats both
+    assert summary.endswith("beats both controls (CI > 0 vs each): GREAT.")
+
+
+def test_paired_difference_uses_only_common_seeds():
+    a = Row("a", {0: _record("a", 0, 0.5, 1), 2: _record("a", 2, 0.7, 1)})
+    b = Row("b", {1: _record("b", 1, 0.1, 1), 2: _record("b", 2, 0.6, 1)})
+    assert paired(a, b) == pytest.approx([0.1])
+    assert not wins(a, b)
+
+
+def test_partial_store_reports_cells_done_of_total(tmp_path):
+    root = make_store(tmp_path / "store", skip={("GREAT", 2), (NO_KD, 1), ("BAD", 0)})
+    page = write_report(root, tmp_path / "toy.md").read_text()
+    # 7 rows x 3 seeds = 21 training cells, 3 missing
+    assert "18 of 21 training cells finished (**partial" in page
+    # GREAT has seeds 0, 1 but no-KD lacks seed 1: one common seed, so no interval
+    great = table_row(page, "GREAT")
+    assert great[1] == "2" and great[5] == "+10.0 n=1" and great[9] == ""
+
+
+def test_record_only_plots_are_written_and_linked(tmp_path):
+    page_path = write_report(make_store(tmp_path / "store"), tmp_path / "out" / "toy.md")
+    page = page_path.read_text()
+    for name in ("accuracy-per-method", "accuracy-against-training-time"):
+        png = tmp_path / "out" / "toy" / f"toy_s-s_{name}.png"
+        assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+        assert f"](toy/toy_s-s_{name}.png)" in page
+    # no run folders: the plots that need them are skipped with a note, not a crash
+    assert re.search(r"confusion matrices \(first seed\): skipped", page)
+    assert "matched pairs: skipped" in page
+
+
+def test_cli_writes_the_page(tmp_path, monkeypatch, capsys):
+    root = make_store(tmp_path / "store")
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", str(root)]) == 0
+    page = tmp_path / "benchmarks" / "toy.md"
+    assert page.is_file() and "cmkd bench grid toy.yaml" in page.read_text()
+    assert "Saved benchmarks/toy.md" in capsys.readouterr().out
+
+
+def test_cli_without_a_store_is_a_one_line_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "no results store" in capsys.readouterr().err
