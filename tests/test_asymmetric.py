@@ -100,3 +100,39 @@ def test_teacher_trained_on_the_students_test_samples_is_refused(quiet_run, data
     distill = DistillConfig(teacher=teacher, terms=KD, pairing=PairingConfig("class_random"))
     with pytest.raises(CmkdError, match="samples of the student's (val|test) split"):
         distill_student(twins, TINY, OptimConfig(epochs=1), quiet_run, distill, "rgb", seed=1)
+
+
+def test_oracle_bank_pairs_each_ms_sample_with_its_true_rgb_twin(quiet_run, data_root) -> None:
+    from lightning.pytorch.callbacks import Callback
+
+    from cmkd.bench.grid import oracle
+    from cmkd.comparison import SCENARIOS
+    from cmkd.data.datamodule import ModalityDataset, prepare_data
+
+    class Capture(Callback):
+        def on_fit_start(self, trainer, module) -> None:
+            self.inputs = module.teacher_inputs.clone()
+
+    teacher = train_classifier(
+        RGB, TINY, OptimConfig(epochs=1), replace(quiet_run, name="t"), "rgb", 0
+    )["checkpoint"]
+    capture = Capture()
+    distill = replace(
+        oracle(DistillConfig(terms=KD), SCENARIOS["eurosat_rgb_to_ms"]), teacher=teacher
+    )
+    distill_student(
+        MS,
+        TINY,
+        OptimConfig(epochs=1),
+        replace(quiet_run, name="o"),
+        distill,
+        "ms",
+        0,
+        callbacks=(capture,),
+    )
+    twins = prepare_data(DataConfig(source="eurosat_paired"), 0)
+    assert np.array_equal(
+        twins.rows("rgb", "train").ids, prepare_data(MS, 0).rows("ms", "train").ids
+    )
+    expected = ModalityDataset(twins.rows("rgb", "train"), "rgb").x
+    assert torch.equal(capture.inputs, expected)
