@@ -9,10 +9,20 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cmkd.bench.grid import CONTROL_CM, CONTROL_TF
-from cmkd.bench.report import Row, interval, paired, wins, write_report
+from cmkd.bench.report import (
+    Row,
+    interval,
+    paired,
+    pca_2d,
+    read_curve,
+    to_image,
+    wins,
+    write_report,
+)
 from cmkd.bench.store import CellKey, Store
 from cmkd.cli import main
 from cmkd.comparison import NO_KD, TEACHER
@@ -95,7 +105,7 @@ def table_row(page: str, label: str) -> list[str]:
 @pytest.fixture(scope="module")
 def page(tmp_path_factory) -> str:
     tmp = tmp_path_factory.mktemp("report")
-    out = write_report(make_store(tmp / "store"), tmp / "out" / "toy.md")
+    out = write_report(make_store(tmp / "store"), tmp / "out" / "toy.md", plots=False)
     return out.read_text()
 
 
@@ -144,7 +154,7 @@ def test_paired_difference_uses_only_common_seeds():
 
 def test_partial_store_reports_cells_done_of_total(tmp_path):
     root = make_store(tmp_path / "store", skip={("GREAT", 2), (NO_KD, 1), ("BAD", 0)})
-    page = write_report(root, tmp_path / "toy.md").read_text()
+    page = write_report(root, tmp_path / "toy.md", plots=False).read_text()
     # 7 rows x 3 seeds = 21 training cells, 3 missing
     assert "18 of 21 training cells finished (**partial" in page
     # GREAT has seeds 0, 1 but no-KD lacks seed 1: one common seed, so no interval
@@ -167,7 +177,7 @@ def test_record_only_plots_are_written_and_linked(tmp_path):
 def test_cli_writes_the_page(tmp_path, monkeypatch, capsys):
     root = make_store(tmp_path / "store")
     monkeypatch.chdir(tmp_path)
-    assert main(["report", str(root)]) == 0
+    assert main(["report", str(root), "--plots", "false"]) == 0
     page = tmp_path / "benchmarks" / "toy.md"
     assert page.is_file() and "cmkd bench grid toy.yaml" in page.read_text()
     assert "Saved benchmarks/toy.md" in capsys.readouterr().out
@@ -176,3 +186,50 @@ def test_cli_writes_the_page(tmp_path, monkeypatch, capsys):
 def test_cli_without_a_store_is_a_one_line_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "no results store" in capsys.readouterr().err
+
+
+def test_summary_says_when_controls_cannot_be_tested(tmp_path):
+    skip = {(CONTROL_CM, 1), (CONTROL_CM, 2)}  # class-mean finished for one seed only
+    page = write_report(make_store(tmp_path / "store", skip=skip), tmp_path / "t.md", plots=False)
+    page = page.read_text()
+    assert "fewer than 2 seeds paired with both controls" in page
+    assert "beats both controls (CI" not in page
+
+
+def test_validation_curves_from_metrics_csv(tmp_path):
+    root = make_store(tmp_path / "store")
+    store = Store(root)
+    for method in (NO_KD, "GOOD"):
+        key = CellKey(SC, "student-small_cnn" if method == NO_KD else ARCH, method, 0)
+        rec = store.get(key)
+        run = tmp_path / "runs" / method.replace(" ", "_").replace(",", "")
+        (run / "csv").mkdir(parents=True)
+        # Lightning writes val and train metrics on separate rows; empty cells are skipped
+        (run / "csv" / "metrics.csv").write_text(
+            "epoch,step,train/loss,val/acc\n0,5,,0.3\n0,5,1.2,\n1,11,,0.5\n1,11,0.9,\n"
+        )
+        rec["result"]["checkpoint"] = str(run / "checkpoints" / "best.ckpt")
+        store.put(key, rec)
+    assert read_curve(tmp_path / "runs" / "GOOD" / "csv" / "metrics.csv") == ([0, 1], [0.3, 0.5])
+    page = write_report(root, tmp_path / "out" / "toy.md").read_text()
+    assert "](toy/toy_s-s_validation-curves.png)" in page
+    assert (tmp_path / "out" / "toy" / "toy_s-s_validation-curves.png").is_file()
+
+
+def test_images_and_pca():
+    rng = np.random.default_rng(0)
+    # band k around 100 k, except B01 and B09..B12 far brighter: shown are B04, B03, B02 as
+    # red, green, blue, stretched between their own percentiles (red bright, blue dark)
+    ms = 100 * np.arange(13, dtype=np.float32)[:, None, None] + rng.uniform(0, 10, (13, 8, 8))
+    ms[[0, 8, 9, 10, 11, 12]] += 1e6
+    img = to_image(ms)
+    assert img.shape == (8, 8, 3) and img.min() >= 0 and img.max() <= 1
+    r, g, b = (img[..., c].mean() for c in range(3))
+    assert r > 0.9 and 0.3 < g < 0.7 and b < 0.1
+    assert to_image(np.zeros((1, 4, 5), dtype=np.uint8)).shape == (4, 5)  # flat: no 0/0
+    # points along (1, 1, 0) with a little noise: the first component is that direction
+    t = np.linspace(-5, 5, 50)
+    emb = np.stack([t, t, 0.01 * rng.standard_normal(50)], 1) + 7.0
+    xy = pca_2d(emb)
+    assert xy.shape == (50, 2)
+    assert np.allclose(np.abs(xy[:, 0]), np.abs(t) * 2**0.5, atol=0.05)

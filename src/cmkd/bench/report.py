@@ -226,11 +226,13 @@ def render_table(table: Table, paper: dict[str, float]) -> list[str]:
     base = table.row(NO_KD)
     controls = {c: table.row(c) for c in CONTROLS}
     base_fit = _mean(base.values(lambda r: r["result"].get("fit_seconds"))) if base else None
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    gpu = any("peak_gpu_mib" in r for row in table.rows for r in row.cells.values())
+    header = COLUMNS + ["peak GPU MiB"] * gpu
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.rows:
         if not row.cells:
-            cols = [row.label, "0", "not run yet"] + [""] * (len(COLUMNS) - 3)
-            cols[-1] = _fmt(paper.get(row.label), ".1f")
+            cols = [row.label, "0", "not run yet"] + [""] * (len(COLUMNS) - 4)
+            cols += [_fmt(paper.get(row.label), ".1f")] + [""] * gpu
             lines.append("| " + " | ".join(cols) + " |")
             continue
         best = row.values(lambda r: r["result"]["best"]["test"]["acc"])
@@ -260,6 +262,8 @@ def render_table(table: Table, paper: dict[str, float]) -> list[str]:
             _fmt(None if share is None else 100 * share, ".0f", " %"),
             _fmt(paper.get(row.label), ".1f"),
         ]
+        if gpu:
+            cols.append(_fmt(_mean(row.values(lambda r: r.get("peak_gpu_mib")))))
         lines.append("| " + " | ".join(cols) + " |")
     return [*lines, "", summary(table)]
 
@@ -287,11 +291,14 @@ def summary(table: Table) -> str:
     ctrls = [table.row(c) for c in CONTROLS]
     if any(c is None or not c.cells for c in ctrls):
         return text + "; controls not (yet) run, so gains cannot be told from regularisation."
-    champions = [
-        r.label
+    rivals = [
+        r
         for r in methods
-        if r.label not in CONTROLS and all(wins(r, c) for c in ctrls)  # type: ignore[arg-type]
+        if r.label not in CONTROLS and all(len(paired(r, c)) > 1 for c in ctrls)  # type: ignore[arg-type]
     ]
+    if not rivals:
+        return text + "; fewer than 2 seeds paired with both controls, so no test against them."
+    champions = [r.label for r in rivals if all(wins(r, c) for c in ctrls)]
     if champions:
         return text + "; beats both controls (CI > 0 vs each): " + ", ".join(champions) + "."
     return text + "; no method beats both controls."
@@ -307,15 +314,17 @@ def machine_facts() -> str:
     )
 
 
-def write_report(store_dir: str | Path, output: str | Path | None = None) -> Path:
+def write_report(
+    store_dir: str | Path, output: str | Path | None = None, plots: bool = True
+) -> Path:
     """Write the Markdown report of a (possibly unfinished) grid and its plots; returns the
-    page's path. Default: benchmarks/<grid name>.md, plots in benchmarks/<grid name>/."""
+    page's path. Default: benchmarks/<grid name>.md, plots in benchmarks/<grid name>/.
+    `plots=False` writes the tables alone, in seconds, e.g. to glance at a running grid."""
     root = Path(store_dir)
     records = Store(root).records()
     info, note = load_info(root, records)
     page = Path(output) if output else Path("benchmarks") / f"{info['name']}.md"
-    plots = page.with_suffix("")
-    plots.mkdir(parents=True, exist_ok=True)
+    folder = page.with_suffix("")
 
     trained = [r for r in records if r["method"] != PAIRS]
     n_pairs = len(records) - len(trained)
@@ -356,8 +365,12 @@ def write_report(store_dir: str | Path, output: str | Path | None = None) -> Pat
             lines += [sc_info["title"], ""]
         paper = info.get("paper", {})
         paper_row = paper.get(f"{table.scenario} {arch['name']}") or paper.get(table.scenario, {})
+        if not any(row.cells for row in table.rows):
+            lines += ["*No finished cells yet.*", ""]
+            continue
         lines += render_table(table, paper_row) + [""]
-        lines += _plots(table, plots, page.parent, info, ctx) + [""]
+        if plots:
+            lines += _plots(table, folder, page.parent, info, ctx) + [""]
     write_atomic(page, "\n".join(lines))
     return page
 
@@ -487,6 +500,7 @@ def plot_curves(table: Table, path: Path, info: dict[str, Any]) -> str | None:
     ax = axes[0][0]
     for label, e, v in curves:
         ax.plot(e, [100 * x for x in v], label=label, lw=2.5 if label == NO_KD else 1.2)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch")
     ax.set_ylabel("val acc %")
     ax.set_title(f"{_title(table)}, seed {seed}", fontsize=9)
@@ -633,7 +647,9 @@ def plot_gallery(table: Table, path: Path, info: dict, ctx: _DataCache) -> str |
         for r, (sample, who) in enumerate(((s, s_hp["modality"]), (t, t_hp["modality"]))):
             ax = axes[r][col]
             img = to_image(sample)
-            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, aspect="auto")
+            # a spectrogram's low frequencies at the bottom, as it is usually drawn
+            origin = "lower" if who == "audio" else "upper"
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, aspect="auto", origin=origin)
             ax.set_xticks([])
             ax.set_yticks([])
             if col == 0:
@@ -683,13 +699,14 @@ def plot_embeddings(table: Table, path: Path, info: dict, ctx: _DataCache) -> st
 # --- CLI --------------------------------------------------------------------------------------
 
 
-def report_command(grid_dir: str, output: str | None = None) -> None:
+def report_command(grid_dir: str, output: str | None = None, plots: bool = True) -> None:
     """Write the Markdown report (tables, summaries, plots) of a benchmark grid's results
     store; a grid still running is reported as far as it got.
 
     Args:
         grid_dir: The grid's output folder (runs/bench/<name>), holding grid.json and cells/.
         output: The page (default benchmarks/<grid name>.md; plots in a folder beside it).
+        plots: Also draw the plots (false: the tables alone, much faster).
     """
-    page = write_report(grid_dir, output)
+    page = write_report(grid_dir, output, plots)
     print(f"Saved {page}")
