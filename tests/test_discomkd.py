@@ -310,3 +310,32 @@ def test_end_to_end_digits_of_different_sizes(data_root, quiet_run):
     for r in result["modalities"].values():
         assert 0.0 <= r["best"]["test"]["acc"] <= 1.0
         assert r["best"]["epoch"] in range(3)
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "discomkd").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_configs_parse(config, capsys):
+    from cmkd.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["discomkd", "--config", str(config), "--print_config"])
+    assert exit_.value.code == 0
+    assert "authors_soft_targets: false" in capsys.readouterr().out
+
+
+def test_cli_trains_and_exports(data_root, tmp_path, capsys):
+    from cmkd.cli import main
+
+    out = tmp_path / "runs"
+    args = ["discomkd", "--config", str(CONFIGS[0].parent / "mfeat2.yaml"), "--optim.epochs", "1"]
+    args += ["--run.output_dir", str(out), "--run.progress_bar", "false"]
+    args += ["--run.accelerator", "cpu"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "fou" in printed and "zer" in printed and "single backbone" in printed
+    for m in ("fou", "zer"):
+        assert (out / "discomkd-mfeat2" / "seed0" / "students" / f"{m}.safetensors").is_file()
