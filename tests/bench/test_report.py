@@ -110,6 +110,7 @@ def page(tmp_path_factory) -> str:
 
 
 def test_mean_std_and_paired_delta_match_hand_values(page):
+    assert "21 of 21 training cells finished (complete)" in page
     # no-KD 50, 60, 70: mean 60.0, sample std 10.0; last epoch one point lower.
     base = table_row(page, NO_KD)
     assert base[1:5] == ["3", "60.0 ± 10.0", "59.0 ± 10.0", "59.0 ± 10.0"]
@@ -154,9 +155,12 @@ def test_paired_difference_uses_only_common_seeds():
 
 def test_partial_store_reports_cells_done_of_total(tmp_path):
     root = make_store(tmp_path / "store", skip={("GREAT", 2), (NO_KD, 1), ("BAD", 0)})
+    # a method dropped from the grid since it ran: its cell is neither counted nor shown
+    Store(root).put(CellKey(SC, ARCH, "OLD", 0), _record("OLD", 0, 0.9, 1.0))
     page = write_report(root, tmp_path / "toy.md", plots=False).read_text()
     # 7 rows x 3 seeds = 21 training cells, 3 missing
     assert "18 of 21 training cells finished (**partial" in page
+    assert "1 stored cell(s) no longer in the grid" in page and "| OLD |" not in page
     # GREAT has seeds 0, 1 but no-KD lacks seed 1: one common seed, so no interval
     great = table_row(page, "GREAT")
     assert great[1] == "2" and great[5] == "+10.0 n=1" and great[9] == ""

@@ -164,18 +164,18 @@ def load_info(root: Path, records: list[dict[str, Any]]) -> tuple[dict[str, Any]
     return info, note
 
 
-def expected_cells(info: dict[str, Any]) -> int:
-    """Training cells the grid will have (pair lists not counted): per scenario and seed one
-    teacher per teacher backbone, one no-KD student per student backbone and every method per
-    architecture pair."""
-    archs = info["architectures"]
-    teachers = {a["teacher"] for a in archs}
-    students = {a["student"] for a in archs}
-    per_seed = sum(
-        len(teachers) + len(students) + len(archs) * len(info["methods"].get(s, []))
-        for s in info["scenarios"]
-    )
-    return per_seed * len(info["seeds"])
+def expected_cells(info: dict[str, Any]) -> set[tuple[str, str, str, int]]:
+    """The training cells (scenario, group, method, seed) the grid will have, pair lists not
+    counted: per scenario and seed one teacher per teacher backbone, one no-KD student per
+    student backbone and every method per architecture pair."""
+    keys = set()
+    for sc in info["scenarios"]:
+        for seed in info["seeds"]:
+            for a in info["architectures"]:
+                keys.add((sc, f"teacher-{a['teacher']}", TEACHER, seed))
+                keys.add((sc, f"student-{a['student']}", NO_KD, seed))
+                keys |= {(sc, a["name"], m, seed) for m in info["methods"].get(sc, [])}
+    return keys
 
 
 def build_tables(info: dict[str, Any], records: list[dict[str, Any]]) -> list[Table]:
@@ -328,7 +328,9 @@ def write_report(
 
     trained = [r for r in records if r["method"] != PAIRS]
     n_pairs = len(records) - len(trained)
-    total = expected_cells(info)
+    expected = expected_cells(info)
+    found = {(r["scenario"], r["group"], r["method"], r["seed"]) for r in trained}
+    done, stale = len(found & expected), len(found - expected)
     lines = [f"# Benchmark: {info['name']}", ""]
     if info.get("command"):
         lines += ["```", info["command"], "```", ""]
@@ -336,10 +338,11 @@ def write_report(
         lines += [info["description"], ""]
     if note:
         lines += [f"> {note}", ""]
-    status = "complete" if len(trained) >= total else "**partial: the grid is unfinished**"
+    status = "complete" if done == len(expected) else "**partial: the grid is unfinished**"
     lines += [
-        f"- Cells: {len(trained)} of {total} training cells finished ({status}); "
-        f"{n_pairs} pair list(s).",
+        f"- Cells: {done} of {len(expected)} training cells finished ({status}); "
+        f"{n_pairs} pair list(s)"
+        + (f"; {stale} stored cell(s) no longer in the grid, not shown." if stale else "."),
         f"- Budget: {info.get('epochs', '?')} epochs, matcher {info.get('matcher_epochs', '?')} "
         f"epochs, lr {info.get('lr', '?')}, seeds {info.get('seeds')}.",
         f"- Machine writing this report: {machine_facts()}. "
@@ -396,6 +399,7 @@ def _plots(table: Table, folder: Path, page_dir: Path, info: dict, ctx: _DataCac
         except Exception as err:  # best effort: one missing run must not sink the page
             skipped = f"{type(err).__name__}: {err}".splitlines()[0]
         if skipped:
+            path.unlink(missing_ok=True)  # never link or keep a stale plot of an earlier run
             out.append(f"- *{title}: skipped ({skipped}).*")
         else:
             out.append(f"![{title}]({os.path.relpath(path, page_dir)})")
