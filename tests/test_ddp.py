@@ -1,17 +1,20 @@
 """Two DDP processes on the CPU (gloo): SemBridge-style distillation from a pair-list file with
 DynM re-matching at epochs 1 and 2. Every rank must hold the same pair table when training
 starts and after every re-match (rank 0's table is broadcast, even when rank 1's own matches
-differ, as they may across devices), and each rank must train on its
-own shard of the student samples, so this is a real data-parallel run and not two copies."""
+differ, as they may across devices), and each rank must train on its own shard of the student
+samples, so this is a real data-parallel run and not two copies."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 from dataclasses import replace
+
+import pytest
 
 from cmkd.config import DataConfig, ModelConfig, OptimConfig
 from cmkd.recipes import match_pairs, train_classifier
@@ -98,15 +101,23 @@ def test_every_ddp_rank_holds_the_same_pairs(quiet_run, data_root, tmp_path) -> 
         "output_dir": str(tmp_path / "runs"),
         "rows_dir": str(tmp_path / "rows"),
     }
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1"}
-    proc = subprocess.run(
+    # One thread per rank: two ranks on two cores. A session of its own, so that a hung run
+    # (rank 1 is rank 0's child) is ended whole.
+    proc = subprocess.Popen(
         [sys.executable, str(script), json.dumps(args)],
-        env=env,
-        capture_output=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=240,
+        start_new_session=True,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the 2-process DDP run did not finish in 240 s")
+    assert proc.returncode == 0, stderr[-3000:]
     run_dir = tmp_path / "runs" / "ddp" / "seed0"
     audits = [json.loads((run_dir / "pairs-digests" / f"rank{r}.json").read_text()) for r in (0, 1)]
     events = [[(t["event"], t["epoch"]) for t in a["tables"]] for a in audits]
