@@ -88,3 +88,34 @@ def test_quality_weights_refuse_terms_without_per_sample_values(quiet_run, teach
     )
     with pytest.raises(CmkdError, match="term 'rkd' has none"):
         distill_student(MFEAT, MLP, OptimConfig(epochs=1), quiet_run, distill, "pix", 0)
+
+
+def test_bench_summarises_weight_separation_and_plots(tmp_path):
+    from cmkd.bench.softcmkd import plot_weights, quality_records, quality_table, separation
+
+    bad = np.array([True, True, False, False, False])
+    record = {
+        "corrupted": bad,
+        "correct": np.array([0.0, 1.0, 1.0, 1.0, 0.0]),
+        "confidence": np.array([0.2, 0.3, 0.9, 0.8, 0.4]),  # separates perfectly
+        "norm": np.array([5.0, 4.0, 1.0, 2.0, 3.0]),  # the wrong way round
+        "dropout": np.array([0.5, 0.5, 0.5, 0.5, 0.5]),  # no information
+        "mean_weight": np.array([0.4, 0.6, 1.3, np.nan, 1.1]),
+        "times_used": np.array([2.0, 1.0, 3.0, 0.0, 1.0]),
+    }
+    s = separation(record)
+    assert s["acc_clean"] == 2 / 3 and s["acc_corrupted"] == 0.5
+    assert s["auroc_confidence"] == 1.0 and s["auroc_norm"] == 0.0 and s["auroc_dropout"] == 0.5
+    assert s["w_corrupted"] == 0.5 and abs(s["w_clean"] - 1.2) < 1e-12  # unused row left out
+    table = quality_table([record, record], "confidence")
+    assert "| 66.7 ± 0.0 | 50.0 ± 0.0 | 1.00 ± 0.00 | 0.00 ± 0.00 | 0.50 ± 0.00 |" in table
+    plot_weights({"a": [record], "b": [record]}, tmp_path / "w.png")
+    assert (tmp_path / "w.png").stat().st_size > 1000
+    # records are found through the checkpoints listed in a comparison's results.json
+    run = tmp_path / "runs" / "x" / "seed0"
+    (run / "checkpoints").mkdir(parents=True)
+    np.savez(run / "quality.npz", **record)
+    listing = {"runs": {"+ quality weights": [{"checkpoint": str(run / "checkpoints/best.ckpt")}]}}
+    (tmp_path / "results.json").write_text(json.dumps(listing))
+    found = quality_records(tmp_path / "results.json", "+ quality weights")
+    assert len(found) == 1 and np.array_equal(found[0]["corrupted"], bad)

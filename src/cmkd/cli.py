@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     from cmkd.bench.discomkd import discomkd_grid
     from cmkd.bench.grid import bench_grid
     from cmkd.bench.report import report_command
+    from cmkd.bench.softcmkd import softcmkd_grid
     from cmkd.data.root import set_cli_root
     from cmkd.methods.discomkd import discomkd_command
 
@@ -242,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                     "teacher-cache": teacher_cache,
                     "losses": loss_grid,
                     "sembridge": sembridge_grid,
+                    "softcmkd": softcmkd_grid,
                 },
             },
             args=args,
