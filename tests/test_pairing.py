@@ -159,3 +159,24 @@ def test_real_eurosat_twins_never_cross_classes(data_root: Path) -> None:
     match = min_kl_match(zs, zt, rgb.y, ms.y, chunk_size=100).numpy()
     assert np.array_equal(ms.y[match], rgb.y)
     assert len(set(rgb.y)) == len(rgb.classes)  # every class present and covered
+
+
+def test_pair_table_digest_and_per_rank_audit_file(tmp_path: Path) -> None:
+    """The digest identifies a table whatever its integer dtype; a rank's audit file keeps
+    every record, across a resume (a new callback on the same run folder)."""
+    import json
+    from types import SimpleNamespace
+
+    from cmkd.methods.dynamic_matching import DynamicMatching, table_digest
+
+    table = np.array([3, 1, 2])
+    assert table_digest(table) == table_digest(table.astype(np.int32))
+    assert table_digest(table) != table_digest(table[::-1])
+    trainer = SimpleNamespace(global_rank=1, world_size=2, current_epoch=0)
+    DynamicMatching([1], audit_dir=tmp_path)._record(trainer, "start", sha256="a")
+    trainer.current_epoch = 4  # resumed at epoch 4
+    DynamicMatching([1], audit_dir=tmp_path)._record(trainer, "start", sha256="b")
+    audit = json.loads((tmp_path / "rank1.json").read_text())
+    assert audit["world_size"] == 2
+    assert [(t["epoch"], t["sha256"]) for t in audit["tables"]] == [(0, "a"), (4, "b")]
+    assert not list(tmp_path.glob(".*"))  # written atomically: no temp file left behind
