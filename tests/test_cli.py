@@ -48,6 +48,7 @@ def test_help_lists_every_subcommand(capsys) -> None:
         ["bench", "teacher-cache"],
         ["bench", "losses"],
         ["bench", "sembridge"],
+        ["bench", "softcmkd"],
     ],
 )
 def test_every_subcommand_has_help(sub, capsys) -> None:

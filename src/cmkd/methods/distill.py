@@ -154,7 +154,8 @@ class DistillModule(ClassifierModule):
 
     def quality_record(self) -> dict[str, np.ndarray]:
         """Per teacher training row: every quality source, whether the teacher is right, and the
-        mean weight the row received in training (nan if it never taught), as numpy arrays."""
+        mean weight the row received in training (nan if it never taught), as numpy arrays.
+        Under DDP the weights are this rank's; after a resume they count from the resume."""
         if self.quality_table is None:
             return {}
         t = {k: v.cpu().numpy() for k, v in self.quality_table.items()}

@@ -145,8 +145,10 @@ def save_teacher_quality(
     mean weight per teacher training sample, with its id and whether it was corrupted) when
     quality weights were on, and corruption.json (the corrupted ids) when inputs were
     corrupted; both written atomically in the run folder."""
-    from cmkd.training import write_json
+    from cmkd.training import is_global_zero, write_json
 
+    if not is_global_zero():  # every DDP rank holds the same teacher table: write it once
+        return
     run_dir = Path(run_dir)
     if corrupted is not None:
         ids = [str(i) for i in np.asarray(teacher_ids)[corrupted]]
