@@ -144,3 +144,14 @@ def test_every_ddp_rank_holds_the_same_pairs(quiet_run, data_root, tmp_path) -> 
     # ... in an order that changes from epoch to epoch (the seeded shuffle's set_epoch)
     assert rows[0]["0"] != rows[0]["1"]
     print("digests", digests, "changed", changed)
+
+
+def test_cli_takes_the_ddp_settings(capsys) -> None:
+    from cmkd.cli import main
+
+    argv = ["distill", "--modality", "rgb", "--run.devices", "4", "--run.strategy", "ddp"]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--run.num_nodes", "2", "--print_config"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "devices: 4" in out and "strategy: ddp" in out and "num_nodes: 2" in out
