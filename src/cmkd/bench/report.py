@@ -5,9 +5,9 @@ Everything is read from the results store (grid.json and cells/), so a grid that
 running can be reported at any time: the page says how many cells of how many are done, and
 paired differences use only the seeds present on both sides. A difference counts as a win only
 when its 95 % interval excludes 0, because with few seeds a mean gain of a point or two is
-mostly split-to-split noise. The two controls (teacher-free and class-mean targets) are the
-rows that tell a cross-modal gain from mere label smoothing, so each method is also compared
-with them.
+mostly split-to-split noise. The two controls (the same loss against a teacher-free soft label
+and against the teacher's class-mean outputs) tell a cross-modal gain from mere regularisation
+or class-level knowledge, so each method is also compared with them.
 
 Plots that need only the records (bars, accuracy against time, training curves) are cheap;
 those that need checkpoints and data (confusion matrix, matching gallery, embeddings) are best
