@@ -136,3 +136,30 @@ def test_evaluate_reproduces_the_run_and_teacher_split_is_checked(quiet_run, dat
         )
     with pytest.raises(CmkdError, match="does not exist"):
         load_model("/nonexistent.ckpt")
+
+
+class _Payload:
+    """Unpickling this would create a file: a stand-in for code hidden in a checkpoint."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_untrusted_or_truncated_checkpoints_are_refused_without_running_code(tmp_path) -> None:
+    from cmkd.errors import CmkdError
+    from cmkd.recipes import load_model
+
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"hyper_parameters": _Payload(str(marker)), "state_dict": {}}, evil)
+    with pytest.raises(CmkdError, match="not a readable cmkd checkpoint"):
+        load_model(evil)
+    assert not marker.exists()
+    truncated = tmp_path / "truncated.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:500])
+    with pytest.raises(CmkdError, match="not a readable cmkd checkpoint"):
+        load_model(truncated)

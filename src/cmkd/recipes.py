@@ -107,7 +107,8 @@ def load_model(checkpoint: str | Path) -> tuple[StandardizedNetwork, dict[str, A
     if not path.is_file():
         raise CmkdError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint may come from anyone; loading it must not run code.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         hparams = ckpt["hyper_parameters"]
         state = {
             k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")

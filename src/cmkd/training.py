@@ -133,7 +133,8 @@ def fit_and_test(
     Writes results.json (with `extra` fields) in the run folder and returns the same record."""
     trainer, checkpoint = build_trainer(run_dir, run, epochs, callbacks)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    # weights_only everywhere a checkpoint is read: loading one must never execute code.
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     fit_s = time.perf_counter() - start
     if trainer.interrupted:
         raise CmkdError(f"training was interrupted; resume with --run.resume true ({run_dir})")
@@ -141,9 +142,12 @@ def fit_and_test(
     last = _test_scores(trainer.test(module, datamodule=datamodule, verbose=False)[0], classes)
     best_path = checkpoint.best_model_path
     best = _test_scores(
-        trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0], classes
+        trainer.test(
+            module, datamodule=datamodule, ckpt_path=best_path, verbose=False, weights_only=True
+        )[0],
+        classes,
     )
-    best_epoch = torch.load(best_path, map_location="cpu", weights_only=False)["epoch"]
+    best_epoch = torch.load(best_path, map_location="cpu", weights_only=True)["epoch"]
     results = {
         "modality": module.modality,
         "seed": module.hparams.seed,
