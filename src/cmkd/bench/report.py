@@ -700,7 +700,8 @@ def plot_embeddings(table: Table, path: Path, info: dict, ctx: _DataCache) -> st
         colors = plt.get_cmap("tab10" if len(rows.classes) <= 10 else "tab20")
         for k, name in enumerate(rows.classes):  # one colour per class in both panels
             ax.scatter(*xy[y == k].T, s=5, color=colors(k % colors.N), label=name)
-        ax.set_title(f"{who} ({len(rows.y)} test samples)", fontsize=8)
+        shown = f"{len(y):,}" + (f" of {len(rows.y):,}" if len(y) < len(rows.y) else "")
+        ax.set_title(f"{who} ({shown} test samples)", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
     ax.legend(fontsize=5, loc="center left", bbox_to_anchor=(1, 0.5), markerscale=2)
