@@ -119,3 +119,13 @@ def test_bench_summarises_weight_separation_and_plots(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(listing))
     found = quality_records(tmp_path / "results.json", "+ quality weights")
     assert len(found) == 1 and np.array_equal(found[0]["corrupted"], bad)
+
+
+def test_bench_page_command_names_only_changed_arguments():
+    from cmkd.bench.softcmkd import _command
+
+    given = dict(scenarios=["eurosat_paired"], seeds=[0, 1, 2], epochs=3, fraction=0.3,
+                 quality_source="confidence", backbone="small_cnn",
+                 conditions=["clean", "corrupted"], output_dir="runs/bench/softcmkd",
+                 page="benchmarks/softcmkd.md")  # fmt: skip
+    assert _command(given) == "cmkd bench softcmkd --scenarios '[eurosat_paired]' --epochs 3"

@@ -68,6 +68,12 @@ def test_soft_feature_hard_ablation_is_mse_of_projection():
     expected = F.mse_loss(term.projection(teacher.embedding), student.embedding)
     assert torch.allclose(term(student, teacher, batch), expected)
     assert torch.allclose(term.per_sample(student, teacher, batch).mean(), expected)
+    # without the projection (equal widths) it is the classic hard constraint MSE(f_T, f_S)
+    student, teacher, batch = _outputs(ds=4)
+    plain = build_term("soft_feature", _Net(4), _Net(4), margin=0.0, distance="l2",
+                       projection="none")  # fmt: skip
+    expected = F.mse_loss(teacher.embedding, student.embedding)
+    assert torch.allclose(plain(student, teacher, batch), expected)
 
 
 def test_soft_feature_is_zero_when_within_margin():

@@ -82,7 +82,7 @@ def softcmkd_grid(
     conditions: list[str] = ["clean", "corrupted"],  # noqa: B006
     output_dir: str = "runs/bench/softcmkd",
     page: str = "benchmarks/softcmkd.md",
-    command: str = "cmkd bench softcmkd",
+    command: str | None = None,
 ) -> None:
     """Soft-constrained CMKD against no KD and the hard L2 ablation, clean and with a share of
     the teacher's inputs corrupted; writes `page` and a weight plot beside it.
@@ -98,7 +98,8 @@ def softcmkd_grid(
         conditions: clean and/or corrupted.
         output_dir: Runs and per-grid results.
         page: The markdown results page (its plot goes beside it).
-        command: The command line written at the top of the page.
+        command: The command line written at the top of the page (default: rebuilt from the
+            arguments that differ from their defaults).
     """
     from cmkd.comparison import SCENARIOS, compare_students
 
@@ -110,6 +111,11 @@ def softcmkd_grid(
             f"unknown scenario or condition {unknown}; scenarios: {sorted(CORRUPTIONS)}, "
             "conditions: clean, corrupted"
         )
+    if command is None:
+        given = dict(scenarios=scenarios, seeds=seeds, epochs=epochs, fraction=fraction,
+                     quality_source=quality_source, backbone=backbone, conditions=conditions,
+                     output_dir=output_dir, page=page)  # fmt: skip
+        command = _command(given)
     sections: list[str] = []
     weights: dict[str, list[dict[str, np.ndarray]]] = {}
     plot = Path(page).with_name(Path(page).stem + "-weights.png")
@@ -157,6 +163,19 @@ def softcmkd_grid(
         # Written after every scenario, so an interrupted benchmark still leaves its page.
         write_page(page, command, seeds, epochs, backbone, quality_source, sections, weights)
     print(f"Saved {page}" + (f" and {plot}" if weights else ""))
+
+
+def _command(given: dict) -> str:
+    """`cmkd bench softcmkd` with the arguments that differ from softcmkd_grid's defaults."""
+    import inspect
+
+    defaults = inspect.signature(softcmkd_grid).parameters
+    parts = ["cmkd bench softcmkd"]
+    for name, value in given.items():
+        if value != defaults[name].default:
+            text = json.dumps(value).replace('"', "") if isinstance(value, list) else value
+            parts.append(f"--{name} '{text}'" if isinstance(value, list) else f"--{name} {text}")
+    return " ".join(parts)
 
 
 def row_label(label: str, condition: str) -> str:
