@@ -306,6 +306,29 @@ def _runs(record: dict[str, Any], seeds: list[str], m: str, row: str) -> list[di
     return [record["seeds"][s][row][m] for s in seeds if m in record["seeds"][s].get(row, {})]
 
 
+def _summary(record: dict[str, Any], seeds: list[str], names: list[str]) -> list[str]:
+    """Per modality: single-modality training against DisCoM-KD (best-on-validation weights)."""
+    from cmkd.comparison import mean_ci
+
+    lines = [
+        "| modality | single-modality acc | DisCoM-KD acc | Δ acc [95 % CI] | single weighted F1 "
+        "| DisCoM-KD weighted F1 | Δ weighted F1 [95 % CI] | parameters single / DisCoM-KD |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for m in names:
+        single, dck = _runs(record, seeds, m, SINGLE), _runs(record, seeds, m, DCK)
+        if not single or len(single) != len(dck):
+            continue
+        cells = []
+        for key in ("acc", "f1_weighted"):
+            a = [r["best"]["test"][key] for r in single]
+            b = [r["best"]["test"][key] for r in dck]
+            cells += [_ms(a), _ms(b), mean_ci([y - x for x, y in zip(a, b, strict=True)])]
+        size = f"{single[0]['parameters']:,} / {dck[0]['parameters']:,}"
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {size} |")
+    return [*lines, ""]
+
+
 def render_section(record: dict[str, Any]) -> str:
     """One scenario's markdown: a table per modality, seeds as rows' samples."""
     from cmkd.comparison import mean_ci
@@ -338,6 +361,7 @@ def render_section(record: dict[str, Any]) -> str:
             f"test acc {_ms(accs)} %, {fused_rows[0]['parameters']:,} parameters.",
             "",
         ]
+    lines += _summary(record, seeds, names)
     for m in names:
         runs = partial(_runs, record, seeds, m)
         single = runs(SINGLE)
@@ -368,6 +392,8 @@ def render_section(record: dict[str, Any]) -> str:
             if rs and "teacher" in rs[0] and row.endswith("(other teacher)"):
                 ts = sorted({r["teacher"] for r in rs})
                 teacher = f" ← {'/'.join(ts)}"
+            if len(rs) != len(seeds):
+                teacher += f" (only {len(rs)} of {len(seeds)} seeds)"
             lines.append(
                 f"| {row}{teacher} | {rs[0]['parameters']:,} | {_ms(acc)} | {_ms(f1)} "
                 f"| {_ms(last)} | {d_acc} | {d_f1} |"
