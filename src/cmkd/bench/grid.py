@@ -190,17 +190,18 @@ class GridRunner:
         write_json(self.out / "grid.json", self.describe(command))
         total = len(self.grid.scenarios) * len(self.grid.architectures) * len(self.grid.seeds)
         done = 0
-        for name in self.grid.scenarios:
-            sc = self.grid.scenario(name)
-            methods = self.grid.all_methods(sc)
-            for seed in self.grid.seeds:
+        # Seeds outermost: a grid stopped at any point holds the same seeds for every scenario.
+        scenarios = {name: self.grid.scenario(name) for name in self.grid.scenarios}
+        methods = {name: self.grid.all_methods(sc) for name, sc in scenarios.items()}
+        for seed in self.grid.seeds:
+            for name, sc in scenarios.items():
                 prepared = _Lazy(lambda sc=sc, seed=seed: _prepare(sc.student_data, seed))
                 for arch in self.grid.architectures:
                     done += 1
                     self.echo(f"[{done}/{total}] {name}  {arch.name}  seed {seed}")
                     teacher = self._teacher(name, sc, arch, seed, prepared)
                     self._no_kd(name, sc, arch, seed, prepared)
-                    for label, distill in methods.items():
+                    for label, distill in methods[name].items():
                         self._distill(name, sc, arch, seed, prepared, label, distill, teacher)
         self.echo(
             f"grid {self.grid.name}: {self.counts['ran']} cells run, "
