@@ -129,3 +129,22 @@ def test_bench_page_command_names_only_changed_arguments():
                  conditions=["clean", "corrupted"], output_dir="runs/bench/softcmkd",
                  page="benchmarks/softcmkd.md")  # fmt: skip
     assert _command(given) == "cmkd bench softcmkd --scenarios '[eurosat_paired]' --epochs 3"
+
+
+def test_bench_effects_are_paired_differences(tmp_path):
+    from cmkd.bench.softcmkd import CLASSIFIER, HARD, MARGIN, QUALITY, effects_table
+
+    def runs(*accs):
+        return [{"best": {"test": {"acc": a}}} for a in accs]
+
+    listing = {
+        HARD: runs(0.50, 0.60),
+        MARGIN: runs(0.55, 0.64),  # +5 and +4 points: mean +4.5
+        CLASSIFIER: runs(0.55, 0.64),
+        QUALITY: runs(0.55, 0.64),
+        f"{HARD}, corrupted": runs(0.40, 0.50),  # -10 and -10 vs clean
+    }
+    (tmp_path / "results.json").write_text(json.dumps({"runs": listing}))
+    table = effects_table(tmp_path / "results.json", ["clean", "corrupted"])
+    assert f"| {MARGIN} − {HARD} | +4.5 [-1.9, +10.9] | — |" in table
+    assert f"| {HARD} | -10.0 [-10.0, -10.0] |" in table

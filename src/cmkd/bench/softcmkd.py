@@ -152,6 +152,7 @@ def softcmkd_grid(
             f"{sc.title}; pairing `{pairing.strategy}`. Rows marked *corrupted*: {corrupted_what}; "
             "the teacher, the no-KD student and the other rows see clean data.\n",
             table,
+            effects_table(out / "results.json", conditions),
         ]
         for condition in conditions:
             records = quality_records(out / "results.json", row_label(QUALITY, condition))
@@ -176,6 +177,41 @@ def _command(given: dict) -> str:
             text = json.dumps(value).replace('"', "") if isinstance(value, list) else value
             parts.append(f"--{name} '{text}'" if isinstance(value, list) else f"--{name} {text}")
     return " ".join(parts)
+
+
+def effects_table(results_json: Path, conditions: list[str]) -> str:
+    """Paired per-seed differences between neighbouring rows (what each step adds) and between
+    each row's corrupted and clean runs (what the corruption costs), test accuracy of the
+    best-on-validation weights, mean and 95 % t interval in points."""
+    from cmkd.comparison import mean_ci
+
+    if not Path(results_json).is_file():
+        return ""
+    runs = json.loads(Path(results_json).read_text())["runs"]
+    acc = {label: [r["best"]["test"]["acc"] for r in rs] for label, rs in runs.items()}
+
+    def diff(a: str, b: str) -> str:
+        if a not in acc or b not in acc or len(acc[a]) != len(acc[b]):
+            return "—"
+        return mean_ci([x - y for x, y in zip(acc[a], acc[b], strict=True)])
+
+    steps = [(MARGIN, HARD), (CLASSIFIER, MARGIN), (QUALITY, CLASSIFIER)]
+    lines = [
+        "| comparison | " + " | ".join(conditions) + " |",
+        "| --- | " + " | ".join("---" for _ in conditions) + " |",
+    ]
+    for a, b in steps:
+        cells = [diff(row_label(a, c), row_label(b, c)) for c in conditions]
+        lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
+    if set(conditions) == {"clean", "corrupted"}:
+        lines += ["", "| row | corrupted − clean |", "| --- | --- |"]
+        for label in (HARD, MARGIN, CLASSIFIER, QUALITY):
+            lines.append(f"| {label} | {diff(row_label(label, 'corrupted'), label)} |")
+    head = (
+        "Paired differences (points, best-on-validation test accuracy, mean [95 % t interval] "
+        "over seeds):\n\n"
+    )
+    return head + "\n".join(lines) + "\n"
 
 
 def row_label(label: str, condition: str) -> str:
