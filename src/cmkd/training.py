@@ -21,6 +21,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from cmkd.config import RunConfig
 from cmkd.errors import CmkdError
@@ -37,6 +38,50 @@ def write_atomic(path: Path, text: str) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temp file in the checkpoint's own folder, flushed to disk, then
+    renamed over the target (os.replace): a process killed mid-write (SIGKILL, power loss)
+    leaves the previous complete file, never a truncated one. Lightning's own writer goes
+    through fsspec, whose temp file lies in the system temp folder: when that is another
+    filesystem (a tmpfs /tmp) the final move is a copy, written in place. Local paths only;
+    anything with a URL scheme goes to Lightning's writer."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer
+            stale.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def global_rank() -> int:
@@ -103,6 +148,7 @@ def build_trainer(
             CSVLogger(run_dir, name="csv", version=""),
         ],
         callbacks=[checkpoint, *callbacks],
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=run.progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
