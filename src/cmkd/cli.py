@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     from cmkd.bench import loss_grid, sembridge_grid, teacher_cache
     from cmkd.bench.discomkd import discomkd_grid
     from cmkd.bench.grid import bench_grid
+    from cmkd.bench.perf import perf
     from cmkd.bench.report import report_command
     from cmkd.bench.softcmkd import softcmkd_grid
     from cmkd.data.root import set_cli_root
@@ -241,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                     "grid": bench_grid,
                     "discomkd": discomkd_grid,
                     "teacher-cache": teacher_cache,
+                    "perf": perf,
                     "losses": loss_grid,
                     "sembridge": sembridge_grid,
                     "softcmkd": softcmkd_grid,

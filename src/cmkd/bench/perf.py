@@ -1,0 +1,655 @@
+"""`cmkd bench perf`: where the time and memory go, as ratios against a baseline timed in the
+same process (issue #8). Writes benchmarks/performance.md (and .json beside it).
+
+Sections:
+  (a) distillation overhead: each method's training-epoch time / the no-KD student's, EuroSAT
+      paired MS -> RGB, runs interleaved over repeats, medians; the teacher-cache fill and the
+      DynM re-match are reported on their own;
+  (b) DynM: the chunked min-KL matrix matcher against the authors' per-sample loop, and the
+      60,000 x 70,000 x 10 case with its peak memory;
+  (c) CORAL through b x b Gram matrices against d x d covariances (d = 8192, b = 256);
+  (d) data: samples/s from the decoded cache against decoding the TIFF/JPEG files every epoch,
+      beside the training step's samples/s.
+
+Peak memory is the rise of the process's resident-set high-water mark (VmHWM, reset through
+/proc/self/clear_refs) over the resident size before the call: Linux only, None elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+
+from cmkd.config import (
+    DataConfig,
+    DistillConfig,
+    ModelConfig,
+    OptimConfig,
+    PairingConfig,
+    RunConfig,
+    TermConfig,
+)
+from cmkd.training import write_atomic, write_json
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+class EpochTimer(Callback):
+    """Per training epoch: wall seconds from its start to its end (batches, validation, any
+    callback that runs at epoch start after this one, such as DynM's re-match) and the seconds
+    inside the training steps (forward, backward, optimiser; not the data fetch)."""
+
+    def __init__(self) -> None:
+        self.epoch_seconds: list[float] = []
+        self.step_seconds: list[float] = []
+        self.samples: list[int] = []
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self._epoch, self._steps, self._n = time.perf_counter(), 0.0, 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self._step = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self._steps += time.perf_counter() - self._step
+        self._n += len(batch["label"])
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        self.epoch_seconds.append(time.perf_counter() - self._epoch)
+        self.step_seconds.append(self._steps)
+        self.samples.append(self._n)
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def peak_memory(fn: Callable[[], Any]) -> tuple[Any, float | None]:
+    """Run fn(); return its result and the peak resident memory it added, in MB (None where
+    the high-water mark cannot be reset)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return fn(), None
+    before = _status_kb("VmRSS")
+    result = fn()
+    peak = _status_kb("VmHWM")
+    if before is None or peak is None:
+        return result, None
+    return result, max(peak - before, 0) / 1024
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average": [round(x, 2) for x in load],
+    }
+
+
+def _med(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+# --- (a) distillation overhead ------------------------------------------------------------------
+
+
+def _methods(rematch_epoch: int) -> dict[str, DistillConfig | None]:
+    kd = TermConfig("kd", 0.5, {"temperature": 4.0})
+    kd_cfg = DistillConfig(ce_weight=0.5, terms=[kd])
+    return {
+        "no KD": None,
+        "KD (teacher cache)": kd_cfg,
+        "KD (teacher recomputed)": replace(kd_cfg, cache_teacher=False),
+        "DKD (teacher cache)": DistillConfig(ce_weight=1.0, terms=[TermConfig("dkd", 1.0, {})]),
+        # SemBridge's training-time parts on paired data: KD + SKA (the paper's weight and the
+        # grid's dim) + DynM re-matching; SSM's offline matcher is not part of an epoch.
+        "SemBridge (KD + SKA + DynM)": replace(
+            kd_cfg,
+            terms=[kd, TermConfig("ska", 0.3 * 0.01, {"dim": 256})],
+            pairing=PairingConfig("paired", dynamic=True, schedule=[rematch_epoch]),
+        ),
+    }
+
+
+def distill_overhead(
+    epochs: int = 5,
+    repeats: int = 3,
+    seed: int = 0,
+    student: ModelConfig | None = None,
+    teacher: ModelConfig | None = None,
+    batch_size: int = 32,
+    output_dir: str = "runs/bench/perf",
+) -> dict[str, Any]:
+    """Training-epoch time of each method / the no-KD student's on EuroSAT paired MS -> RGB.
+
+    Every method runs `repeats` times, interleaved (method order rotates each repeat); per run
+    the median over the epochs after the first (warm-up) and, for SemBridge, other than the
+    re-match epoch; then the median over repeats. Reports both whole epochs (steps, data,
+    validation, checkpoint) and the training steps alone, and the teacher-cache fill and the
+    DynM re-match as seconds of their own.
+    """
+    from cmkd.data.datamodule import prepare_data
+    from cmkd.recipes import distill_student, train_classifier
+
+    if epochs < 3:
+        raise ValueError("distill_overhead needs >= 3 epochs (warm-up, re-match, steady)")
+    student = student or ModelConfig(backbone="small_cnn")
+    teacher = teacher or ModelConfig(backbone="small_cnn")
+    data = DataConfig(source="eurosat_paired", batch_size=batch_size)
+    run = RunConfig(output_dir=output_dir, progress_bar=False, overwrite=True, accelerator="cpu")
+    prepared = prepare_data(data, seed)
+    t_timer = EpochTimer()
+    t_result = train_classifier(
+        data, teacher, OptimConfig(epochs=2), replace(run, name="teacher"), "ms", seed,
+        callbacks=(t_timer,), prepared=prepared,
+    )  # fmt: skip
+    rematch = 2
+    methods = _methods(rematch)
+    names = list(methods)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for r in range(repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            cfg, timer = methods[name], EpochTimer()
+            optim = OptimConfig(epochs=epochs)
+            label = name.split(" (")[0].replace(" ", "-").lower() + f"-{names.index(name)}"
+            if cfg is None:
+                result = train_classifier(
+                    data, student, optim, replace(run, name=label), "rgb", seed,
+                    callbacks=(timer,), prepared=prepared,
+                )  # fmt: skip
+            else:
+                cfg = replace(cfg, teacher=t_result["checkpoint"])
+                result = distill_student(
+                    data, student, optim, replace(run, name=label), cfg, "rgb", seed,
+                    callbacks=(timer,), prepared=prepared,
+                )  # fmt: skip
+            runs[name].append(
+                {
+                    "epoch_seconds": timer.epoch_seconds,
+                    "step_seconds": timer.step_seconds,
+                    "samples_per_epoch": timer.samples[0],
+                    "fit_seconds": result["fit_seconds"],
+                    "teacher_seconds": result.get("teacher_seconds"),
+                    "test_acc": result["last"]["test"]["acc"],
+                }
+            )
+    summary = summarise_overhead(runs, rematch)
+    summary.update(
+        {
+            "epochs": epochs,
+            "repeats": repeats,
+            "rematch_epoch": rematch,
+            "student": student.backbone,
+            "teacher": teacher.backbone,
+            "batch_size": batch_size,
+            "train_samples": runs[names[0]][0]["samples_per_epoch"],
+            "teacher_step_samples_per_s": t_timer.samples[-1] / t_timer.step_seconds[-1],
+            "runs": runs,
+        }
+    )
+    return summary
+
+
+def summarise_overhead(runs: dict[str, list[dict[str, Any]]], rematch_epoch: int) -> dict:
+    """Ratios against "no KD" from per-run epoch timings (see distill_overhead)."""
+    steady = [e for e in range(1, len(next(iter(runs.values()))[0]["epoch_seconds"]))]
+    steady = [e for e in steady if e != rematch_epoch]
+    med: dict[str, dict[str, float]] = {}
+    for name, rs in runs.items():
+        epoch = _med([_med([r["epoch_seconds"][e] for e in steady]) for r in rs])
+        step = _med([_med([r["step_seconds"][e] for e in steady]) for r in rs])
+        entry = {"epoch_s": epoch, "step_s": step}
+        rematch = [r["epoch_seconds"][rematch_epoch] for r in rs]
+        entry["epoch_at_rematch_s"] = _med(rematch)
+        fills = [r["teacher_seconds"] for r in rs if r.get("teacher_seconds") is not None]
+        if fills:
+            entry["teacher_seconds"] = _med(fills)
+        entry["test_acc"] = _med([r["test_acc"] for r in rs])
+        med[name] = entry
+    base = med["no KD"]
+    for entry in med.values():
+        entry["epoch_ratio"] = entry["epoch_s"] / base["epoch_s"]
+        entry["step_ratio"] = entry["step_s"] / base["step_s"]
+    out: dict[str, Any] = {"methods": med}
+    sb = next((k for k in med if k.startswith("SemBridge")), None)
+    kd = "KD (teacher cache)"
+    if sb is not None and kd in med:
+        extra = med[sb]["epoch_at_rematch_s"] - med[sb]["epoch_s"]
+        # The authors re-match 5 times in 200 epochs (M2S-GL); amortised at that density:
+        amortised = med[sb]["epoch_s"] + max(extra, 0.0) * 5 / 200
+        out["sembridge"] = {
+            "rematch_extra_s": extra,
+            "epoch_ratio_vs_kd": med[sb]["epoch_s"] / med[kd]["epoch_s"],
+            "step_ratio_vs_kd": med[sb]["step_s"] / med[kd]["step_s"],
+            "amortised_epoch_ratio_vs_kd": amortised / med[kd]["epoch_s"],
+        }
+    return out
+
+
+# --- (b) DynM -----------------------------------------------------------------------------------
+
+
+def _logits(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % k
+    logits = torch.randn(n, k, generator=g) * 2 + 4 * F.one_hot(labels, k)
+    return logits, labels
+
+
+def min_kl_loop(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    student_labels: torch.Tensor,
+    teacher_labels: torch.Tensor,
+    temperature: float = 3.0,
+) -> torch.Tensor:
+    """The authors' way: one student sample at a time, its KL to every same-class teacher
+    sample, argmin. The baseline the chunked matcher is timed against."""
+    log_ps = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_pt = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    pt = log_pt.exp()
+    galleries = {
+        int(c): torch.nonzero(teacher_labels == c).squeeze(1) for c in teacher_labels.unique()
+    }
+    out = torch.empty(len(student_logits), dtype=torch.long)
+    for i in range(len(student_logits)):
+        rows = galleries[int(student_labels[i])]
+        kl = (pt[rows] * (log_pt[rows] - log_ps[i])).sum(dim=1)
+        out[i] = rows[kl.argmin()]
+    return out
+
+
+def dynm_speed(
+    loop_students: int = 6_000,
+    loop_teachers: int = 7_000,
+    big_students: int = 60_000,
+    big_teachers: int = 70_000,
+    classes: int = 10,
+    repeats: int = 3,
+    chunk_size: int = 4096,
+) -> dict[str, Any]:
+    """Chunked min-KL (cmkd.matching.dynamic.min_kl_match) against the per-sample loop at a
+    size the loop manages (interleaved repeats, medians), then the chunked matcher alone at
+    `big_students` x `big_teachers`, with its peak memory."""
+    from cmkd.matching.dynamic import min_kl_match
+
+    zs, ys = _logits(loop_students, classes, 1)
+    zt, yt = _logits(loop_teachers, classes, 2)
+    times: dict[str, list[float]] = {"chunked": [], "loop": []}
+    results = {}
+    min_kl_match(zs[:100], zt, ys[:100], yt)  # warm-up, untimed
+    min_kl_loop(zs[:100], zt, ys[:100], yt)
+    for _ in range(repeats):
+        for name in ("chunked", "loop"):
+            start = time.perf_counter()
+            if name == "chunked":
+                results[name] = min_kl_match(zs, zt, ys, yt, chunk_size=chunk_size)
+            else:
+                results[name] = min_kl_loop(zs, zt, ys, yt)
+            times[name].append(time.perf_counter() - start)
+    agree = float((results["chunked"] == results["loop"]).float().mean())
+    zs, ys = _logits(big_students, classes, 3)
+    zt, yt = _logits(big_teachers, classes, 4)
+    big_times, peaks = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _, peak = peak_memory(lambda: min_kl_match(zs, zt, ys, yt, chunk_size=chunk_size))
+        big_times.append(time.perf_counter() - start)
+        peaks.append(peak)
+    med = {k: _med(v) for k, v in times.items()}
+    known = [p for p in peaks if p is not None]
+    return {
+        "loop_size": [loop_students, loop_teachers, classes],
+        "seconds": times,
+        "median_s": med,
+        "speedup": med["loop"] / med["chunked"],
+        "same_pairs_fraction": agree,
+        "big_size": [big_students, big_teachers, classes],
+        "chunk_size": chunk_size,
+        "big_seconds": big_times,
+        "big_median_s": _med(big_times),
+        "big_peak_mb": max(known) if known else None,
+    }
+
+
+# --- (c) CORAL ------------------------------------------------------------------------------
+
+
+def coral_cost(d: int = 8192, b: int = 256, repeats: int = 3) -> dict[str, Any]:
+    """One forward and backward of the CORAL scatter gap through b x b Gram matrices against
+    d x d covariances: median seconds and peak memory each, and the two values' agreement."""
+    from cmkd.losses.ska import scatter_gap
+
+    g = torch.Generator().manual_seed(0)
+    x0, y0 = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g) * 1.1
+
+    def step(gram: bool) -> float:
+        x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
+        gap = scatter_gap(x - x.mean(0), y - y.mean(0), gram=gram)
+        gap.backward()
+        return float(gap.detach())
+
+    times: dict[str, list[float]] = {"gram": [], "direct": []}
+    peaks: dict[str, list[float]] = {"gram": [], "direct": []}
+    values: dict[str, float] = {}
+    step(True)  # warm-up, untimed
+    for _ in range(repeats):
+        for name in ("gram", "direct"):
+            start = time.perf_counter()
+            values[name], peak = peak_memory(lambda name=name: step(name == "gram"))
+            times[name].append(time.perf_counter() - start)
+            if peak is not None:
+                peaks[name].append(peak)
+    med = {k: _med(v) for k, v in times.items()}
+    peak = {k: (max(v) if v else None) for k, v in peaks.items()}
+    return {
+        "d": d,
+        "b": b,
+        "seconds": times,
+        "median_s": med,
+        "speedup": med["direct"] / med["gram"],
+        "peak_mb": peak,
+        "memory_ratio": peak["direct"] / peak["gram"] if peak["gram"] and peak["direct"] else None,
+        "relative_difference": abs(values["gram"] - values["direct"]) / abs(values["direct"]),
+    }
+
+
+# --- (d) data ---------------------------------------------------------------------------------
+
+
+class _DecodingDataset(torch.utils.data.Dataset):
+    """Decodes its file on every access: what a loader without the cache does every epoch."""
+
+    def __init__(self, paths: list[Path], read: Callable, labels: np.ndarray, key: str) -> None:
+        self.paths, self.read, self.labels, self.key = paths, read, labels, key
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        x = self.read(self.paths[i])
+        x = x.astype(np.float32) if x.dtype not in (np.uint8, np.float32) else x.copy()
+        return {self.key: torch.from_numpy(x), "label": int(self.labels[i]), "index": i}
+
+
+def _epoch_rate(loader) -> float:
+    start, n = time.perf_counter(), 0
+    for batch in loader:
+        n += len(batch["label"])
+    return n / (time.perf_counter() - start)
+
+
+def data_rates(
+    root: str | None = None, batch_size: int = 32, repeats: int = 3, limit: int | None = None
+) -> dict[str, Any]:
+    """Samples/s of one epoch from the decoded arrays (what a run holds after reading the
+    cache) against decoding every TIFF (MS) / JPEG (RGB) file per sample, plus the cost of
+    reading the cache file itself at the start of a run. EuroSAT paired files (`limit`: the
+    first files only)."""
+    from torch.utils.data import DataLoader
+
+    from cmkd.data.datamodule import ModalityDataset
+    from cmkd.data.root import resolve_data_root
+    from cmkd.data.sources._files import class_files, read_pil, read_tif, sample_id
+    from cmkd.data.sources.eurosat import load_eurosat_ms, load_eurosat_rgb
+
+    root_path = resolve_data_root(root)
+    out: dict[str, Any] = {}
+    for key, ext, read, load in (
+        ("ms", (".tif", ".tiff"), read_tif, lambda: load_eurosat_ms(root_path)),
+        ("rgb", (".jpg", ".jpeg"), read_pil, lambda: load_eurosat_rgb(root_path, "paired")),
+    ):
+        samples = load()  # fills the cache if it is cold
+        folder = root_path / "eurosat" / key
+        by_id = {sample_id(c, p): p for c, group in class_files(folder, ext).items() for p in group}
+        n = min(len(samples), limit or len(samples))
+        paths = [by_id[i] for i in samples.ids[:n]]
+        cached = ModalityDataset(samples.subset(np.arange(n)), key)
+        decoding = _DecodingDataset(paths, read, samples.y[:n], key)
+        rates: dict[str, list[float]] = {"cache": [], "decode": [], "cache_file": []}
+        _epoch_rate(DataLoader(cached, batch_size))  # warm-up, untimed
+        for _ in range(repeats):
+            rates["cache"].append(_epoch_rate(DataLoader(cached, batch_size, shuffle=True)))
+            rates["decode"].append(_epoch_rate(DataLoader(decoding, batch_size, shuffle=True)))
+            start = time.perf_counter()
+            whole = len(load())
+            rates["cache_file"].append(whole / (time.perf_counter() - start))
+        med = {k: _med(v) for k, v in rates.items()}
+        out[key] = {
+            "samples": n,
+            "samples_per_s": rates,
+            "median_samples_per_s": med,
+            "cache_over_decode": med["cache"] / med["decode"],
+        }
+    return out
+
+
+# --- the page -----------------------------------------------------------------------------------
+
+
+def _f(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def render(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        "# Performance (issue #8)",
+        "",
+        f"Produced by `{report['command']}` ({report['finished']}, {report['minutes']:.1f} min).",
+        "",
+        f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), torch {m['torch']} "
+        f"({m['torch_threads']} threads), Python {m['python']}, {m['platform']}. "
+        f"Load average at start {m['load_average']}, at end {report['load_average_end']}: "
+        "the machine was shared with other jobs while this ran, so absolute times are noisy; "
+        "every ratio compares runs interleaved in this one process, and medians are taken.",
+        "",
+    ]
+    a = report.get("overhead")
+    if a:
+        lines += [
+            "## (a) Distillation overhead per epoch",
+            "",
+            f"EuroSAT paired MS -> RGB, {a['train_samples']} training samples, batch "
+            f"{a['batch_size']}, teacher {a['teacher']} (MS), student {a['student']} (RGB); "
+            f"{a['epochs']} epochs x {a['repeats']} interleaved repeats. Per run the median "
+            f"epoch after the first (warm-up), leaving out the DynM re-match epoch "
+            f"({a['rematch_epoch']}); then the median over repeats. *Epoch* is wall time from "
+            "epoch start to end (steps, data, validation, checkpoint); *steps* the time "
+            "inside the training steps only. The teacher-cache fill happens once before "
+            "epoch 0 and is not in any epoch; it is listed on its own.",
+            "",
+            "| method | epoch (s) | epoch / no-KD | steps (s) | steps / no-KD | teacher "
+            "forward (s) | test acc (last) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, e in a["methods"].items():
+            lines.append(
+                f"| {name} | {_f(e['epoch_s'], 3)} | {_f(e['epoch_ratio'])} | "
+                f"{_f(e['step_s'], 3)} | {_f(e['step_ratio'])} | "
+                f"{_f(e.get('teacher_seconds'), 3)} | {_f(e['test_acc'], 3)} |"
+            )
+        sb = a.get("sembridge")
+        if sb:
+            lines += [
+                "",
+                f"SemBridge / KD (both with the teacher cache): epoch x"
+                f"{_f(sb['epoch_ratio_vs_kd'])}, steps x{_f(sb['step_ratio_vs_kd'])}. "
+                f"A DynM re-match adds {_f(sb['rematch_extra_s'], 3)} s to its epoch; at the "
+                f"authors' density (5 re-matches in 200 epochs) the amortised epoch ratio to KD "
+                f"is x{_f(sb['amortised_epoch_ratio_vs_kd'])}. Teacher forward (s) for cached "
+                "runs is the one-off fill; for the recomputed run, all teacher passes.",
+            ]
+        lines += [
+            "",
+            f"Training step rates (samples/s): RGB student no-KD "
+            f"{_f(a['train_samples'] / a['methods']['no KD']['step_s'], 0)}, MS teacher "
+            f"{_f(a['teacher_step_samples_per_s'], 0)}.",
+            "",
+        ]
+    b = report.get("dynm")
+    if b:
+        s, t, k = b["loop_size"]
+        bs, bt, bk = b["big_size"]
+        lines += [
+            "## (b) DynM matching: chunked matrix KL vs per-sample loop",
+            "",
+            f"{s:,} students x {t:,} teachers x {k} classes (random logits), interleaved "
+            f"repeats: loop {_f(b['median_s']['loop'], 3)} s, chunked "
+            f"{_f(b['median_s']['chunked'], 4)} s: **x{_f(b['speedup'], 0)}**; the two agree "
+            f"on {100 * b['same_pairs_fraction']:.2f} % of the pairs (ties aside).",
+            "",
+            f"{bs:,} x {bt:,} x {bk}, chunk {b['chunk_size']}: median "
+            f"**{_f(b['big_median_s'])} s** (runs: "
+            f"{', '.join(_f(x) for x in b['big_seconds'])}), peak memory added "
+            f"**{_f(b['big_peak_mb'], 0)} MB**.",
+            "",
+        ]
+    c = report.get("coral")
+    if c:
+        lines += [
+            "## (c) CORAL: Gram (b x b) vs direct covariance (d x d)",
+            "",
+            f"d = {c['d']}, b = {c['b']}, one forward + backward of the scatter gap, "
+            "interleaved repeats:",
+            "",
+            "| path | median s | peak memory added (MB) |",
+            "|---|---|---|",
+            f"| Gram | {_f(c['median_s']['gram'], 3)} | {_f(c['peak_mb']['gram'], 0)} |",
+            f"| direct | {_f(c['median_s']['direct'], 3)} | {_f(c['peak_mb']['direct'], 0)} |",
+            "",
+            f"Time ratio direct / Gram **x{_f(c['speedup'], 1)}**, memory ratio "
+            f"**x{_f(c['memory_ratio'], 1)}**; relative difference of the two values "
+            f"{c['relative_difference']:.1e}.",
+            "",
+        ]
+    d = report.get("data")
+    if d:
+        lines += [
+            "## (d) Data: decoded cache vs decoding the files every epoch",
+            "",
+            "One epoch through a DataLoader (batch 32, shuffled, main process) over the "
+            "EuroSAT paired files; *cache file* is reading the .npz at the start of a run "
+            "(fingerprint + np.load), per sample. Medians of interleaved repeats.",
+            "",
+            "| modality | samples | from cache (samples/s) | decoding files (samples/s) | "
+            "cache / decode | cache file read (samples/s) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for key, e in d.items():
+            m_ = e["median_samples_per_s"]
+            lines.append(
+                f"| {key} | {e['samples']} | {_f(m_['cache'], 0)} | {_f(m_['decode'], 0)} | "
+                f"x{_f(e['cache_over_decode'], 1)} | {_f(m_['cache_file'], 0)} |"
+            )
+        if a:
+            lines += [
+                "",
+                f"Beside the training step (section a): RGB student "
+                f"{_f(a['train_samples'] / a['methods']['no KD']['step_s'], 0)} samples/s, "
+                f"MS teacher {_f(a['teacher_step_samples_per_s'], 0)} samples/s.",
+            ]
+        lines.append("")
+    lines += ["Raw numbers: the .json beside this page.", ""]
+    return "\n".join(lines)
+
+
+def perf(
+    sections: list[str] = ["overhead", "dynm", "coral", "data"],  # noqa: B006
+    epochs: int = 5,
+    repeats: int = 3,
+    output: str = "benchmarks/performance.md",
+    runs_dir: str = "runs/bench/perf",
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Time distillation overhead, DynM matching, CORAL and data loading against same-process
+    baselines and write a Markdown page (and its .json) with the ratios and the machine.
+
+    Args:
+        sections: Any of overhead, dynm, coral, data.
+        epochs: Epochs per timed distillation run (>= 3).
+        repeats: Interleaved repeats of every timing (medians are reported).
+        output: The page; the raw numbers go to the same name with .json.
+        runs_dir: Where the timed runs' folders go.
+        threads: torch intra-op threads (torch.set_num_threads). 1 by default: on a shared,
+            oversubscribed machine several threads per op spin against each other and times
+            swing by 10x or more.
+    """
+    unknown = set(sections) - {"overhead", "dynm", "coral", "data"}
+    if unknown:
+        from cmkd.errors import CmkdError
+
+        raise CmkdError(f"unknown perf section(s) {sorted(unknown)}")
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    argv = " ".join(sys.argv[1:]) if Path(sys.argv[0]).name in ("cmkd", "cli.py") else ""
+    report: dict[str, Any] = {
+        "command": f"cmkd {argv}" if argv else "cmkd bench perf",
+        "machine": machine(),
+    }
+    steps = {
+        "data": lambda: data_rates(repeats=repeats),
+        "dynm": lambda: dynm_speed(repeats=repeats),
+        "coral": lambda: coral_cost(repeats=repeats),
+        "overhead": lambda: distill_overhead(epochs, repeats, output_dir=runs_dir),
+    }
+    for name in ("data", "dynm", "coral", "overhead"):
+        if name in sections:
+            print(f"perf: {name} ...", flush=True)
+            report[name] = steps[name]()
+    report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["minutes"] = (time.perf_counter() - start) / 60
+    report["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    page = render(report)
+    out = Path(output)
+    write_atomic(out, page)
+    write_json(out.with_suffix(".json"), report)
+    print(page)
+    return report
+
+
+__all__ = [
+    "EpochTimer",
+    "coral_cost",
+    "data_rates",
+    "distill_overhead",
+    "dynm_speed",
+    "min_kl_loop",
+    "peak_memory",
+    "perf",
+    "render",
+    "summarise_overhead",
+]

@@ -1,0 +1,101 @@
+"""`cmkd bench perf` at toy sizes: every part runs and returns its ratios (no timing is
+asserted: speed is measured by the benchmark, not by tests)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cmkd.bench.perf import (
+    _logits,
+    coral_cost,
+    data_rates,
+    dynm_speed,
+    machine,
+    min_kl_loop,
+    peak_memory,
+    render,
+    summarise_overhead,
+)
+from cmkd.matching.dynamic import min_kl_match
+
+
+def test_per_sample_loop_finds_the_pairs_of_the_chunked_matcher() -> None:
+    zs, ys = _logits(300, 5, 0)
+    zt, yt = _logits(400, 5, 1)
+    loop = min_kl_loop(zs, zt, ys, yt)
+    chunked = min_kl_match(zs, zt, ys, yt, chunk_size=64)
+    assert torch.equal(yt[loop], ys)  # same class
+    assert (loop == chunked).float().mean() > 0.99  # float ties aside
+
+
+def test_dynm_and_coral_report_ratios_and_memory() -> None:
+    dynm = dynm_speed(200, 300, 1000, 1200, classes=5, repeats=1, chunk_size=64)
+    assert dynm["speedup"] > 0 and dynm["same_pairs_fraction"] > 0.99
+    assert dynm["big_size"] == [1000, 1200, 5] and dynm["big_median_s"] > 0
+    coral = coral_cost(d=256, b=32, repeats=1)
+    assert coral["speedup"] > 0 and coral["relative_difference"] < 1e-4
+    _, peak = peak_memory(lambda: torch.ones(4_000_000).sum())  # 16 MB
+    if peak is not None:  # Linux
+        assert peak > 8
+
+
+def test_data_rates_compare_cache_and_decoding(data_root) -> None:
+    rates = data_rates(limit=8, repeats=1, batch_size=4)
+    for key in ("ms", "rgb"):
+        assert rates[key]["samples"] == 8
+        assert rates[key]["cache_over_decode"] > 0
+
+
+def _run(epoch: list[float], step: list[float], fill: float | None = None) -> dict:
+    return {
+        "epoch_seconds": epoch,
+        "step_seconds": step,
+        "samples_per_epoch": 100,
+        "fit_seconds": sum(epoch),
+        "teacher_seconds": fill,
+        "test_acc": 0.5,
+    }
+
+
+def test_overhead_ratios_leave_out_warm_up_and_rematch_epochs() -> None:
+    runs = {
+        "no KD": [_run([9, 1, 1, 1, 1], [9, 0.5, 0.5, 0.5, 0.5])] * 2,
+        "KD (teacher cache)": [_run([9, 1.1, 1.1, 1.1, 1.1], [9, 0.6, 0.6, 0.6, 0.6], 2.0)],
+        "SemBridge (KD + SKA + DynM)": [
+            _run([9, 1.2, 3.2, 1.2, 1.2], [9, 0.7, 0.7, 0.7, 0.7], 2.0)
+        ],
+    }
+    out = summarise_overhead(runs, rematch_epoch=2)
+    kd, sb = out["methods"]["KD (teacher cache)"], out["methods"]["SemBridge (KD + SKA + DynM)"]
+    assert kd["epoch_ratio"] == pytest.approx(1.1) and kd["step_ratio"] == pytest.approx(1.2)
+    assert kd["teacher_seconds"] == 2.0
+    assert sb["epoch_ratio"] == pytest.approx(1.2)
+    assert out["sembridge"]["rematch_extra_s"] == pytest.approx(2.0)
+    assert out["sembridge"]["epoch_ratio_vs_kd"] == pytest.approx(1.2 / 1.1)
+    assert out["sembridge"]["amortised_epoch_ratio_vs_kd"] == pytest.approx((1.2 + 0.05) / 1.1)
+    page = render(
+        {
+            "command": "cmkd bench perf",
+            "finished": "now",
+            "minutes": 1.0,
+            "machine": machine(),
+            "load_average_end": [1.0, 1.0, 1.0],
+            "overhead": {
+                **out,
+                "train_samples": 100,
+                "batch_size": 32,
+                "teacher": "t",
+                "student": "s",
+                "epochs": 5,
+                "repeats": 1,
+                "rematch_epoch": 2,
+                "teacher_step_samples_per_s": 1000.0,
+            },
+        }
+    )
+    assert page.startswith("# Performance") and "`cmkd bench perf`" in page
+    assert "| KD (teacher cache) | 1.100 | 1.10 |" in page
+    assert not any(math.isnan(v) for v in machine()["load_average"])
