@@ -69,7 +69,7 @@ def test_soft_cmkd_with_quality_weights_on_corrupted_teacher_inputs(quiet_run, t
     assert used.any()
     # Every batch's weights average 1, so the count-weighted mean of the per-row means is 1.
     total = (q["mean_weight"][used] * q["times_used"][used]).sum() / q["times_used"][used].sum()
-    assert abs(total - 1.0) < 1e-6
+    assert abs(total - 1.0) < 1e-5  # float32 accumulators
     # Blanking half the features of a clean-trained teacher's inputs costs it ~40 points of
     # accuracy there (measured: 97 % clean, 54 % blanked) and lowers its confidence on the true
     # class: confidence must rank corrupted samples below clean ones (AUROC for "is clean" 0.9

@@ -148,8 +148,10 @@ class DistillModule(ClassifierModule):
                 seed=self.hparams.seed,
             )
             n = len(self.teacher_inputs)
-            table["weight_sum"] = torch.zeros(n, dtype=torch.float64)
-            table["weight_count"] = torch.zeros(n, dtype=torch.float64)
+            # float32 accumulators: exact counts up to 2^24 uses per sample, and every device
+            # (MPS has no float64) can hold them, so no host sync per step.
+            table["weight_sum"] = torch.zeros(n)
+            table["weight_count"] = torch.zeros(n)
             self.quality_table = {k: v.to(self.device) for k, v in table.items()}
 
     def quality_record(self) -> dict[str, np.ndarray]:
@@ -229,8 +231,8 @@ class DistillModule(ClassifierModule):
             norm_clip=q.get("norm_clip", 2.0),
             norm_strength=q.get("norm_strength", 0.5),
         )
-        table["weight_sum"].index_add_(0, rows, w.double())
-        table["weight_count"].index_add_(0, rows, torch.ones_like(w, dtype=torch.float64))
+        table["weight_sum"].index_add_(0, rows, w)
+        table["weight_count"].index_add_(0, rows, torch.ones_like(w))
         self._epoch_weights.append(w)
         size = len(w)
         stats = {"min": w.min(), "max": w.max(), "std": w.std(unbiased=False)}
