@@ -19,6 +19,7 @@ from cmkd.bench.perf import (
     peak_memory,
     render,
     ska_breakdown,
+    ska_vs_student,
     summarise_overhead,
 )
 from cmkd.matching.dynamic import min_kl_match
@@ -51,6 +52,8 @@ def test_dynm_and_coral_report_ratios_and_memory() -> None:
     assert all(v["median_s"] > 0 for v in dynm["big"].values())
     ska = ska_breakdown(batch=4, channels=8, grid=2, dim=16, steps=2)
     assert ska["total_ms"] > 0 and sum(ska["share"].values()) == pytest.approx(1.0)
+    scale = ska_vs_student(("small_cnn",), batch=4, steps=1, dim=16)
+    assert scale["small_cnn"]["feature_map"] == [128, 4, 4] and scale["small_cnn"]["ratio"] > 0
     coral = coral_cost(d=256, b=32, repeats=1)
     assert coral["speedup"] > 0 and coral["relative_difference"] < 1e-4
     _, peak = peak_memory(lambda: torch.ones(4_000_000).sum())  # 16 MB

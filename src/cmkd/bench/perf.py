@@ -491,6 +491,63 @@ def ska_breakdown(
     }
 
 
+def ska_vs_student(
+    backbones: tuple[str, ...] = ("small_cnn", "resnet18"),
+    batch: int = 32,
+    steps: int = 6,
+    dim: int = 256,
+) -> dict[str, Any]:
+    """One training step (forward, CE + KD, backward) of an RGB student against the same step
+    with SKA added, per backbone (teacher: the same backbone on 13-band MS, outputs fixed as a
+    cache would give them), 64 x 64 inputs; steps interleaved, medians. The ratio is SemBridge
+    over KD without DynM, at small and at ResNet scale."""
+    from cmkd.losses.ska import SKA
+    from cmkd.models.model import build_model
+
+    out: dict[str, Any] = {}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, 64, 64, generator=g)
+    y = torch.randint(0, 10, (batch,), generator=g)
+    for backbone in backbones:
+        torch.manual_seed(0)
+        student = build_model({"backbone": backbone, "in_chans": 3, "num_classes": 10})
+        teacher = build_model({"backbone": backbone, "in_chans": 13, "num_classes": 10}).eval()
+        with torch.no_grad():
+            t = teacher(torch.randn(batch, 13, 64, 64, generator=g))
+        probe = student(x[:2])
+        ska = SKA(
+            probe.feature_map.shape[1],
+            t.feature_map.shape[1],
+            probe.embedding.shape[1],
+            t.embedding.shape[1],
+            dim=dim,
+        )
+
+        def step(with_ska: bool, student=student, ska=ska, t=t) -> float:
+            start = time.perf_counter()
+            s = student(x)
+            loss = F.cross_entropy(s.logits, y) + 16 * F.kl_div(
+                F.log_softmax(s.logits / 4, 1), F.softmax(t.logits / 4, 1), reduction="batchmean"
+            )
+            if with_ska:
+                loss = loss + 0.003 * sum(ska(s, t, {}).values())
+            loss.backward()
+            return time.perf_counter() - start
+
+        step(False), step(True)  # warm-up, untimed
+        times: dict[str, list[float]] = {"kd": [], "kd+ska": []}
+        for _ in range(steps):
+            times["kd"].append(step(False))
+            times["kd+ska"].append(step(True))
+        med = {k: _med(v) for k, v in times.items()}
+        out[backbone] = {
+            "feature_map": list(probe.feature_map.shape[1:]),
+            "median_s": med,
+            "ratio": med["kd+ska"] / med["kd"],
+        }
+    return out
+
+
 # --- (d) data ---------------------------------------------------------------------------------
 
 
@@ -710,7 +767,7 @@ def render(report: dict[str, Any]) -> str:
             "(the largest over repeats; later calls may reuse memory the allocator kept).",
             "",
         ]
-    k = report.get("ska")
+    k = (report.get("ska") or {}).get("parts")
     if k:
         lines += [
             "## Where SKA's time goes",
@@ -724,6 +781,24 @@ def render(report: dict[str, Any]) -> str:
         ]
         for part, ms in k["median_ms"].items():
             lines.append(f"| {part} | {_f(ms, 2)} | {100 * k['share'][part]:.0f} % |")
+        lines.append("")
+    scale = (report.get("ska") or {}).get("scale")
+    if scale:
+        lines += [
+            "SKA against the student's own step (forward, CE + KD, backward; batch 32, "
+            "64 x 64, teacher outputs fixed as the cache gives them), interleaved steps, "
+            "medians:",
+            "",
+            "| student (= teacher backbone) | feature map | KD step (s) | KD + SKA step (s) | "
+            "ratio |",
+            "|---|---|---|---|---|",
+        ]
+        for name, v in scale.items():
+            lines.append(
+                f"| {name} | {' x '.join(map(str, v['feature_map']))} | "
+                f"{_f(v['median_s']['kd'], 3)} | {_f(v['median_s']['kd+ska'], 3)} | "
+                f"x{_f(v['ratio'])} |"
+            )
         lines.append("")
     c = report.get("coral")
     if c:
@@ -814,7 +889,7 @@ def perf(
         "data": lambda: data_rates(repeats=repeats),
         "dynm": lambda: dynm_speed(repeats=repeats),
         "coral": lambda: coral_cost(repeats=repeats),
-        "ska": lambda: ska_breakdown(),
+        "ska": lambda: {"parts": ska_breakdown(), "scale": ska_vs_student()},
         "overhead": lambda: distill_overhead(epochs, repeats, output_dir=runs_dir),
     }
     for name in ("data", "dynm", "coral", "ska", "overhead"):
@@ -844,5 +919,6 @@ __all__ = [
     "perf",
     "render",
     "ska_breakdown",
+    "ska_vs_student",
     "summarise_overhead",
 ]
