@@ -94,8 +94,9 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, dat
         assert report["epoch"] < EPOCHS - 1
         run_dir = last.parents[1]
         assert not (run_dir / "results.json").exists()
-        # The last checkpoint is whole: it loads and holds the epoch it was written for.
-        assert _checkpoint_epoch(last) == report["epoch"]
+        # The last checkpoint is whole: it loads, and resuming from it leaves epochs to run.
+        saved = _checkpoint_epoch(last)
+        assert saved is not None and report["epoch"] <= saved < EPOCHS - 1
         assert main(_args(out, "killed", "--run.resume=true")) == 0
     finally:
         torch.set_num_threads(threads)
@@ -137,6 +138,25 @@ def test_checkpoint_writer_never_leaves_a_partial_file(tmp_path, monkeypatch) ->
     (path.parent / ".last.ckpt.abc.tmp").write_bytes(b"junk")
     io_plugin.save_checkpoint({"epoch": 3, "w": torch.zeros(3)}, path)
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_resuming_from_a_damaged_checkpoint_is_a_clear_error(quiet_run, data_root) -> None:
+    from dataclasses import replace
+
+    from cmkd.config import DataConfig, ModelConfig, OptimConfig
+    from cmkd.recipes import train_classifier
+
+    data = DataConfig(source="mfeat", options={"views": ["fac", "pix"]}, batch_size=64)
+    model = ModelConfig(backbone="mlp", options={"hidden": [16]})
+    result = train_classifier(data, model, OptimConfig(epochs=1), quiet_run, "fac", 0)
+    last = Path(result["checkpoint"]).with_name("last.ckpt")
+    raw = last.read_bytes()
+    for damaged in (raw[: len(raw) // 2], b"garbage" * 100):
+        last.write_bytes(damaged)
+        with pytest.raises(CmkdError, match="cannot resume: .*last.ckpt is not a readable"):
+            train_classifier(
+                data, model, OptimConfig(epochs=2), replace(quiet_run, resume=True), "fac", 0
+            )
 
 
 def test_truncated_checkpoint_is_a_clear_error(tmp_path) -> None:

@@ -157,6 +157,18 @@ def build_trainer(
     return trainer, checkpoint
 
 
+def _check_checkpoint(path: str) -> None:
+    """A checkpoint to resume from must load (weights only, no code run): a truncated or
+    tampered file is a CmkdError naming it, not a traceback from deep inside Lightning."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ok = isinstance(ckpt, dict) and "state_dict" in ckpt and "epoch" in ckpt
+    except Exception as err:  # torch raises many types on a damaged file
+        raise CmkdError(f"cannot resume: {path} is not a readable checkpoint ({err})") from None
+    if not ok:
+        raise CmkdError(f"cannot resume: {path} is not a Lightning checkpoint")
+
+
 def _test_scores(metrics: dict[str, float], classes: list[str]) -> dict[str, Any]:
     return {
         "acc": metrics["test/acc"],
@@ -177,6 +189,8 @@ def fit_and_test(
 ) -> dict[str, Any]:
     """Train, then score the last-epoch and the best-on-validation weights on the test split.
     Writes results.json (with `extra` fields) in the run folder and returns the same record."""
+    if resume_from is not None:
+        _check_checkpoint(resume_from)
     trainer, checkpoint = build_trainer(run_dir, run, epochs, callbacks)
     start = time.perf_counter()
     # weights_only everywhere a checkpoint is read: loading one must never execute code.

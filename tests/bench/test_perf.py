@@ -56,9 +56,10 @@ def test_dynm_and_coral_report_ratios_and_memory() -> None:
     assert scale["small_cnn"]["feature_map"] == [128, 4, 4] and scale["small_cnn"]["ratio"] > 0
     coral = coral_cost(d=256, b=32, repeats=1)
     assert coral["speedup"] > 0 and coral["relative_difference"] < 1e-4
-    _, peak = peak_memory(lambda: torch.ones(4_000_000).sum())  # 16 MB
+    # 100 MB: above glibc's largest mmap threshold (32 MB), so fresh pages, whatever ran before
+    _, peak = peak_memory(lambda: torch.ones(25_000_000).sum())
     if peak is not None:  # Linux
-        assert peak > 8
+        assert peak > 50
 
 
 def test_data_rates_compare_cache_and_decoding(data_root) -> None:
@@ -90,7 +91,7 @@ def test_overhead_ratios_leave_out_warm_up_and_rematch_epochs() -> None:
     out = summarise_overhead(runs, rematch_epoch=2)
     kd, sb = out["methods"]["KD (teacher cache)"], out["methods"]["SemBridge (KD + SKA + DynM)"]
     assert kd["epoch_ratio"] == pytest.approx(1.1) and kd["step_ratio"] == pytest.approx(1.2)
-    assert kd["teacher_seconds"] == 2.0
+    assert kd["teacher_seconds"] == 2.0 and kd["epoch_ratio_range"] == pytest.approx([1.1, 1.1])
     assert sb["epoch_ratio"] == pytest.approx(1.2)
     assert out["sembridge"]["rematch_extra_s"] == pytest.approx(2.0)
     assert out["sembridge"]["epoch_ratio_vs_kd"] == pytest.approx(1.2 / 1.1)
@@ -116,5 +117,5 @@ def test_overhead_ratios_leave_out_warm_up_and_rematch_epochs() -> None:
         }
     )
     assert page.startswith("# Performance") and "`cmkd bench perf`" in page
-    assert "| KD (teacher cache) | 1.100 | 1.10 |" in page
+    assert "| KD (teacher cache) | 1.100 | 1.10 | 1.10-1.10 |" in page
     assert not any(math.isnan(v) for v in machine()["load_average"])
