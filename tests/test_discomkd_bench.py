@@ -57,3 +57,25 @@ def test_page_reports_paired_differences():
     # half width 12.706 * 7.071 / sqrt(2) = 63.5.
     assert "| single-modality | 10 | 60.0 ± 14.1 |" in page
     assert "| +5.0 [-58.5, +68.5] |" in page
+
+
+def test_last_epoch_scores_come_from_the_final_weights(tmp_path):
+    """Lightning's last.ckpt copies the best checkpoint; the repair reads the run's own
+    final-weights accuracy instead."""
+    import json
+
+    from cmkd.bench.discomkd import repair_last_epoch
+
+    run = tmp_path / "single-a" / "seed0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"last": {"epoch": 9, "test": {"acc": 0.25}}}))
+    cell = {**_run(0.5, 0.5), "checkpoint": str(run / "checkpoints" / "best.ckpt")}
+    store = tmp_path / "results.json"
+    store.write_text(
+        json.dumps({"seeds": {"0": {SINGLE: {"a": cell}, DCK: {"a": _run(0.6, 0.6)}}}})
+    )
+    assert repair_last_epoch(store) == 1
+    fixed = json.loads(store.read_text())["seeds"]["0"]
+    assert fixed[SINGLE]["a"]["last"] == {"test": {"acc": 0.25}, "epoch": 9}
+    assert fixed[DCK]["a"]["last"]["test"]["acc"] == 0.6  # DisCoM-KD cells are left alone
+    assert repair_last_epoch(store) == 0
