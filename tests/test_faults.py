@@ -122,6 +122,9 @@ def test_checkpoint_writer_never_leaves_a_partial_file(tmp_path, monkeypatch) ->
     path = tmp_path / "ckpt" / "last.ckpt"
     io_plugin.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
     assert torch.load(path, weights_only=True)["epoch"] == 1
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # as a plain open() would make it
 
     def dies_halfway(obj, f, *args, **kwargs):
         f.write(b"PK\x03\x04 half a checkpoint")
