@@ -22,7 +22,7 @@ import torch
 from cmkd.errors import CmkdError
 from cmkd.training import AtomicCheckpointIO
 
-EPOCHS = 4
+EPOCHS = 3
 TRAIN_ARGS = [
     "train",
     "--modality=ms",
@@ -65,7 +65,12 @@ def _kill_during_next_epoch(victim: subprocess.Popen, last: Path, report: dict) 
         time.sleep(0.02)
 
 
-def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, data_root) -> None:
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
+    tmp_path, data_root, monkeypatch
+) -> None:
+    from lightning.pytorch.callbacks import Callback
+
+    from cmkd import training
     from cmkd.cli import main
 
     out = tmp_path / "runs"
@@ -97,7 +102,24 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, dat
         # The last checkpoint is whole: it loads, and resuming from it leaves epochs to run.
         saved = _checkpoint_epoch(last)
         assert saved is not None and report["epoch"] <= saved < EPOCHS - 1
+        # The resumed run trains only the epochs after the checkpoint (a rerun from scratch
+        # would end with the same weights too, so this is checked on its own).
+        epochs_run: list[int] = []
+
+        class _Epochs(Callback):
+            def on_train_epoch_start(self, trainer, module) -> None:
+                epochs_run.append(trainer.current_epoch)
+
+        build = training.build_trainer
+        monkeypatch.setattr(
+            training,
+            "build_trainer",
+            lambda run_dir, run, epochs, callbacks=(): build(
+                run_dir, run, epochs, [*callbacks, _Epochs()]
+            ),
+        )
         assert main(_args(out, "killed", "--run.resume=true")) == 0
+        assert epochs_run == list(range(saved + 1, EPOCHS))
     finally:
         torch.set_num_threads(threads)
         if victim.poll() is None:
