@@ -38,6 +38,11 @@ def test_supervised_training_learns_on_real_digits(quiet_run, data_root) -> None
     ):
         assert (run_dir / name).is_file(), name
     assert any((run_dir / "tensorboard").iterdir())
+    # last.ckpt is the final epoch (a resume starts there), whichever epoch was best.
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 7
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["epoch"] == result["best"]["epoch"]
     assert json.loads((run_dir / "results.json").read_text()) == result
 
 

@@ -139,8 +139,12 @@ def build_trainer(
         filename="best",
         monitor="val/acc",
         mode="max",
-        save_last=True,
         enable_version_counter=False,
+    )
+    # Its own callback: Lightning's save_last only copies a checkpoint when the monitored one
+    # is saved, so last.ckpt would hold the best epoch and a resume would start from there.
+    last = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False
     )
     trainer = L.Trainer(
         max_epochs=epochs,
@@ -154,7 +158,7 @@ def build_trainer(
             TensorBoardLogger(run_dir, name="tensorboard", version=""),
             CSVLogger(run_dir, name="csv", version=""),
         ],
-        callbacks=[checkpoint, *callbacks],
+        callbacks=[checkpoint, last, *callbacks],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=run.progress_bar,
         enable_model_summary=False,
