@@ -96,6 +96,20 @@ def test_overhead_ratios_leave_out_warm_up_and_rematch_epochs() -> None:
     assert out["sembridge"]["rematch_extra_s"] == pytest.approx(2.0)
     assert out["sembridge"]["epoch_ratio_vs_kd"] == pytest.approx(1.2 / 1.1)
     assert out["sembridge"]["amortised_epoch_ratio_vs_kd"] == pytest.approx((1.2 + 0.05) / 1.1)
+    overhead = {
+        **out,
+        "train_samples": 100,
+        "batch_size": 32,
+        "teacher": "t",
+        "student": "s",
+        "epochs": 5,
+        "repeats": 1,
+        "rematch_epoch": 2,
+        "teacher_step_samples_per_s": 1000.0,
+    }
+    one = [{"seed": s, "best": 0.70, "last": 0.60, "wall_s": 10.0} for s in (0, 1)]
+    two = [{"seed": 0, "best": 0.72, "last": 0.60, "wall_s": 20.0}]
+    two.append({"seed": 1, "best": 0.74, "last": 0.62, "wall_s": 30.0})
     page = render(
         {
             "command": "cmkd bench perf",
@@ -103,19 +117,21 @@ def test_overhead_ratios_leave_out_warm_up_and_rematch_epochs() -> None:
             "minutes": 1.0,
             "machine": machine(),
             "load_average_end": [1.0, 1.0, 1.0],
-            "overhead": {
-                **out,
-                "train_samples": 100,
+            "overhead": overhead,
+            "overhead_large": {**overhead, "student": "big"},
+            "ddp": {
+                "config": "c.yaml",
+                "epochs": 3,
                 "batch_size": 32,
-                "teacher": "t",
-                "student": "s",
-                "epochs": 5,
-                "repeats": 1,
-                "rematch_epoch": 2,
-                "teacher_step_samples_per_s": 1000.0,
+                "runs": {"1 process": one, "2 DDP processes": two},
             },
         }
     )
     assert page.startswith("# Performance") and "`cmkd bench perf`" in page
     assert "| KD (teacher cache) | 1.100 | 1.10 | 1.10-1.10 |" in page
+    assert "## (a') The same at a larger backbone" in page
+    assert "| SemBridge epoch / KD <= 1.05 with a big student and teacher" in page
+    # Paired differences +2 and +4 points (mean +3, t interval 3 +- 12.71 * sqrt(2) / sqrt(2)).
+    assert "| Δ, best on val | +3.0 [-9.7, +15.7] | | |" in page
+    assert "| 2 DDP processes | 73.0 ± 1.4 | 61.0 ± 1.4 | 25.0 |" in page
     assert not any(math.isnan(v) for v in machine()["load_average"])

@@ -20,6 +20,7 @@ from cmkd.losses.ska import (
     scatter_gap,
     sinkhorn_plan,
 )
+from cmkd.models.outputs import ModelOutput
 
 
 def direct_coral(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -143,3 +144,45 @@ def test_bad_options_raise() -> None:
     for options in ({"planner": "exact"}, {"dim": 30, "heads": 8}, {"projection": "x"}):
         with pytest.raises(CmkdError):
             SKA(4, 4, 4, 4, **options)
+
+
+def projected_ska(ska: SKA, s_map, t_map, s_emb, t_emb) -> torch.Tensor:
+    """SKA computed the plain way: every side projected to width dim first, then attention,
+    refinement and CORAL on the d = N * dim flattened tokens by the covariance formula."""
+    from cmkd.losses.feature import resize
+
+    size = tuple(min(a, b) for a, b in zip(s_map.shape[-2:], t_map.shape[-2:], strict=True))
+    s = ska.map_s(resize(s_map, size)).flatten(2).transpose(1, 2)
+    t = ska.map_t(resize(t_map, size)).flatten(2).transpose(1, 2)
+    a_t, a_s = cross_weights(ska.attn_t(t), ska.attn_s(s))
+    f_t, f_s = refine(t, a_t), refine(s, a_s)
+    tokens = direct_coral(f_t.flatten(1).double(), f_s.flatten(1).double())
+    return tokens + coral(ska.embed_t(t_emb), ska.embed_s(s_emb)).double()
+
+
+@pytest.mark.parametrize(
+    "widths, grids",
+    [((16, 16), (3, 3)), ((16, 24), (4, 3)), ((16, 64), (2, 2)), ((64, 16), (3, 3))],
+)
+def test_folded_projections_equal_the_projected_computation(widths, grids) -> None:
+    """Narrow sides stay at their own width (the isometry folded into q and k, the CORAL cross
+    term through P_T^T P_S): same loss and same gradients as projecting to dim first."""
+    torch.manual_seed(0)
+    (ws, wt), (gs, gt), b, dim = widths, grids, 6, 32
+    ska = SKA(ws, wt, ws, wt, dim=dim, heads=4)
+    folded = [ska._folded(m) is not None for m in (ska.map_s, ska.map_t)]
+    assert folded == [ws < dim, wt < dim]
+    s_map = torch.randn(b, ws, gs, gs, requires_grad=True)
+    t_map, s_emb, t_emb = torch.randn(b, wt, gt, gt), torch.randn(b, ws), torch.randn(b, wt)
+    out = ska(
+        ModelOutput(torch.zeros(b, 3), s_emb, s_map),
+        ModelOutput(torch.zeros(b, 3), t_emb, t_map),
+        {},
+    )
+    fast = out["tokens"] + out["pooled"]
+    fast_grads = torch.autograd.grad(fast, [s_map, ska.attn_s.q.weight, ska.attn_t.k.weight])
+    slow = projected_ska(ska, s_map, t_map, s_emb, t_emb)
+    slow_grads = torch.autograd.grad(slow, [s_map, ska.attn_s.q.weight, ska.attn_t.k.weight])
+    torch.testing.assert_close(fast.double(), slow, rtol=1e-4, atol=1e-9)
+    for f, s in zip(fast_grads, slow_grads, strict=True):
+        torch.testing.assert_close(f.double(), s.double(), rtol=1e-3, atol=1e-7)

@@ -154,8 +154,10 @@ def distill_overhead(
     teacher: ModelConfig | None = None,
     batch_size: int = 32,
     output_dir: str = "runs/bench/perf",
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
     """Training-epoch time of each method / the no-KD student's on EuroSAT paired MS -> RGB.
+    `only`: the methods to time (names of `_methods`; "no KD" is always timed).
 
     Every method runs `repeats` times, interleaved (method order rotates each repeat); per run
     the median over the epochs after the first (warm-up) and, for SemBridge, other than the
@@ -180,7 +182,7 @@ def distill_overhead(
     )  # fmt: skip
     rematch = 2
     methods = _methods(rematch)
-    names = list(methods)
+    names = [n for n in methods if only is None or n in only or n == "no KD"]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for r in range(repeats):
         order = names[r % len(names) :] + names[: r % len(names)]
@@ -474,11 +476,13 @@ def ska_breakdown(
         ticks = [time.perf_counter()]
         st, tt = ska.tokens(s.feature_map, t.feature_map)
         ticks.append(time.perf_counter())
-        a_t, a_s = cross_weights(ska.attn_t(tt), ska.attn_s(st))
+        a_t, a_s = cross_weights(
+            ska.attn_t(tt, ska._folded(ska.map_t)), ska.attn_s(st, ska._folded(ska.map_s))
+        )
         ticks.append(time.perf_counter())
         f_t, f_s = refine(tt, a_t), refine(st, a_s)
         ticks.append(time.perf_counter())
-        loss = coral(f_t.flatten(1), f_s.flatten(1))
+        loss = ska.token_coral(f_t, f_s)
         ticks.append(time.perf_counter())
         loss = loss + coral(ska.embed_t(t.embedding), ska.embed_s(s.embedding))
         ticks.append(time.perf_counter())
@@ -553,6 +557,99 @@ def ska_vs_student(
             "ratio": med["kd+ska"] / med["kd"],
         }
     return out
+
+
+# --- (e) scale out ----------------------------------------------------------------------------
+
+DDP_CONFIG = "configs/eurosat_paired/losses/kd.yaml"
+
+
+def ddp_accuracy(
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
+    epochs: int = 20,
+    batch_size: int = 32,
+    output_dir: str = "runs/bench/perf/ddp",
+) -> dict[str, Any]:
+    """KD (EuroSAT paired MS -> RGB, `DDP_CONFIG`) in one process against two DDP processes
+    (gloo on the CPU), same seed and split, same global batch (two ranks of batch / 2), per
+    seed; each run is `cmkd distill` in a fresh process, as a user launches it (Lightning
+    starts the second rank). Returns each run's test accuracies and wall time."""
+    import json
+    import subprocess
+
+    from cmkd.recipes import train_classifier
+
+    out: dict[str, Any] = {"config": DDP_CONFIG, "epochs": epochs, "batch_size": batch_size}
+    runs: dict[str, list[dict[str, Any]]] = {"1 process": [], "2 DDP processes": []}
+    data = DataConfig(source="eurosat_paired", batch_size=batch_size)
+    run = RunConfig(output_dir=output_dir, progress_bar=False, overwrite=True, accelerator="cpu")
+    for seed in seeds:
+        teacher = train_classifier(
+            data, ModelConfig(backbone="small_cnn"), OptimConfig(epochs=epochs),
+            replace(run, name="teacher"), "ms", seed,
+        )  # fmt: skip
+        for devices, label in ((1, "1 process"), (2, "2 DDP processes")):
+            name = f"kd-{devices}proc"
+            cmd = [
+                sys.executable, "-m", "cmkd.cli", "distill", "--config", DDP_CONFIG,
+                "--seed", str(seed), "--distill.teacher", teacher["checkpoint"],
+                "--optim.epochs", str(epochs), "--data.batch_size", str(batch_size // devices),
+                "--run.output_dir", output_dir, "--run.name", name, "--run.accelerator", "cpu",
+                "--run.devices", str(devices), "--run.strategy", "ddp" if devices > 1 else "auto",
+                "--run.progress_bar", "false", "--run.overwrite", "true",
+            ]  # fmt: skip
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            wall = time.perf_counter() - start
+            found = sorted(Path(output_dir, name).glob(f"**/seed{seed}/results.json"))
+            if not found:
+                raise FileNotFoundError(f"no results.json for {name}, seed {seed}")
+            r = json.loads(found[-1].read_text())
+            runs[label].append(
+                {
+                    "seed": seed,
+                    "best": r["best"]["test"]["acc"],
+                    "last": r["last"]["test"]["acc"],
+                    "wall_s": wall,
+                }
+            )
+    out["runs"] = runs
+    return out
+
+
+def _ddp_lines(e: dict[str, Any]) -> list[str]:
+    from cmkd.comparison import mean_ci, mean_std
+
+    one, two = e["runs"]["1 process"], e["runs"]["2 DDP processes"]
+    lines = [
+        "## (e) Scale out: 2 DDP processes against 1",
+        "",
+        f"`cmkd distill --config {e['config']}` (KD, EuroSAT paired MS -> RGB, small CNNs, "
+        f"{e['epochs']} epochs) per seed, once in one process and once as two DDP processes "
+        f"(gloo on the CPU, `--run.devices 2 --run.strategy ddp`), same split, same global "
+        f"batch ({e['batch_size']} = 2 x {e['batch_size'] // 2}); Δ: the paired difference "
+        "(2 processes minus 1) with its 95 % t interval. Seeds: "
+        f"{[r['seed'] for r in one]}.",
+        "",
+        "| run | test acc %, best on val | test acc %, last epoch | wall s (median) |",
+        "|---|---|---|---|",
+    ]
+    for label, rs in e["runs"].items():
+        lines.append(
+            f"| {label} | {mean_std([r['best'] for r in rs])} | "
+            f"{mean_std([r['last'] for r in rs])} | {_f(_med([r['wall_s'] for r in rs]), 1)} |"
+        )
+    for key, title in (("best", "best on val"), ("last", "last epoch")):
+        diff = [b[key] - a[key] for a, b in zip(one, two, strict=True)]
+        lines.append(f"| Δ, {title} | {mean_ci(diff)} | | |")
+    lines += [
+        "",
+        "Every rank holding the same pairs after SSM and after each DynM re-match is checked by "
+        "`tests/test_ddp.py`. Several GPUs: `--run.accelerator gpu --run.devices 4`; several "
+        "nodes: `--run.num_nodes N` under torchrun or SLURM (README, Scale out).",
+        "",
+    ]
+    return lines
 
 
 # --- (d) data ---------------------------------------------------------------------------------
@@ -649,6 +746,13 @@ def _targets(report: dict[str, Any]) -> list[str]:
                 f"| SemBridge epoch / KD <= 1.05 (amortised re-match) | {_f(sb)} | "
                 f"{_verdict(sb <= 1.05)} |"
             )
+    large = report.get("overhead_large")
+    if large and large.get("sembridge"):
+        sb = large["sembridge"]["amortised_epoch_ratio_vs_kd"]
+        rows.append(
+            f"| SemBridge epoch / KD <= 1.05 with a {large['student']} student and teacher "
+            f"(amortised re-match) | {_f(sb)} | {_verdict(sb <= 1.05)} |"
+        )
     scale = (report.get("ska") or {}).get("scale") or {}
     for name, v in scale.items():
         if name != "small_cnn":
@@ -695,10 +799,21 @@ def render(report: dict[str, Any]) -> str:
         "every ratio compares runs interleaved in this one process, and medians are taken.",
         "",
     ]
-    a = report.get("overhead")
+    for key, title in (
+        ("overhead", "## (a) Distillation overhead per epoch"),
+        ("overhead_large", "## (a') The same at a larger backbone"),
+    ):
+        if report.get(key):
+            lines += _overhead_lines(report[key], title)
+    lines += _dynm_to_end(report)
+    return "\n".join(lines)
+
+
+def _overhead_lines(a: dict[str, Any], title: str) -> list[str]:
+    lines: list[str] = []
     if a:
         lines += [
-            "## (a) Distillation overhead per epoch",
+            title,
             "",
             f"EuroSAT paired MS -> RGB, {a['train_samples']} training samples, batch "
             f"{a['batch_size']}, teacher {a['teacher']} (MS), student {a['student']} (RGB); "
@@ -746,7 +861,12 @@ def render(report: dict[str, Any]) -> str:
             f"{_f(a['teacher_step_samples_per_s'], 0)}.",
             "",
         ]
-    b = report.get("dynm")
+    return lines
+
+
+def _dynm_to_end(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    a, b = report.get("overhead"), report.get("dynm")
     if b:
         s, t, k = b["loop_size"]
         bs, bt, bk = b["big_size"]
@@ -864,24 +984,28 @@ def render(report: dict[str, Any]) -> str:
                 f"MS teacher {_f(a['teacher_step_samples_per_s'], 0)} samples/s.",
             ]
         lines.append("")
+    if report.get("ddp"):
+        lines += _ddp_lines(report["ddp"])
     lines += _targets(report)
     lines += ["Raw numbers: the .json beside this page.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def perf(
-    sections: list[str] = ["overhead", "ska", "dynm", "coral", "data"],  # noqa: B006
+    sections: list[str] = ["overhead", "overhead_large", "ska", "dynm", "coral", "data", "ddp"],  # noqa: B006
     epochs: int = 5,
     repeats: int = 3,
     output: str = "benchmarks/performance.md",
     runs_dir: str = "runs/bench/perf",
     threads: int = 1,
+    large_backbone: str = "resnet18",
 ) -> dict[str, Any]:
     """Time distillation overhead, DynM matching, CORAL and data loading against same-process
     baselines and write a Markdown page (and its .json) with the ratios and the machine.
 
     Args:
-        sections: Any of overhead, ska (SKA's time per part), dynm, coral, data.
+        sections: Any of overhead, overhead_large (the same at `large_backbone`), ska (SKA's
+            time per part), dynm, coral, data, ddp (accuracy of 2 DDP processes against 1).
         epochs: Epochs per timed distillation run (>= 3).
         repeats: Interleaved repeats of every timing (medians are reported).
         output: The page; the raw numbers go to the same name with .json.
@@ -889,8 +1013,9 @@ def perf(
         threads: torch intra-op threads (torch.set_num_threads). 1 by default: on a shared,
             oversubscribed machine several threads per op spin against each other and times
             swing by 10x or more.
+        large_backbone: Student and teacher backbone of the overhead_large section.
     """
-    unknown = set(sections) - {"overhead", "dynm", "coral", "data", "ska"}
+    unknown = set(sections) - {"overhead", "overhead_large", "dynm", "coral", "data", "ska", "ddp"}
     if unknown:
         from cmkd.errors import CmkdError
 
@@ -908,8 +1033,19 @@ def perf(
         "coral": lambda: coral_cost(repeats=repeats),
         "ska": lambda: {"parts": ska_breakdown(), "scale": ska_vs_student()},
         "overhead": lambda: distill_overhead(epochs, repeats, output_dir=runs_dir),
+        "ddp": lambda: ddp_accuracy(output_dir=f"{runs_dir}/ddp"),
+        # SKA's cost is nearly fixed while the student's grows with it: the paper's backbones
+        # are ResNet34 / MobileNetV2 / ShuffleNetV2, so time the ratio at resnet18 too.
+        "overhead_large": lambda: distill_overhead(
+            epochs,
+            repeats,
+            student=ModelConfig(backbone=large_backbone),
+            teacher=ModelConfig(backbone=large_backbone),
+            output_dir=runs_dir,
+            only=["KD (teacher cache)", "SemBridge (KD + SKA + DynM)"],
+        ),
     }
-    for name in ("data", "dynm", "coral", "ska", "overhead"):
+    for name in ("data", "dynm", "coral", "ska", "overhead", "overhead_large", "ddp"):
         if name in sections:
             print(f"perf: {name} ...", flush=True)
             report[name] = steps[name]()

@@ -17,6 +17,12 @@ What differs from the authors' code (github weirl-922/ACKD, commit 21a20f8):
   attention alone moves the token loss 13 %. projection="learnt" (bias-free 1x1 convs and
   Linear layers) is kept as an option. Resizing first and projecting second equals the other
   order (both are linear, the resize weights sum to 1) and is cheaper.
+- A fixed map from a narrower width (a small CNN's 128 channels to dim 512) is an isometry P
+  (P^T P = I), so the whole term can stay in the native width: q(Px) = (W_q P) x, the
+  energy-keeping refinement commutes with P, and CORAL's Gram matrices keep their inner
+  products (the cross term through G = P_T^T P_S, I when both widths agree). The result and the
+  gradients are the projected computation's, at width/dim of its cost: the attention's linear
+  maps, which dominate SKA's time, shrink by that factor (see benchmarks/performance.md).
 - Teacher inputs are detached; the teacher-side attention (and learnt maps) still train.
 - The attention keeps only its q and k projections: the authors' v and output projections never
   reach the loss, so they would never get a gradient.
@@ -29,6 +35,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cmkd.errors import CmkdError
@@ -42,8 +49,18 @@ PROJECTIONS = ("fixed", "learnt")
 # --- CORAL ----------------------------------------------------------------------------------
 
 
-def scatter_gap(xc: torch.Tensor, yc: torch.Tensor, gram: bool | None = None) -> torch.Tensor:
+def scatter_gap(
+    xc: torch.Tensor,
+    yc: torch.Tensor,
+    gram: bool | None = None,
+    y_as_x: torch.Tensor | None = None,
+) -> torch.Tensor:
     """||Xc^T Xc - Yc^T Yc||_F^2 for centred b x d matrices.
+
+    y_as_x: Yc's rows expressed in Xc's coordinates, for rows given in native coordinates of
+    two isometric embeddings (SKA's folded projections): then Xc and Yc may differ in width,
+    their own Gram matrices are the embedded ones, and the cross Gram is Xc y_as_x^T (forces
+    the Gram path).
 
     With d in the thousands (flattened token grids) and b a batch, the d x d scatter matrices
     cost O(b d^2) time and O(d^2) memory, so by default (gram=None) the identity
@@ -53,14 +70,21 @@ def scatter_gap(xc: torch.Tensor, yc: torch.Tensor, gram: bool | None = None) ->
     times ||Xc^T Xc||_F^2; the result is clamped at 0. Identical inputs give exactly 0.
     """
     if gram is None:
-        gram = xc.shape[1] > xc.shape[0]
+        gram = xc.shape[1] > xc.shape[0] or y_as_x is not None
     if not gram:
         return (xc.T @ xc - yc.T @ yc).pow(2).sum()
-    gap = (xc @ xc.T).pow(2).sum() + (yc @ yc.T).pow(2).sum() - 2 * (xc @ yc.T).pow(2).sum()
+    cross = xc @ (yc if y_as_x is None else y_as_x).T
+    gap = (xc @ xc.T).pow(2).sum() + (yc @ yc.T).pow(2).sum() - 2 * cross.pow(2).sum()
     return gap.clamp_min(0)
 
 
-def coral(x: torch.Tensor, y: torch.Tensor, reference: bool = False) -> torch.Tensor:
+def coral(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    reference: bool = False,
+    y_as_x: torch.Tensor | None = None,
+    width: int | None = None,
+) -> torch.Tensor:
     """CORAL between two b x d samples (Sun & Saenko 2016).
 
     reference=False: ||C_x - C_y||_F^2 / (4 d^2), C = Xc^T Xc / (b - 1) the sample covariance.
@@ -68,11 +92,14 @@ def coral(x: torch.Tensor, y: torch.Tensor, reference: bool = False) -> torch.Te
     MEAN over the d^2 entries of the squared difference divided by 4d, i.e.
     ||Xc^T Xc - Yc^T Yc||_F^2 / (4 d^3). It grows with b^2 and shrinks with d^3, so its size
     depends on the batch and on the flattened width; kept for reproducing their numbers.
+    y_as_x and width: x and y in native coordinates of isometric embeddings into a common
+    width-d space, y_as_x being y in x's coordinates (see scatter_gap); width is that d.
     """
-    if x.shape != y.shape or x.ndim != 2:
+    if y_as_x is None and (x.shape != y.shape or x.ndim != 2):
         raise CmkdError(f"coral needs two b x d tensors of one shape, got {x.shape}, {y.shape}")
-    b, d = x.shape
-    gap = scatter_gap(x - x.mean(0, keepdim=True), y - y.mean(0, keepdim=True))
+    b, d = x.shape[0], width or x.shape[1]
+    centred = y_as_x if y_as_x is None else y_as_x - y_as_x.mean(0, keepdim=True)
+    gap = scatter_gap(x - x.mean(0, keepdim=True), y - y.mean(0, keepdim=True), y_as_x=centred)
     if reference:
         return gap / (4 * d**3)
     return gap / (4 * d**2 * max(b - 1, 1) ** 2)
@@ -120,18 +147,23 @@ class TokenAttention(nn.Module):
         self.q = nn.Linear(dim, dim, bias=False)
         self.k = nn.Linear(dim, dim, bias=False)
 
-    def plan(self, tokens: torch.Tensor) -> torch.Tensor:
-        """A: (b, heads, N, N), rows summing to 1."""
-        b, n, c = tokens.shape
-        q = self.q(tokens).view(b, n, self.heads, c // self.heads).transpose(1, 2)
-        k = self.k(tokens).view(b, n, self.heads, c // self.heads).transpose(1, 2)
+    def plan(self, tokens: torch.Tensor, input_map: torch.Tensor | None = None) -> torch.Tensor:
+        """A: (b, heads, N, N), rows summing to 1. input_map (dim x width): the tokens are
+        given at `width` and mean input_map @ token (the projection folded into q and k)."""
+        b, n, _ = tokens.shape
+        c = self.q.weight.shape[0]
+        wq, wk = self.q.weight, self.k.weight
+        if input_map is not None:
+            wq, wk = wq @ input_map, wk @ input_map
+        q = F.linear(tokens, wq).view(b, n, self.heads, c // self.heads).transpose(1, 2)
+        k = F.linear(tokens, wk).view(b, n, self.heads, c // self.heads).transpose(1, 2)
         scores = q @ k.transpose(-2, -1) / math.sqrt(c // self.heads)
         if self.planner == "softmax":
             return scores.softmax(dim=-1)
         return n * sinkhorn_plan(scores, self.sinkhorn_iters)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.plan(tokens).mean(dim=-2)
+    def forward(self, tokens: torch.Tensor, input_map: torch.Tensor | None = None) -> torch.Tensor:
+        return self.plan(tokens, input_map).mean(dim=-2)
 
 
 def cross_plan(w_t: torch.Tensor, w_s: torch.Tensor) -> torch.Tensor:
@@ -254,13 +286,42 @@ class SKA(DistillationTerm):
             **params,
         )
 
+    @staticmethod
+    def _folded(projection: nn.Module) -> torch.Tensor | None:
+        """The matrix of a fixed isometric map (width < dim), applied implicitly; else None."""
+        if (
+            isinstance(projection, FixedProjection)
+            and projection.weight.shape[0] > (projection.weight.shape[1])
+        ):
+            return projection.weight
+        return None
+
     def tokens(self, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Both maps on the smaller grid and at width dim, as (b, N, dim) token sequences."""
+        """Both maps on the smaller grid as (b, N, width) token sequences: at width dim, or
+        at their own width where the map to dim is a folded isometry (see `_folded`)."""
         (hs, ws), (ht, wt) = student.shape[-2:], teacher.shape[-2:]
         size = (min(hs, ht), min(ws, wt))
-        s = self.map_s(resize(student, size)).flatten(2).transpose(1, 2)
-        t = self.map_t(resize(teacher, size)).flatten(2).transpose(1, 2)
-        return s, t
+        s, t = resize(student, size), resize(teacher, size)
+        if self._folded(self.map_s) is None:
+            s = self.map_s(s)
+        if self._folded(self.map_t) is None:
+            t = self.map_t(t)
+        return s.flatten(2).transpose(1, 2), t.flatten(2).transpose(1, 2)
+
+    def token_coral(self, f_t: torch.Tensor, f_s: torch.Tensor) -> torch.Tensor:
+        """CORAL between refined token sets, each (b, N, its width) as `tokens` gives them."""
+        p_t, p_s = self._folded(self.map_t), self._folded(self.map_s)
+        if p_t is None and p_s is None:
+            return coral(f_t.flatten(1), f_s.flatten(1), self.reference_coral)
+        # Student tokens in the teacher's coordinates: G = P_T^T P_S (an unfolded side's map
+        # is the identity at width dim). Equal fixed maps give G = I.
+        if p_t is not None and p_s is not None and torch.equal(p_t, p_s):
+            s_as_t = f_s
+        else:
+            g = p_s if p_t is None else (p_t.T if p_s is None else p_t.T @ p_s)
+            s_as_t = f_s @ g.T
+        width = f_t.shape[1] * self.attn_t.q.weight.shape[0]
+        return coral(f_t.flatten(1), f_s.flatten(1), self.reference_coral, s_as_t.flatten(1), width)
 
     def forward(
         self, student: ModelOutput, teacher: ModelOutput, batch: dict
@@ -268,10 +329,12 @@ class SKA(DistillationTerm):
         if student.feature_map is None or teacher.feature_map is None:
             raise CmkdError("'ska' reads feature maps, but a network output has none")
         s, t = self.tokens(student.feature_map, teacher.feature_map.detach())
-        a_t, a_s = cross_weights(self.attn_t(t), self.attn_s(s))
+        a_t, a_s = cross_weights(
+            self.attn_t(t, self._folded(self.map_t)), self.attn_s(s, self._folded(self.map_s))
+        )
         f_t, f_s = refine(t, a_t), refine(s, a_s)
         e_s, e_t = self.embed_s(student.embedding), self.embed_t(teacher.embedding.detach())
         return {
-            "tokens": coral(f_t.flatten(1), f_s.flatten(1), self.reference_coral),
+            "tokens": self.token_coral(f_t, f_s),
             "pooled": coral(e_t, e_s, self.reference_coral),
         }
