@@ -124,3 +124,41 @@ def test_oracle_row_pairs_every_ms_sample_with_its_true_rgb_twin() -> None:
     assert o.pairing.strategy == "paired" and o.teacher_data.source == "eurosat_paired"
     with pytest.raises(CmkdError, match="no twins"):
         oracle(KD, SCENARIOS["fsdd_to_mnist"])
+
+
+def test_extra_seeds_run_only_for_their_scenario_and_count_in_the_report(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from cmkd.bench.report import expected_cells
+
+    grid = Grid(
+        name="extra",
+        scenarios=["fsdd_to_mnist", "eurosat_rgb_to_ms"],
+        methods={"KD": KD},
+        seeds=[0, 1],
+        extra_seeds={"eurosat_rgb_to_ms": [1, 5, 3]},
+        controls=False,
+    )
+    assert grid.seeds_of("eurosat_rgb_to_ms") == [0, 1, 5, 3]
+    ran: list[tuple[str, int]] = []
+    runner = GridRunner(grid, tmp_path, echo=lambda *_: None)
+    monkeypatch.setattr(
+        runner, "_teacher", lambda name, sc, arch, seed, prep: ran.append((name, seed))
+    )
+    monkeypatch.setattr(runner, "_no_kd", lambda *a: None)
+    monkeypatch.setattr(runner, "_distill", lambda *a: None)
+    runner.run()
+    assert ran == [
+        ("fsdd_to_mnist", 0), ("eurosat_rgb_to_ms", 0), ("fsdd_to_mnist", 1),
+        ("eurosat_rgb_to_ms", 1), ("eurosat_rgb_to_ms", 3), ("eurosat_rgb_to_ms", 5),
+    ]  # fmt: skip
+    info = json.loads((tmp_path / "grid.json").read_text())
+    seeds = {sc: {k[3] for k in expected_cells(info) if k[0] == sc} for sc in grid.scenarios}
+    assert seeds == {"fsdd_to_mnist": {0, 1}, "eurosat_rgb_to_ms": {0, 1, 3, 5}}
+
+
+def test_extra_seeds_for_an_unknown_scenario_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text("name: g\nscenarios: [fsdd_to_mnist]\nmethods: {}\nextra_seeds: {x: [3]}\n")
+    with pytest.raises(CmkdError, match="extra_seeds"):
+        load_grid(path)

@@ -57,9 +57,13 @@ class Grid:
     methods: dict[str, DistillConfig]
     architectures: list[Architecture] = field(default_factory=lambda: [Architecture("S/S")])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    extra_seeds: dict[str, list[int]] = field(default_factory=dict)
+    """Per scenario, seeds run on top of `seeds`: where one scenario's noise needs more."""
     epochs: int = 30
     matcher_epochs: int = 30
     lr: float = 1e-3
+    scheduler: str = "none"
+    """Learning-rate schedule of every model of the grid (OptimConfig.scheduler)."""
     controls: bool = True
     control_loss: str | None = None
     """The method whose loss the controls use (default: the first method)."""
@@ -71,6 +75,9 @@ class Grid:
     """Per scenario, accuracies (%) the papers report, shown beside ours."""
     description: str = ""
     custom_scenarios: dict[str, Scenario] = field(default_factory=dict)
+
+    def seeds_of(self, scenario: str) -> list[int]:
+        return self.seeds + [s for s in self.extra_seeds.get(scenario, []) if s not in self.seeds]
 
     def scenario(self, name: str) -> Scenario:
         sc = self.custom_scenarios.get(name) or SCENARIOS.get(name)
@@ -154,6 +161,9 @@ def load_grid(path: str | Path) -> Grid:
         except TypeError as err:
             raise CmkdError(f"grid {path}, method '{label}': {err}") from None
     archs = [Architecture(**a) for a in doc.pop("architectures", [{"name": "S/S"}])]
+    stray = set(doc.get("extra_seeds") or {}) - set(doc.get("scenarios") or [])
+    if stray:
+        raise CmkdError(f"grid {path}: extra_seeds for scenarios not in the grid {sorted(stray)}")
     return Grid(name=doc.pop("name", path.stem), methods=methods, architectures=archs, **doc)
 
 
@@ -164,7 +174,7 @@ class GridRunner:
         self.grid, self.echo = grid, echo
         self.out = Path(output_dir)
         self.store = Store(self.out)
-        self.optim = OptimConfig(lr=grid.lr, epochs=grid.epochs)
+        self.optim = OptimConfig(lr=grid.lr, epochs=grid.epochs, scheduler=grid.scheduler)
         self.run_cfg = RunConfig(output_dir=str(self.out / "runs"), progress_bar=False)
         self.counts = {"ran": 0, "reused": 0}
 
@@ -180,21 +190,28 @@ class GridRunner:
             "methods": {name: list(g.all_methods(sc)) for name, sc in scenarios.items()},
             "architectures": [asdict(a) for a in g.architectures],
             "seeds": g.seeds,
+            "extra_seeds": g.extra_seeds,
             "epochs": g.epochs,
             "matcher_epochs": g.matcher_epochs,
             "lr": g.lr,
+            "scheduler": g.scheduler,
             "paper": g.paper,
         }
 
     def run(self, command: str = "") -> Store:
         write_json(self.out / "grid.json", self.describe(command))
-        total = len(self.grid.scenarios) * len(self.grid.architectures) * len(self.grid.seeds)
+        g = self.grid
+        total = len(g.architectures) * sum(len(g.seeds_of(name)) for name in g.scenarios)
         done = 0
-        # Seeds outermost: a grid stopped at any point holds the same seeds for every scenario.
-        scenarios = {name: self.grid.scenario(name) for name in self.grid.scenarios}
-        methods = {name: self.grid.all_methods(sc) for name, sc in scenarios.items()}
-        for seed in self.grid.seeds:
+        # Seeds outermost: a grid stopped at any point holds the same seeds for every scenario
+        # (extra seeds come after the common ones).
+        scenarios = {name: g.scenario(name) for name in g.scenarios}
+        methods = {name: g.all_methods(sc) for name, sc in scenarios.items()}
+        order = g.seeds + sorted({s for n in g.scenarios for s in g.seeds_of(n)} - set(g.seeds))
+        for seed in order:
             for name, sc in scenarios.items():
+                if seed not in g.seeds_of(name):
+                    continue
                 prepared = _Lazy(lambda sc=sc, seed=seed: _prepare(sc.student_data, seed))
                 for arch in self.grid.architectures:
                     done += 1

@@ -111,6 +111,16 @@ def _mean(values: list[float]) -> float | None:
 # --- loading ----------------------------------------------------------------------------------
 
 
+def _span(seeds: list[int]) -> str:
+    """[10, 11, ..., 40] as '10-40' when consecutive."""
+    s = sorted(seeds)
+    return f"{s[0]}-{s[-1]}" if s == list(range(s[0], s[-1] + 1)) and len(s) > 2 else str(s)
+
+
+def _minutes(records: list[dict[str, Any]]) -> str:
+    return f"{sum(r.get('wall_seconds') or 0 for r in records) / 60:.1f}"
+
+
 def load_info(root: Path, records: list[dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
     """grid.json, or (for a store written before grid.json existed) what the cells tell: the
     scenarios, architecture groups and methods found, in a canonical order."""
@@ -170,7 +180,8 @@ def expected_cells(info: dict[str, Any]) -> set[tuple[str, str, str, int]]:
     student backbone and every method per architecture pair."""
     keys = set()
     for sc in info["scenarios"]:
-        for seed in info["seeds"]:
+        extra = (info.get("extra_seeds") or {}).get(sc, [])
+        for seed in info["seeds"] + [s for s in extra if s not in info["seeds"]]:
             for a in info["architectures"]:
                 keys.add((sc, f"teacher-{a['teacher']}", TEACHER, seed))
                 keys.add((sc, f"student-{a['student']}", NO_KD, seed))
@@ -344,10 +355,18 @@ def write_report(
         f"{n_pairs} pair list(s)"
         + (f"; {stale} stored cell(s) no longer in the grid, not shown." if stale else "."),
         f"- Budget: {info.get('epochs', '?')} epochs, matcher {info.get('matcher_epochs', '?')} "
-        f"epochs, lr {info.get('lr', '?')}, seeds {info.get('seeds')}.",
+        f"epochs, lr {info.get('lr', '?')} ({info.get('scheduler', 'none')} schedule), "
+        f"seeds {info.get('seeds')}"
+        + "".join(
+            f"; {sc} also seeds {_span(extra)}"
+            for sc, extra in (info.get("extra_seeds") or {}).items()
+        )
+        + ".",
         f"- Machine writing this report: {machine_facts()}. "
         f"Cells with GPU memory recorded: {sum('peak_gpu_mib' in r for r in trained)}.",
-        f"- Store: `{root}`.",
+        f"- Store: `{root}`. Compute: {_minutes(records)} min, the sum of every stored "
+        "cell's wall time (training, pair matching); the grid's own run adds data loading and "
+        "this report.",
         "",
         "Accuracies are mean ± std over seeds in %. Δ: mean paired difference in points with its "
         "95 % t interval, over the n seeds both rows have (same split, same seed). "

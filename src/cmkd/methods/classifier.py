@@ -92,7 +92,8 @@ class ClassifierModule(L.LightningModule):
 
     def _evaluate(self, batch: dict, stage: str) -> None:
         logits = self.model(batch[self.modality]).logits
-        self.log(f"{stage}/loss", F.cross_entropy(logits, batch["label"]), batch_size=len(logits))
+        loss = F.cross_entropy(logits, batch["label"])
+        self.log(f"{stage}/loss", loss, batch_size=len(logits), sync_dist=True)
         self.metrics[stage].update(logits, batch["label"])
         if stage == "test":
             self.per_class.update(logits, batch["label"])
@@ -103,15 +104,17 @@ class ClassifierModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
+    # torchmetrics' compute() already gathers every DDP rank's counts, so each rank logs the
+    # same global value; sync_dist=True only says so to Lightning (a mean of equal values).
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.metrics["val"].compute(), prog_bar=True)
+        self.log_dict(self.metrics["val"].compute(), prog_bar=True, sync_dist=True)
         self.metrics["val"].reset()
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.metrics["test"].compute())
+        self.log_dict(self.metrics["test"].compute(), sync_dist=True)
         self.metrics["test"].reset()
         for name, acc in zip(self.classes, self.per_class.compute(), strict=True):
-            self.log(f"test/acc_class/{name}", acc)
+            self.log(f"test/acc_class/{name}", acc, sync_dist=True)
         self.per_class.reset()
 
     def configure_optimizers(self):
