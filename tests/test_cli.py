@@ -74,6 +74,16 @@ def test_every_config_parses(path: Path, capsys) -> None:
     assert "source:" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "configs" / "bench" / "discomkd").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_discomkd_bench_config_parses(path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "discomkd", "--config", str(path), "--print_config"])
+    assert exit_.value.code == 0
+    assert f"scenario: {path.stem}" in capsys.readouterr().out
+
+
 def test_losses_lists_name_then_description(capsys) -> None:
     assert main(["losses"]) == 0
     lines = capsys.readouterr().out.splitlines()
