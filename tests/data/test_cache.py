@@ -54,3 +54,19 @@ def test_fingerprint_changes_with_the_files(tmp_path: Path) -> None:
     assert fingerprint_files([a], tmp_path) != before
     os.utime(b, ns=(0, 12345))
     assert fingerprint_files([a, b], tmp_path) != before
+
+
+@pytest.mark.parametrize(
+    "arrays, problem",
+    [({"y": np.zeros(2)}, "no array 'x'"), ({"x": np.zeros((1, 3))}, "expected 2 rows")],
+)
+def test_readable_cache_file_of_the_wrong_content_is_rebuilt(
+    fresh_cache: Path, arrays: dict, problem: str
+) -> None:
+    """A valid npz that is not what was cached (no x, a truncated x) is rebuilt, never read."""
+    calls: list[int] = []
+    cached_arrays("t", {"k": 1}, _builder(calls), rows=2)
+    np.savez(cache_path("t", {"k": 1}), **arrays)
+    with pytest.warns(UserWarning, match=problem):
+        again = cached_arrays("t", {"k": 1}, _builder(calls), rows=2)
+    assert calls == [1, 1] and again["x"].shape == (2, 3)

@@ -435,10 +435,17 @@ def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6, 3.5)
     return plt, fig, axes
 
 
+def save_figure(fig, path: Path, dpi: int = DPI) -> None:
+    """Via a temp file and a rename, so a killed report never leaves half an image."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=dpi)
+    tmp.replace(path)
+
+
 def _save(plt, fig, path: Path) -> None:
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path)
     plt.close(fig)
 
 

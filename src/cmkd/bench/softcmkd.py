@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmkd.bench.report import save_figure
 from cmkd.config import CorruptionConfig, DistillConfig, PairingConfig, QualityConfig, TermConfig
 from cmkd.errors import CmkdError
 from cmkd.training import write_atomic
@@ -326,8 +327,5 @@ def plot_weights(weights: dict[str, list[dict[str, np.ndarray]]], path: Path) ->
     axes[0][0].set_ylabel("density")
     axes[0][0].legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)

@@ -37,18 +37,27 @@ def cache_path(name: str, key: dict) -> Path:
 
 
 def cached_arrays(
-    name: str, key: dict, build: Callable[[], dict[str, np.ndarray]]
+    name: str,
+    key: dict,
+    build: Callable[[], dict[str, np.ndarray]],
+    rows: int | None = None,
+    required: tuple[str, ...] = ("x",),
 ) -> dict[str, np.ndarray]:
     """Return the arrays cached under (name, key), calling `build` only on a miss.
 
-    A corrupt or unreadable cache file is rebuilt; a cache that cannot be written only warns,
-    since the decoded arrays are still correct.
+    A corrupt or unreadable cache file is rebuilt, and so is a readable one that lacks a
+    `required` array or whose arrays do not have `rows` rows (a truncated or foreign file);
+    a cache that cannot be written only warns, since the decoded arrays are still correct.
     """
     path = cache_path(name, key)
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
+                arrays = {k: data[k] for k in data.files}
+            problem = _mismatch(arrays, rows, required)
+            if problem is None:
+                return arrays
+            warnings.warn(f"rebuilding corrupt cache file {path}: {problem}", stacklevel=2)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
             warnings.warn(f"rebuilding corrupt cache file {path}: {err}", stacklevel=2)
     arrays = build()
@@ -57,6 +66,17 @@ def cached_arrays(
     except OSError as err:
         warnings.warn(f"could not write cache file {path}: {err}", stacklevel=2)
     return arrays
+
+
+def _mismatch(arrays: dict[str, np.ndarray], rows: int | None, required: tuple) -> str | None:
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        return f"no array {missing[0]!r}"
+    if rows is not None:
+        for k, v in arrays.items():
+            if v.ndim == 0 or len(v) != rows:
+                return f"array {k!r} has shape {v.shape}, expected {rows} rows"
+    return None
 
 
 def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:

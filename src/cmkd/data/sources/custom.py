@@ -63,7 +63,7 @@ def _load_folder(folder: Path) -> Samples:
         return {"x": decode_all(paths, _read_image)}
 
     key = {"files": fingerprint_files(paths, folder), "folder": str(folder.resolve())}
-    x = cached_arrays("folder", key, build)["x"]
+    x = cached_arrays("folder", key, build, rows=len(paths))["x"]
     y = np.concatenate([np.full(len(g), i, dtype=np.int64) for i, g in enumerate(files.values())])
     return Samples(x, y, np.array(ids), list(files))
 

@@ -126,7 +126,7 @@ def load_fsdd(
         "n_mels": n_mels,
         "n_frames": n_frames,
     }
-    x = cached_arrays("fsdd", key, build)["x"]
+    x = cached_arrays("fsdd", key, build, rows=len(paths))["x"]
     return Samples(x, labels, np.array([p.stem for p in paths]), list(DIGITS))
 
 

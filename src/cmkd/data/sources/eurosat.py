@@ -61,7 +61,7 @@ def load_eurosat_ms(
         return {"x": decode_all(paths, _read_ms)}
 
     key = {"files": fingerprint_files(paths, folder), "folder": str(folder.resolve())}
-    x = cached_arrays("eurosat_ms", key, build)["x"]
+    x = cached_arrays("eurosat_ms", key, build, rows=len(paths))["x"]
     y, ids = _labels_ids(files)
     return Samples(x if bands is None else x[:, band_index], y, ids, list(files))
 
@@ -107,7 +107,7 @@ def load_eurosat_rgb(
         return {"x": decode_all(paths, _read_rgb)}
 
     key = {"files": fingerprint_files(paths, folder), "folder": str(folder.resolve())}
-    x = cached_arrays("eurosat_rgb", key, build)["x"]
+    x = cached_arrays("eurosat_rgb", key, build, rows=len(paths))["x"]
     y, ids = _labels_ids(files)
     return Samples(x, y, ids, list(files))
 
