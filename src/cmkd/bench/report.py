@@ -111,6 +111,10 @@ def _mean(values: list[float]) -> float | None:
 # --- loading ----------------------------------------------------------------------------------
 
 
+def _schedule(name: str) -> str:
+    return "constant" if name == "none" else f"{name} schedule"
+
+
 def _span(seeds: list[int]) -> str:
     """[10, 11, ..., 40] as '10-40' when consecutive."""
     s = sorted(seeds)
@@ -355,7 +359,8 @@ def write_report(
         f"{n_pairs} pair list(s)"
         + (f"; {stale} stored cell(s) no longer in the grid, not shown." if stale else "."),
         f"- Budget: {info.get('epochs', '?')} epochs, matcher {info.get('matcher_epochs', '?')} "
-        f"epochs, lr {info.get('lr', '?')} ({info.get('scheduler', 'none')} schedule), "
+        f"epochs, lr {info.get('lr', '?')} "
+        f"({_schedule(info.get('scheduler', 'none'))}), "
         f"seeds {info.get('seeds')}"
         + "".join(
             f"; {sc} also seeds {_span(extra)}"
