@@ -49,3 +49,20 @@ def test_standardize_uses_given_statistics_per_channel() -> None:
     torch.testing.assert_close(norm.std, torch.tensor([2.0**0.5, 1.0]))
     out = norm(torch.tensor([[[[3.0]], [[12.0]]]]))
     torch.testing.assert_close(out.flatten(), torch.tensor([2.0 / 2.0**0.5, 2.0]))
+
+
+def test_scored_overlap_finds_training_ids_in_val_or_test() -> None:
+    from cmkd.data.datamodule import PreparedData
+    from cmkd.data.samples import Samples
+
+    y = np.repeat(np.arange(2), 10)
+    ids = np.array([f"s{i}" for i in range(20)])
+    samples = Samples(np.zeros((20, 1), np.float32), y, ids, ["a", "b"])
+    split = stratified_split(y, 0.2, 0.2, seed=0)
+    prepared = PreparedData({"m": samples}, {"m": split})
+    train_ids = samples.ids[split["train"]]
+    assert prepared.scored_overlap("m", train_ids) is None
+    leaked = np.append(train_ids, samples.ids[split["test"][:3]])
+    assert prepared.scored_overlap("m", leaked) == ("test", 3)
+    leaked = np.append(leaked, samples.ids[split["val"][:2]])
+    assert prepared.scored_overlap("m", leaked) == ("val", 2)  # val is reported first

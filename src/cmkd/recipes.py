@@ -131,15 +131,12 @@ def _teacher_data(t_hp: dict[str, Any], data: DataConfig, seed: int, prepared: P
 
 
 def _check_no_leak(teacher_train_ids: np.ndarray, student: PreparedData, modality: str) -> None:
-    """A teacher trained on a sample that the student is scored on (the same id, in any
-    modality) would inflate the score: refuse it."""
-    for split in ("val", "test"):
-        n = int(np.isin(student.rows(modality, split).ids, teacher_train_ids).sum())
-        if n:
-            raise CmkdError(
-                f"the teacher was trained on {n} samples of the student's {split} split "
-                "(same ids): train it with the same split and seed, or on disjoint samples"
-            )
+    leak = student.scored_overlap(modality, teacher_train_ids)
+    if leak:
+        raise CmkdError(
+            f"the teacher was trained on {leak[1]} samples of the student's {leak[0]} split "
+            "(same ids): train it with the same split and seed, or on disjoint samples"
+        )
 
 
 def build_pairing(cfg: PairingConfig, student: Samples, teacher: Samples, seed: int) -> Pairing:

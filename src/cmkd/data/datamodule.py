@@ -80,6 +80,15 @@ class PreparedData:
     def classes(self) -> list[str]:
         return next(iter(self.samples.values())).classes
 
+    def scored_overlap(self, modality: str, train_ids: np.ndarray) -> tuple[str, int] | None:
+        """The first of `modality`'s scored splits (val, test) holding ids of `train_ids`, and
+        how many: a model trained on a view of a scored sample would inflate its score."""
+        for split in ("val", "test"):
+            n = int(np.isin(self.rows(modality, split).ids, train_ids).sum())
+            if n:
+                return split, n
+        return None
+
 
 def prepare_data(cfg: DataConfig, seed: int) -> PreparedData:
     """Load the configured source and split every modality with the same seed.
