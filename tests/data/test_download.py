@@ -79,3 +79,14 @@ def test_zip_member_outside_the_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CmkdError, match="outside"):
         download_and_verify(evil.as_uri(), tmp_path / "dest", _sum(evil, "md5"))
     assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_truncated_gz_leaves_no_partial_file(tmp_path: Path) -> None:
+    whole = gzip.compress(bytes(range(256)) * 4096)
+    cut = tmp_path / "cut.bin.gz"
+    cut.write_bytes(whole[: len(whole) // 2])  # decompression fails halfway
+    dest = tmp_path / "dest"
+    with pytest.raises(CmkdError, match="cannot extract"):
+        download_and_verify(cut.as_uri(), dest, _sum(cut, "md5"))
+    assert not (dest / "cut.bin").exists()
+    assert not list(dest.glob("*.part"))

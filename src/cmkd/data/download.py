@@ -81,8 +81,14 @@ def _extract(archive: Path, dest_dir: Path) -> Path:
             result = dest_dir
         elif name.endswith(".gz"):
             result = archive.with_suffix("")
-            with gzip.open(archive, "rb") as src, open(result, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            # Through a temp file and a rename: a cut-off decompression leaves no partial file.
+            partial = result.with_name(result.name + ".part")
+            try:
+                with gzip.open(archive, "rb") as src, open(partial, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                os.replace(partial, result)
+            finally:
+                partial.unlink(missing_ok=True)
         else:
             raise CmkdError(f"cannot extract {archive}: not a .zip, .tar, .tar.gz, .tgz or .gz")
     except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as err:
