@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from cmkd.bench.discomkd import DCK, SINGLE, _logit_methods, _scenarios, render_section
+from cmkd.bench.discomkd import (
+    DCK,
+    SINGLE,
+    _logit_methods,
+    _scenarios,
+    render_page,
+    render_section,
+)
 from cmkd.errors import CmkdError
 from cmkd.losses import LOSSES
 
@@ -36,14 +45,14 @@ def _run(acc, f1, last=None):
     }
 
 
-def test_page_reports_paired_differences():
-    record = {
-        "title": "toy",
+def _record(title: str, command: str = "cmkd bench discomkd --scenario toy") -> dict:
+    return {
+        "title": title,
         "settings": {
             "lr": 1e-3,
             "epochs": 3,
             "batch_size": 8,
-            "command": "cmkd bench discomkd --scenario toy",
+            "command": command,
             "modalities": [{"name": "a", "model": {"backbone": "mlp"}}],
         },
         "seeds": {
@@ -51,7 +60,10 @@ def test_page_reports_paired_differences():
             "1": {SINGLE: {"a": _run(0.70, 0.60)}, DCK: {"a": _run(0.70, 0.70)}},
         },
     }
-    page = render_section(record)
+
+
+def test_page_reports_paired_differences():
+    page = render_section(_record("toy"))
     assert "Command: `cmkd bench discomkd --scenario toy`" in page
     # single 50, 70 -> 60.0 ± 14.1; DisCoM-KD - single: +10, 0 -> +5.0, t(0.975, 1) = 12.706,
     # half width 12.706 * 7.071 / sqrt(2) = 63.5.
@@ -79,3 +91,25 @@ def test_last_epoch_scores_come_from_the_final_weights(tmp_path):
     assert fixed[SINGLE]["a"]["last"] == {"test": {"acc": 0.25}, "epoch": 9}
     assert fixed[DCK]["a"]["last"]["test"]["acc"] == 0.6  # DisCoM-KD cells are left alone
     assert repair_last_epoch(store) == 0
+
+
+def test_page_keeps_sections_whose_results_are_not_here(tmp_path):
+    titles = {name: sc.title for name, sc in _scenarios().items()}
+    for name in ("mfeat2", "digits"):
+        (tmp_path / name).mkdir()
+        record = _record(titles[name], f"run {name}")
+        (tmp_path / name / "results.json").write_text(json.dumps(record))
+    page = render_page(tmp_path, list(titles))
+    assert "Command: `run mfeat2`" in page and "Command: `run digits`" in page
+    # A fresh checkout holds only digits' results: mfeat2's section stays as it was,
+    # digits' is rendered from the new results, and the order is the scenarios' order.
+    (tmp_path / "mfeat2" / "results.json").unlink()
+    (tmp_path / "digits" / "results.json").write_text(json.dumps(_record(titles["digits"], "new")))
+    again = render_page(tmp_path, list(titles), previous=page)
+    assert "Command: `run mfeat2`" in again and "Command: `new`" in again
+    assert "run digits" not in again
+    assert again.index(titles["mfeat2"]) < again.index(titles["digits"])
+    # Nothing stored: the page is reproduced as it stands.
+    (tmp_path / "digits" / "results.json").unlink()
+    assert render_page(tmp_path, list(titles), previous=again) == again
+    assert render_page(tmp_path, list(titles)) == render_page(tmp_path, [])

@@ -461,12 +461,28 @@ with fewer seeds than its section says so.
 """
 
 
-def render_page(root: Path, order: list[str]) -> str:
+def _page_sections(page: str) -> dict[str, str]:
+    """A rendered page's sections by title (the text from "## title" to the next "## ")."""
+    sections: dict[str, str] = {}
+    for chunk in page.split("\n## ")[1:]:
+        title = chunk.split("\n", 1)[0]
+        sections[title] = "## " + chunk.rstrip("\n") + "\n"
+    return sections
+
+
+def render_page(root: Path, order: list[str], previous: str = "") -> str:
+    """The page from every scenario stored under `root`. A scenario with no results here keeps
+    its section from `previous` (the page as it stands): the stores are local run folders, so
+    running one scenario in a fresh checkout must not drop the sections run elsewhere."""
+    kept = _page_sections(previous)
+    titles = {name: sc.title for name, sc in _scenarios().items()}
     parts = [PAGE_HEAD]
     for name in order:
         store = root / name / "results.json"
         if store.is_file():
             parts.append(render_section(json.loads(store.read_text())))
+        elif titles.get(name) in kept:
+            parts.append(kept[titles[name]])
     return "\n".join(parts)
 
 
@@ -509,7 +525,8 @@ def discomkd_grid(
         f"--teachers '{json.dumps(teachers)}'"
     )
     record = run_scenario(scenario, seeds, epochs, lr, methods, teachers, root / scenario, command)
-    write_atomic(Path(page), render_page(root, list(scenarios)))
+    previous = Path(page).read_text() if Path(page).is_file() else ""
+    write_atomic(Path(page), render_page(root, list(scenarios), previous))
     print(render_section(record))
     print(f"Saved {page}")
 
