@@ -1,4 +1,4 @@
-"""SKA, Semantic-aware Knowledge Alignment (Wei et al. 2026, SemBridge's alignment term).
+"""SKA, Semantic-aware Knowledge Alignment (Wei et al. 2025, SemBridge's alignment term).
 
 Each side re-weights its last-stage tokens by how much attention they receive, keeping the
 feature energy of the mean token, and the two re-weighted token sets are aligned by CORAL (Sun &
@@ -230,7 +230,7 @@ def _projection(width: int, dim: int, conv: bool, learnt: bool) -> nn.Module:
 @register(
     "ska",
     "Semantic-aware knowledge alignment: attention-weighted tokens and pooled embeddings "
-    "aligned by CORAL (Wei et al. 2026)",
+    "aligned by CORAL (Wei et al. 2025)",
 )
 class SKA(DistillationTerm):
     """Returns {"tokens": L_ot1, "pooled": L_ot2}; the authors' weight l_ot * w_ot = 0.3 * 0.01
