@@ -13,10 +13,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from scipy import stats
-
 from cmkd.config import DataConfig, DistillConfig
-from cmkd.training import write_atomic, write_json
+from cmkd.io import write_atomic, write_json
+from cmkd.stats import mean_ci, mean_std
 
 TEACHER, NO_KD = "teacher", "student, no KD"
 
@@ -84,23 +83,6 @@ SCENARIOS = {
         "audio",
     ),
 }
-
-
-def mean_std(values: list[float]) -> str:
-    """'mean ± std' in percent (sample std; 0 for a single value)."""
-    pct = [100 * v for v in values]
-    std = statistics.stdev(pct) if len(pct) > 1 else 0.0
-    return f"{statistics.fmean(pct):.1f} ± {std:.1f}"
-
-
-def mean_ci(values: list[float]) -> str:
-    """'mean [low, high]' in points: the 95 % t interval of the mean (n - 1 dof)."""
-    pct = [100 * v for v in values]
-    mean = statistics.fmean(pct)
-    if len(pct) < 2:
-        return f"{mean:+.1f}"
-    half = stats.t.ppf(0.975, len(pct) - 1) * statistics.stdev(pct) / len(pct) ** 0.5
-    return f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"
 
 
 def compare_students(

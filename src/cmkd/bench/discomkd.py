@@ -36,7 +36,7 @@ from cmkd.config import (
 from cmkd.data.datamodule import ModalityDataset
 from cmkd.data.multimodal import ModalitySpec, prepare_modalities, with_fused
 from cmkd.errors import CmkdError
-from cmkd.training import write_atomic, write_json
+from cmkd.io import write_atomic, write_json
 
 SINGLE, DCK, FUSED = "single-modality", "DisCoM-KD", "fused"
 LOGIT_METHODS = ("kd", "dkd", "mlkd", "ctkd")
@@ -323,7 +323,7 @@ def _slug(label: str) -> str:
 
 
 def _ms(values: list[float]) -> str:
-    from cmkd.comparison import mean_std
+    from cmkd.stats import mean_std
 
     return mean_std(values) if values else ""
 
@@ -334,7 +334,7 @@ def _runs(record: dict[str, Any], seeds: list[str], m: str, row: str) -> list[di
 
 def _summary(record: dict[str, Any], seeds: list[str], names: list[str]) -> list[str]:
     """Per modality: single-modality training against DisCoM-KD (best-on-validation weights)."""
-    from cmkd.comparison import mean_ci
+    from cmkd.stats import mean_ci
 
     lines = [
         "| modality | single-modality acc | DisCoM-KD acc | Δ acc [95 % CI] | single weighted F1 "
@@ -357,7 +357,7 @@ def _summary(record: dict[str, Any], seeds: list[str], names: list[str]) -> list
 
 def render_section(record: dict[str, Any]) -> str:
     """One scenario's markdown: a table per modality, seeds as rows' samples."""
-    from cmkd.comparison import mean_ci
+    from cmkd.stats import mean_ci
 
     st = record["settings"]
     seeds = sorted(record["seeds"], key=int)

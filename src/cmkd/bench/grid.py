@@ -31,7 +31,7 @@ from cmkd.config import (
     TermConfig,
 )
 from cmkd.errors import CmkdError
-from cmkd.training import write_json
+from cmkd.io import write_json
 
 CONTROL_TF, CONTROL_CM = "control: teacher-free", "control: class-mean"
 ORACLE = "oracle: true twins"

@@ -41,7 +41,7 @@ from cmkd.config import (
     RunConfig,
     TermConfig,
 )
-from cmkd.training import write_atomic, write_json
+from cmkd.io import write_atomic, write_json
 
 # --- measuring --------------------------------------------------------------------------------
 
@@ -618,7 +618,7 @@ def ddp_accuracy(
 
 
 def _ddp_lines(e: dict[str, Any]) -> list[str]:
-    from cmkd.comparison import mean_ci, mean_std
+    from cmkd.stats import mean_ci, mean_std
 
     one, two = e["runs"]["1 process"], e["runs"]["2 DDP processes"]
     lines = [

@@ -30,9 +30,10 @@ from scipy import stats
 
 from cmkd.bench.grid import CONTROL_CM, CONTROL_TF, ORACLE, PAIRS, SEMBRIDGE
 from cmkd.bench.store import Store, slug
-from cmkd.comparison import NO_KD, TEACHER, mean_ci, mean_std
+from cmkd.comparison import NO_KD, TEACHER
 from cmkd.errors import CmkdError
-from cmkd.training import write_atomic
+from cmkd.io import write_atomic
+from cmkd.stats import mean_ci, mean_std
 
 CONTROLS = (CONTROL_TF, CONTROL_CM)
 WIN = "✓"

@@ -23,7 +23,7 @@ import numpy as np
 from cmkd.bench.report import save_figure
 from cmkd.config import CorruptionConfig, DistillConfig, PairingConfig, QualityConfig, TermConfig
 from cmkd.errors import CmkdError
-from cmkd.training import write_atomic
+from cmkd.io import write_atomic
 
 NO_KD = "student, no KD"
 HARD = "hard L2 feature KD (m = 0, l2)"
@@ -184,7 +184,7 @@ def effects_table(results_json: Path, conditions: list[str]) -> str:
     """Paired per-seed differences between neighbouring rows (what each step adds) and between
     each row's corrupted and clean runs (what the corruption costs), test accuracy of the
     best-on-validation weights, mean and 95 % t interval in points."""
-    from cmkd.comparison import mean_ci
+    from cmkd.stats import mean_ci
 
     if not Path(results_json).is_file():
         return ""

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from cmkd.errors import CmkdError
-from cmkd.training import write_json
+from cmkd.io import write_json
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cmkd.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, RunConfig
-from cmkd.training import write_json
+from cmkd.io import write_json
 
 
 def teacher_cache(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cmkd.data.root import cache_dir
+from cmkd.io import save_npz
 
 # Bump when the on-disk layout or a decoder changes meaning, so old entries are not reused.
 CACHE_VERSION = 1
@@ -80,14 +80,6 @@ def _mismatch(arrays: dict[str, np.ndarray], rows: int | None, required: tuple) 
 
 
 def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    # A temp file in the same folder, then os.replace: a reader never sees a half-written file,
-    # even when two runs fill the cache at once.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Atomic (cmkd.io): a reader never sees a half-written file, even when two runs fill the
+    # cache at once.
+    save_npz(path, **arrays)

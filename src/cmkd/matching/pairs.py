@@ -8,8 +8,6 @@ one column per field, written atomically (a crashed run never leaves half a file
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import numpy as np
 
 from cmkd.data.samples import Samples
 from cmkd.errors import CmkdError
+from cmkd.io import write_json
 
 FORMAT = "cmkd-pairs"
 VERSION = 1
@@ -92,16 +91,7 @@ class PairList:
             if self.scores is None
             else [float(s) if np.isfinite(s) else None for s in self.scores],
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, allow_nan=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json(path, doc, durable=True, allow_nan=False)
 
     @classmethod
     def load(cls, path: str | Path) -> PairList:

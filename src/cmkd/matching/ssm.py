@@ -35,6 +35,7 @@ from cmkd.data.samples import Samples
 from cmkd.errors import CmkdError
 from cmkd.matching.pairs import PairList
 from cmkd.models.backbones import create_network
+from cmkd.models.inference import batched
 
 
 class ProjectionHead(nn.Module):
@@ -185,11 +186,8 @@ def embed(
 ) -> torch.Tensor:
     """L2-normalised embeddings of raw inputs, in batches (converted batch by batch to keep the
     memory of large uint8 sets small). Returned on the CPU."""
-    out = [
-        F.normalize(fn(torch.from_numpy(np.asarray(x[i : i + batch_size], np.float32)).to(device)))
-        for i in range(0, len(x), batch_size)
-    ]
-    return torch.cat(out).cpu() if out else torch.zeros(0, 0)
+    out = [F.normalize(e).cpu() for _, e in batched(fn, x, batch_size, device)]
+    return torch.cat(out) if out else torch.zeros(0, 0)
 
 
 def match_top1(

@@ -41,6 +41,7 @@ from cmkd.config import OptimConfig, RunConfig
 from cmkd.data.multimodal import ModalitySpec, MultiModalDataModule, prepare_modalities
 from cmkd.data.normalize import Standardize
 from cmkd.errors import CmkdError
+from cmkd.io import write_json
 from cmkd.losses.logits import grad_reverse
 from cmkd.methods.classifier import random_flips_and_rotations
 from cmkd.models.discomkd import (
@@ -49,7 +50,8 @@ from cmkd.models.discomkd import (
     export_student,
     single_backbone_parameters,
 )
-from cmkd.training import open_run_dir, write_json
+from cmkd.models.inference import predict
+from cmkd.training import open_run_dir
 
 TERMS = ("cl", "aux", "mod", "adv", "orth")
 
@@ -266,10 +268,7 @@ def score(logits: torch.Tensor, y: torch.Tensor, k: int) -> dict[str, float]:
 def evaluate_student(model: nn.Module, dataset, k: int, batch_size: int = 512) -> dict[str, float]:
     """Scores of one standalone student on one modality's split (raw inputs, CPU)."""
     model.eval()
-    logits = torch.cat(
-        [model(dataset.x[i : i + batch_size]).logits for i in range(0, len(dataset), batch_size)]
-    )
-    return score(logits, dataset.y, k)
+    return score(predict(model, dataset.x, batch_size, fields=("logits",)).logits, dataset.y, k)
 
 
 def _network_spec(spec: ModalitySpec, x_shape: tuple[int, ...]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from cmkd.errors import CmkdError
 from cmkd.losses import TermContext, build_term
 from cmkd.methods.classifier import ClassifierModule
 from cmkd.methods.quality import batch_weights, teacher_quality
+from cmkd.models.inference import predict
 from cmkd.models.model import StandardizedNetwork
 from cmkd.models.outputs import ModelOutput
 
@@ -123,16 +124,12 @@ class DistillModule(ClassifierModule):
 
     def on_fit_start(self) -> None:
         if self.hparams.cache_teacher and self.cache is None:
-            parts = [
-                self._teacher_forward(rows)
-                for rows in torch.arange(len(self.teacher_inputs)).split(256)
-            ]
-            cat = lambda name: (  # noqa: E731
-                None
-                if getattr(parts[0], name) is None
-                else torch.cat([getattr(p, name) for p in parts])
+            start = time.perf_counter()
+            needs = self.needs | {"logits"}
+            self.cache = predict(
+                self.teacher, self.teacher_inputs, 256, self.device, needs, to_cpu=False
             )
-            self.cache = ModelOutput(cat("logits"), cat("embedding"), cat("feature_map"))
+            self.teacher_seconds += time.perf_counter() - start
             if self.hparams.teacher_target == "class_mean":
                 self.class_means = self._class_means(self.cache)
         if self.weighted and self.quality_table is None:

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from cmkd.training import write_json
+from cmkd.io import write_json
+from cmkd.models.inference import predict
 
 
 def table_digest(table: np.ndarray) -> str:
@@ -48,11 +49,8 @@ class DynamicMatching(Callback):
         self.gallery: torch.Tensor | None = None
         self._audit: dict | None = None
 
-    @torch.no_grad()
     def _logits(self, model, x: torch.Tensor, device) -> torch.Tensor:
-        return torch.cat(
-            [model(chunk.to(device)).logits.float().cpu() for chunk in x.split(self.batch_size)]
-        )
+        return predict(model, x, self.batch_size, device, ("logits",)).logits.float()
 
     def _record(self, trainer, event: str, **fields) -> None:
         if self.audit_dir is None:

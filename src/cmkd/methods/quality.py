@@ -23,8 +23,6 @@ first for confidence and dropout); they are detached, so no gradient flows into 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from cmkd.errors import CmkdError
+from cmkd.models.inference import batched
 
 SOURCES = ("none", "confidence", "norm", "dropout")
 
@@ -65,9 +64,8 @@ def teacher_quality(
     parts: dict[str, list[torch.Tensor]] = {
         k: [] for k in ("confidence", "norm", "dropout", "correct")
     }
-    for rows in torch.arange(len(inputs)).split(chunk):
-        out = teacher(inputs[rows].to(device))
-        y = labels[rows].to(device)
+    for rows, out in batched(teacher, inputs, chunk, device):
+        y = labels[rows].to(out.logits.device)
         prob = out.logits.softmax(dim=1)
         parts["confidence"].append(prob.gather(1, y[:, None])[:, 0].cpu())
         parts["correct"].append((out.logits.argmax(dim=1) == y).float().cpu())
@@ -124,20 +122,6 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    """np.savez via a temp file and a rename, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_teacher_quality(
     run_dir: Path, module, teacher_ids: np.ndarray, corrupted: np.ndarray | None
 ) -> None:
@@ -145,7 +129,8 @@ def save_teacher_quality(
     mean weight per teacher training sample, with its id and whether it was corrupted) when
     quality weights were on, and corruption.json (the corrupted ids) when inputs were
     corrupted; both written atomically in the run folder."""
-    from cmkd.training import is_global_zero, write_json
+    from cmkd.io import save_npz, write_json
+    from cmkd.training import is_global_zero
 
     if not is_global_zero():  # every DDP rank holds the same teacher table: write it once
         return
@@ -156,7 +141,7 @@ def save_teacher_quality(
     record = module.quality_record()
     if record:
         mask = np.zeros(len(teacher_ids), bool) if corrupted is None else corrupted
-        save_npz_atomic(
+        save_npz(
             run_dir / "quality.npz",
             ids=np.asarray(teacher_ids).astype(str),
             corrupted=mask,

@@ -150,7 +150,7 @@ def export_student(
         "parameters": count_parameters(student),
         **extra,
     }
-    from cmkd.training import write_json
+    from cmkd.io import write_json
 
     write_json(base.with_suffix(".json"), meta)
     return base.with_suffix(".safetensors")
