@@ -22,7 +22,7 @@ from cmkd.config import (
     TermConfig,
 )
 from cmkd.errors import CmkdError
-from cmkd.matching.pairs import PairList
+from cmkd.pairing.pairs import PairList
 from cmkd.recipes import distill_student, match_pairs, train_classifier
 
 TINY = ModelConfig(backbone="small_cnn", options={"widths": [8, 16, 16]})
@@ -85,7 +85,7 @@ def test_sembridge_pipeline_on_unpaired_eurosat(quiet_run, data_root, tmp_path, 
     # The re-matched table is training state: it is in the checkpoint a resume starts from.
     last = torch.load(Path(result["checkpoint"]).with_name("last.ckpt"), weights_only=False)
     saved = PairList.load(Path(result["checkpoint"]).parents[1] / "pairs.json")
-    assert len(last["pairing_table"]) == len(saved) == 80
+    assert len(last["pairing"]["table"]) == len(saved) == 80
     assert main(["pairs", "show", str(Path(result["checkpoint"]).parents[1])]) == 0
     assert "coverage" in capsys.readouterr().out.lower()
 

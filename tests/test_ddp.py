@@ -44,7 +44,7 @@ SCRIPT = textwrap.dedent(
     if os.environ.get("LOCAL_RANK", "0") == "1":
         # Rank 1 sees noisy student logits (a stand-in for float reductions that differ across
         # devices): its own re-match differs, and only rank 0's broadcast table may survive.
-        from cmkd.methods.dynamic_matching import DynamicMatching
+        from cmkd.pairing.rematch import DynamicMatching
 
         plain = DynamicMatching._logits
 

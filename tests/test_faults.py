@@ -246,7 +246,7 @@ class _Payload:
 
 
 def _pair_list():
-    from cmkd.matching.pairs import PairList
+    from cmkd.pairing.pairs import PairList
 
     return PairList(
         student_ids=["a", "b", "c"],
@@ -271,7 +271,7 @@ def _pair_list():
     ],
 )
 def test_damaged_pair_list_is_a_clear_error(tmp_path, damage, message) -> None:
-    from cmkd.matching.pairs import PairList
+    from cmkd.pairing.pairs import PairList
 
     path = tmp_path / "pairs.json"
     _pair_list().save(path)

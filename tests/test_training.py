@@ -73,9 +73,9 @@ def test_paired_distillation_on_eurosat_twins(quiet_run, data_root) -> None:
 def test_teacher_cache_equals_recomputed_outputs_and_teacher_gets_no_gradient(
     quiet_run, data_root
 ) -> None:
-    from cmkd.data.pairing import IdentityPairing
+    from cmkd.pairing.strategies import IdentityPairing
     from cmkd.methods.distill import DistillModule
-    from cmkd.recipes import _module_args
+    from cmkd.recipes import module_args
 
     prepared = prepare_data(MFEAT, 0)
     teacher = train_classifier(
@@ -84,7 +84,7 @@ def test_teacher_cache_equals_recomputed_outputs_and_teacher_gets_no_gradient(
     t_model, _ = load_model(teacher["checkpoint"])
     t_rows = prepared.rows("fac", "train")
     module = DistillModule(
-        **_module_args(MLP, OptimConfig(), MFEAT, prepared, "pix", 0),
+        **module_args(MLP, OptimConfig(), MFEAT, prepared, "pix", 0),
         teacher=t_model,
         teacher_inputs=torch.from_numpy(t_rows.x),
         pairing=IdentityPairing(prepared.rows("pix", "train").ids, t_rows.ids),

@@ -18,7 +18,7 @@ from cmkd.config import (
     PairingConfig,
     TermConfig,
 )
-from cmkd.data.pairing import UnpairedZipPairing
+from cmkd.pairing.strategies import UnpairedZipPairing
 from cmkd.recipes import distill_student, train_classifier
 
 TINY = ModelConfig(backbone="small_cnn", options={"widths": [8, 16, 16]})

@@ -11,7 +11,6 @@ import json
 import logging
 import sys
 import warnings
-from typing import Literal
 
 from cmkd.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, RunConfig
 from cmkd.errors import CmkdError
@@ -62,8 +61,6 @@ def distill(
     """
     from cmkd.recipes import distill_student
 
-    if not distill.teacher:
-        raise CmkdError("no teacher checkpoint: set --distill.teacher PATH")
     _print_result(distill_student(data, model, optim, run, distill, modality, seed))
 
 
@@ -71,12 +68,34 @@ def evaluate(checkpoint: str, split: str = "test") -> None:
     """Score a checkpoint on a split of the data it was trained with.
 
     Args:
-        checkpoint: A .ckpt written by `cmkd train` or `cmkd distill`.
+        checkpoint: A .ckpt written by `cmkd train` or `cmkd distill`, or its run folder.
         split: train, val or test.
     """
     from cmkd.recipes import evaluate_checkpoint
 
     print(json.dumps(evaluate_checkpoint(checkpoint, split), indent=2))
+
+
+def predict(
+    checkpoint: str,
+    output: str,
+    split: str = "test",
+    data: DataConfig | None = None,
+    batch_size: int = 256,
+) -> None:
+    """Write a checkpoint's predictions as CSV: id, label, predicted class, class probabilities.
+
+    Args:
+        checkpoint: A .ckpt written by `cmkd train` or `cmkd distill`, or its run folder.
+        output: The CSV file to write.
+        split: A split of the data the checkpoint was trained with (train, val or test).
+        data: Another source of the same modality and classes instead: every sample of it.
+        batch_size: Samples per forward pass.
+    """
+    from cmkd.recipes import predict_checkpoint
+
+    path = predict_checkpoint(checkpoint, output, split, data, batch_size)
+    print(f"Saved {path}")
 
 
 def demo(seeds: list[int] = [0, 1, 2], epochs: int = 50, output_dir: str = "runs/demo") -> None:  # noqa: B006
@@ -99,35 +118,49 @@ def match(
     modality: str,
     teacher: str,
     data: DataConfig = DataConfig(),  # noqa: B008
-    method: Literal["ssm", "teacher_embedding", "class_random"] = "ssm",
+    method: str = "ssm",
     pseudo_view: str | None = None,
     backbone: str = "resnet34",
     epochs: int = 100,
     batch_size: int = 64,
     seed: int = 0,
     output: str = "runs/pairs/pairs.json",
+    run: RunConfig = RunConfig(),  # noqa: B008
 ) -> None:
-    """SSM matching (SemBridge): pair every student training sample with a same-class teacher
-    training sample and write the pair list (JSON) used by `pairing.strategy: matched`.
+    """Offline matching (SemBridge's SSM and others): pair every student training sample with a
+    same-class teacher training sample and write the pair list (JSON) that
+    `pairing.strategy: matched` reads.
 
     Args:
         modality: The student's modality.
-        teacher: The teacher checkpoint; its training samples are the candidates.
+        teacher: The teacher checkpoint or run folder; its training samples are the candidates.
         data: The student's data (its split must not contain the teacher's training samples).
-        method: ssm (SemBridge's self-supervised matcher), teacher_embedding (cosine in
-            the frozen teacher's space) or class_random (when no pseudo-view exists).
+        method: A registered matcher (`cmkd matchers`): ssm (SemBridge's self-supervised
+            matcher), teacher_embedding (cosine in the frozen teacher's space) or class_random
+            (when no pseudo-view exists).
         pseudo_view: For ssm, teacher-to-student (e.g. eurosat_ms_to_rgb); for
             teacher_embedding, student-to-teacher.
-        backbone: The matcher's two encoders.
-        epochs: Matcher training epochs.
-        batch_size: Matcher batch size.
+        backbone: The SSM matcher's two encoders.
+        epochs: SSM matcher training epochs.
+        batch_size: SSM matcher batch size.
         seed: The student's split seed and the matcher's seed.
         output: Where the pair list goes.
+        run: Accelerator, precision and progress bar of the matcher's training.
     """
     from cmkd.recipes import match_pairs
 
     pairs = match_pairs(
-        teacher, data, modality, seed, output, pseudo_view, backbone, epochs, batch_size
+        teacher,
+        data,
+        modality,
+        seed,
+        output,
+        method=method,
+        pseudo_view=pseudo_view,
+        backbone=backbone,
+        epochs=epochs,
+        batch_size=batch_size,
+        run=run,
     )
     print(pairs.summary() + f"\nSaved {output}")
 
@@ -140,7 +173,7 @@ def show_pairs(path: str) -> None:
     """
     from pathlib import Path
 
-    from cmkd.matching.pairs import PairList
+    from cmkd.pairing import PairList
 
     file = Path(path)
     if file.is_dir():
@@ -148,13 +181,31 @@ def show_pairs(path: str) -> None:
     print(PairList.load(file).summary())
 
 
+def _listing(entries: dict) -> None:
+    width = max(map(len, entries))
+    for name in sorted(entries):
+        print(f"{name:<{width}}  {entries[name].description}")
+
+
 def losses() -> None:
     """List the registered distillation terms: name, then what it is and its paper."""
     from cmkd.losses import LOSSES
 
-    width = max(map(len, LOSSES))
-    for name in sorted(LOSSES):
-        print(f"{name:<{width}}  {LOSSES[name].description}")
+    _listing(LOSSES)
+
+
+def pairings() -> None:
+    """List the registered pairing strategies (distill.pairing.strategy)."""
+    from cmkd.pairing import PAIRINGS
+
+    _listing(PAIRINGS)
+
+
+def matchers() -> None:
+    """List the registered offline matchers (cmkd match --method)."""
+    from cmkd.pairing import MATCHERS
+
+    _listing(MATCHERS)
 
 
 def _print_result(result: dict) -> None:
@@ -194,6 +245,7 @@ def _pop_data_root(argv: list[str]) -> tuple[list[str], str | None]:
 _POSITIONAL = {
     ("pairs", "show"): "--path",
     ("evaluate",): "--checkpoint",
+    ("predict",): "--checkpoint",
     ("bench", "grid"): "--grid",
     ("report",): "--grid_dir",
 }
@@ -232,8 +284,11 @@ def main(argv: list[str] | None = None) -> int:
                 "train": train,
                 "distill": distill,
                 "evaluate": evaluate,
+                "predict": predict,
                 "demo": demo,
                 "losses": losses,
+                "pairings": pairings,
+                "matchers": matchers,
                 "match": match,
                 "discomkd": discomkd_command,
                 "pairs": {"show": show_pairs},

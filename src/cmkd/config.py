@@ -1,10 +1,19 @@
 """Typed run configuration. The CLI and the YAML files in configs/ are generated from these
-dataclasses (jsonargparse), so a typo in a config is an error, not a silently ignored key."""
+dataclasses (jsonargparse), so a typo in a config is an error, not a silently ignored key.
+
+Configs are data: every free-form field is typed `dict[str, JsonValue]` (plain strings,
+numbers, booleans, lists and mappings), never `Any`, so no value in a config can name a class
+for the parser to import or instantiate.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal, Union
+
+# Plain data only. `Any` here would let jsonargparse instantiate a `class_path` given in a
+# config file (running code on load); a union of plain types never does.
+JsonValue = Union[str, int, float, bool, None, list, dict]  # noqa: UP007 (jsonargparse reads it)
 
 
 @dataclass
@@ -14,7 +23,7 @@ class DataConfig:
     source: str = "eurosat_paired"
     """Registered source: eurosat_paired, eurosat_ms, eurosat_rgb, fsdd, mnist, mfeat, folder,
     npz."""
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, JsonValue] = field(default_factory=dict)
     """Source options, e.g. {bands: [B04, B03, B02]} or {folders: {ms: path, rgb: path}}."""
     root: str | None = None
     """Data root; else $CMKD_DATA, else ../shared/data beside the checkout, else ~/.cache/cmkd."""
@@ -39,7 +48,7 @@ class ModelConfig:
     pretrained: bool = False
     embedding_dim: int | None = None
     """Optional linear projection of the pooled features to this width."""
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, JsonValue] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,7 +89,7 @@ class TermConfig:
 
     name: str = "kd"
     weight: float = 1.0
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, JsonValue] = field(default_factory=dict)
 
 
 def _default_terms() -> list[TermConfig]:
@@ -91,11 +100,12 @@ def _default_terms() -> list[TermConfig]:
 class PairingConfig:
     """How each student training sample finds the teacher sample that teaches it."""
 
-    strategy: Literal["paired", "class_random", "matched", "unpaired"] = "paired"
-    """paired: the same sample (by id); class_random: a random same-class teacher sample,
-    re-drawn every epoch; matched: a pair list from `cmkd match` (see `pairs`); unpaired: the
-    DisCoM-KD way, each set shuffled on its own every epoch and the two zipped, labels unused
-    (pairs cross classes; the teacher set is cycled or truncated to the student's size)."""
+    strategy: str = "paired"
+    """A registered strategy (`cmkd pairings` lists them): paired (the same sample, by id);
+    class_random (a random same-class teacher sample, re-drawn every epoch); matched (a pair list
+    from `cmkd match`, see `pairs`); unpaired (the DisCoM-KD way: each set shuffled on its own
+    every epoch and the two zipped, labels unused); or one registered with
+    `cmkd.register_pairing`."""
     pairs: str | None = None
     """Pair list JSON for strategy 'matched'."""
     dynamic: bool = False
@@ -108,6 +118,27 @@ class PairingConfig:
     emu: int = 5
     temperature: float = 3.0
     """Softening temperature of the DynM KL."""
+    options: dict[str, JsonValue] = field(default_factory=dict)
+    """Settings of a user-registered strategy (the built-ins take none)."""
+
+
+@dataclass
+class MatchConfig:
+    """An offline matcher run (`cmkd match`): how the pair list is made."""
+
+    method: str = "ssm"
+    """A registered matcher (`cmkd matchers` lists them): ssm (SemBridge's self-supervised
+    matcher), teacher_embedding (cosine in the frozen teacher's space), class_random (when no
+    pseudo-view exists), or one registered with `cmkd.register_matcher`."""
+    pseudo_view: str | None = None
+    """For ssm: teacher-to-student view (e.g. eurosat_ms_to_rgb); for teacher_embedding:
+    student-to-teacher."""
+    backbone: str = "resnet34"
+    """The SSM matcher's two encoders."""
+    epochs: int = 100
+    batch_size: int = 64
+    options: dict[str, JsonValue] = field(default_factory=dict)
+    """Settings of a user-registered matcher."""
 
 
 @dataclass
@@ -145,8 +176,12 @@ class CorruptionConfig:
 @dataclass
 class DistillConfig:
     teacher: str = ""
-    """Path of the teacher checkpoint (from `cmkd train`). Its training samples come from the
-    data it was trained on (its source, split and seed), which may differ from the student's."""
+    """The teacher: a checkpoint from `cmkd train`, or its run folder (runs/NAME/seedK). Its
+    training samples come from the data it was trained on (its source, split and seed), which
+    may differ from the student's."""
+    teacher_weights: Literal["best", "last"] = "best"
+    """For a run folder: the best-on-validation weights or the last epoch's (with a tiny
+    validation split, best-on-validation may be chance)."""
     pairing: PairingConfig = field(default_factory=PairingConfig)
     ce_weight: float = 0.5
     terms: list[TermConfig] = field(default_factory=_default_terms)

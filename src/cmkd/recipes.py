@@ -1,22 +1,27 @@
-"""The runs behind the CLI: supervised training, distillation (paired or asymmetric), SSM
-matching, evaluation.
+"""The runs behind the CLI: supervised training, distillation (paired or asymmetric), offline
+matching, evaluation, prediction.
 
-Each takes the typed configs, prepares the data once, and writes one run folder.
+Each run checks everything first (data, network against the inputs, terms, pairing, devices)
+and only then creates its run folder, so a bad input leaves nothing behind that would block the
+corrected rerun. Random streams are fixed by (seed, role) (`cmkd.seeding`): for one seed, the
+trained network starts from the same weights and sees the same batches in `train` and in
+`distill` with any loss, pairing or teacher.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 
+from cmkd.checkpoints import load_model
 from cmkd.config import (
     DataConfig,
     DistillConfig,
+    MatchConfig,
     ModelConfig,
     OptimConfig,
     PairingConfig,
@@ -25,27 +30,19 @@ from cmkd.config import (
 from cmkd.data.corruption import corrupt_teacher_inputs
 from cmkd.data.datamodule import ModalityDataModule, ModalityDataset, PreparedData, prepare_data
 from cmkd.data.normalize import Standardize
-from cmkd.data.pairing import (
-    ClassRandomPairing,
-    DynamicPairing,
-    FixedPairing,
-    IdentityPairing,
-    Pairing,
-    UnpairedZipPairing,
-)
-from cmkd.data.samples import Samples
 from cmkd.errors import CmkdError
-from cmkd.matching.dynamic import schedule_from
-from cmkd.matching.pairs import PairList
 from cmkd.methods.classifier import ClassifierModule
 from cmkd.methods.distill import DistillModule
-from cmkd.methods.dynamic_matching import DynamicMatching
 from cmkd.methods.quality import save_teacher_quality
-from cmkd.models.model import StandardizedNetwork, build_model
-from cmkd.training import fit_and_test, is_global_zero, open_run_dir
+from cmkd.pairing import PairList, build_pairing, match
+from cmkd.pairing.dynamic import schedule_from
+from cmkd.pairing.rematch import DynamicMatching
+from cmkd.pairing.strategies import IdentityPairing
+from cmkd.training import check_run, fit_and_test, is_global_zero, open_run_dir, plain_trainer
 
 
-def _network_spec(model: ModelConfig, data: PreparedData, modality: str) -> dict[str, Any]:
+def network_spec(model: ModelConfig, data: PreparedData, modality: str) -> dict[str, Any]:
+    """What rebuilds the network: backbone, input channels, classes and options."""
     x = data.samples[modality].x
     return {
         "backbone": model.backbone,
@@ -57,10 +54,11 @@ def _network_spec(model: ModelConfig, data: PreparedData, modality: str) -> dict
     }
 
 
-def _module_args(model, optim, data_cfg, data, modality, seed) -> dict[str, Any]:
+def module_args(model, optim, data_cfg, data: PreparedData, modality, seed) -> dict[str, Any]:
+    """The arguments every task module shares (ClassifierModule's constructor)."""
     train_x = torch.as_tensor(data.rows(modality, "train").x).float()
     return dict(
-        network=_network_spec(model, data, modality),
+        network=network_spec(model, data, modality),
         modality=modality,
         classes=data.classes,
         optim=asdict(optim),
@@ -81,6 +79,13 @@ def _resolved(command: str, modality: str, seed: int, **sections) -> dict[str, A
     }
 
 
+def _check_module(module: ClassifierModule, dm: ModalityDataModule) -> None:
+    """One small training batch through the network (and the distillation terms) before the
+    run folder exists: a backbone that cannot take these inputs is a one-line error here, not
+    a traceback after the folder was written."""
+    module.check_batch(dm.sets["train"].batch(range(min(2, len(dm.sets["train"])))))
+
+
 def train_classifier(
     data: DataConfig,
     model: ModelConfig,
@@ -88,36 +93,19 @@ def train_classifier(
     run: RunConfig,
     modality: str,
     seed: int = 0,
+    *,
     callbacks: tuple = (),
     prepared: PreparedData | None = None,
 ) -> dict[str, Any]:
     """Train one network on one modality with cross-entropy (a teacher, or the no-KD student)."""
-    L.seed_everything(seed, verbose=False)
-    config = _resolved("train", modality, seed, data=data, model=model, optim=optim, run=run)
+    check_run(run, optim, data)
     prepared = prepared or prepare_data(data, seed)
-    run_dir, resume = open_run_dir(run, f"{data.source}-{modality}-{model.backbone}", seed, config)
-    module = ClassifierModule(**_module_args(model, optim, data, prepared, modality, seed))
+    module = ClassifierModule(**module_args(model, optim, data, prepared, modality, seed))
     dm = ModalityDataModule(prepared, modality, data.batch_size, seed)
+    _check_module(module, dm)
+    config = _resolved("train", modality, seed, data=data, model=model, optim=optim, run=run)
+    run_dir, resume = open_run_dir(run, f"{data.source}-{modality}-{model.backbone}", seed, config)
     return fit_and_test(module, dm, run_dir, run, optim.epochs, resume, callbacks)
-
-
-def load_model(checkpoint: str | Path) -> tuple[StandardizedNetwork, dict[str, Any]]:
-    """The trained network of a cmkd checkpoint (teacher or student) and its hyperparameters."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise CmkdError(f"checkpoint {path} does not exist")
-    try:
-        # weights_only: a checkpoint may come from anyone; loading it must not run code.
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        hparams = ckpt["hyper_parameters"]
-        state = {
-            k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")
-        }
-    except Exception as err:  # a truncated or foreign file
-        raise CmkdError(f"{path} is not a readable cmkd checkpoint ({err})") from None
-    model = build_model(hparams["network"])
-    model.load_state_dict(state)
-    return model.eval(), hparams
 
 
 def _teacher_data(t_hp: dict[str, Any], data: DataConfig, seed: int, prepared: PreparedData):
@@ -130,7 +118,9 @@ def _teacher_data(t_hp: dict[str, Any], data: DataConfig, seed: int, prepared: P
     return prepare_data(t_cfg, t_hp["seed"])
 
 
-def _check_no_leak(teacher_train_ids: np.ndarray, student: PreparedData, modality: str) -> None:
+def check_no_leak(teacher_train_ids: np.ndarray, student: PreparedData, modality: str) -> None:
+    """A teacher trained on any of the student's validation or test samples (same id, any
+    modality) would inflate the student's score: refused."""
     leak = student.scored_overlap(modality, teacher_train_ids)
     if leak:
         raise CmkdError(
@@ -139,23 +129,21 @@ def _check_no_leak(teacher_train_ids: np.ndarray, student: PreparedData, modalit
         )
 
 
-def build_pairing(cfg: PairingConfig, student: Samples, teacher: Samples, seed: int) -> Pairing:
-    """The configured strategy between the student's and the teacher's training rows."""
-    if cfg.strategy == "paired":
-        pairing: Pairing = IdentityPairing(student.ids, teacher.ids)
-        table = np.arange(len(student))
-    elif cfg.strategy == "class_random":
-        pairing = ClassRandomPairing(student.y, teacher.y, seed, classes=student.classes)
-        table = pairing.teacher_rows(torch.arange(len(student)), 0).numpy()
-    elif cfg.strategy == "unpaired":
-        pairing = UnpairedZipPairing(len(student), len(teacher), seed)
-        table = pairing.table_for(0)
-    else:
-        if not cfg.pairs:
-            raise CmkdError("pairing strategy 'matched' needs a pair list: set pairing.pairs")
-        table = PairList.load(cfg.pairs).to_table(student.ids, teacher.ids)
-        pairing = FixedPairing(table)
-    return DynamicPairing(table) if cfg.dynamic else pairing
+def _teacher_bank(distill: DistillConfig, data: DataConfig, seed: int, prepared: PreparedData):
+    """(frozen teacher, its hyperparameters, the teacher-modality training samples it teaches
+    from), checked: same classes, no leak into the student's scored splits."""
+    teacher, t_hp = load_model(distill.teacher, distill.teacher_weights)
+    if t_hp["classes"] != prepared.classes:
+        raise CmkdError(
+            f"teacher classes {t_hp['classes']} differ from the data's {prepared.classes}"
+        )
+    t_mod = t_hp["modality"]
+    bank = _teacher_data(t_hp, data, seed, prepared).rows(t_mod, "train")
+    if distill.teacher_data is not None:
+        # Another bank of teacher-modality samples, e.g. the true twins for an oracle row.
+        other = DataConfig(**{**asdict(distill.teacher_data), "root": data.root})
+        bank = prepare_data(other, seed).rows(t_mod, "train")
+    return teacher, t_hp, bank
 
 
 def distill_student(
@@ -166,68 +154,62 @@ def distill_student(
     distill: DistillConfig,
     modality: str,
     seed: int = 0,
+    *,
     callbacks: tuple = (),
     prepared: PreparedData | None = None,
 ) -> dict[str, Any]:
     """The frozen teacher of `distill.teacher` teaches a student on `modality`. Teacher and
     student samples may be the same (paired) or not (asymmetric: only labels are shared);
     `distill.pairing` says which teacher sample teaches each student sample."""
-    L.seed_everything(seed, verbose=False)
-    teacher, t_hp = load_model(distill.teacher)
+    if not distill.teacher:
+        raise CmkdError("no teacher checkpoint: set --distill.teacher PATH (a .ckpt or run folder)")
+    check_run(run, optim, data)
     prepared = prepared or prepare_data(data, seed)
-    t_mod = t_hp["modality"]
-    t_prepared = _teacher_data(t_hp, data, seed, prepared)
-    if t_hp["classes"] != prepared.classes:
-        raise CmkdError(
-            f"teacher classes {t_hp['classes']} differ from the data's {prepared.classes}"
-        )
-    teacher_train = t_prepared.rows(t_mod, "train")
-    _check_no_leak(teacher_train.ids, prepared, modality)
-    if distill.teacher_data is not None:
-        # Another bank of teacher-modality samples, e.g. the true twins for an oracle row.
-        bank = DataConfig(**{**asdict(distill.teacher_data), "root": data.root})
-        teacher_train = prepare_data(bank, seed).rows(t_mod, "train")
-        _check_no_leak(teacher_train.ids, prepared, modality)
+    teacher, t_hp, teacher_train = _teacher_bank(distill, data, seed, prepared)
+    check_no_leak(teacher_train.ids, prepared, modality)
     student_train = prepared.rows(modality, "train")
     pairing = build_pairing(distill.pairing, student_train, teacher_train, seed)
-    terms = [asdict(t) for t in distill.terms]
-    config = _resolved(
-        "distill", modality, seed, data=data, model=model, optim=optim, run=run, distill=distill
-    )
-    names = "+".join(t["name"] for t in terms) or "ce"
-    run_dir, resume = open_run_dir(
-        run, f"{data.source}-{t_mod}-to-{modality}-{names}", seed, config
-    )
     # The robustness scenario's one hook: a seeded share of the teacher's inputs degraded.
     teacher_inputs, corrupted = corrupt_teacher_inputs(
-        ModalityDataset(teacher_train, t_mod).x, distill.corruption
+        ModalityDataset(teacher_train, t_hp["modality"]).x, distill.corruption
     )
+    teacher_path = str(Path(distill.teacher).expanduser().resolve())
     module = DistillModule(
-        **_module_args(model, optim, data, prepared, modality, seed),
+        **module_args(model, optim, data, prepared, modality, seed),
         teacher=teacher,
         teacher_inputs=teacher_inputs,
         teacher_labels=torch.from_numpy(teacher_train.y),
         pairing=pairing,
-        terms=terms,
+        terms=[asdict(t) for t in distill.terms],
         ce_weight=distill.ce_weight,
         cache_teacher=distill.cache_teacher,
         teacher_target=distill.teacher_target,
         teacher_free_confidence=distill.teacher_free_confidence,
-        teacher_checkpoint=str(distill.teacher),
+        teacher_checkpoint=teacher_path,
         num_train=len(student_train),
         quality=asdict(distill.quality),
     )
     dm = ModalityDataModule(prepared, modality, data.batch_size, seed)
+    _check_module(module, dm)
+    # The saved config names the teacher by its absolute path: a rerun from another folder
+    # finds the same file.
+    distill = replace(distill, teacher=teacher_path)
+    config = _resolved(
+        "distill", modality, seed, data=data, model=model, optim=optim, run=run, distill=distill
+    )
+    names = "+".join(t.name for t in distill.terms) or "ce"
+    default_name = f"{data.source}-{t_hp['modality']}-to-{modality}-{names}"
+    run_dir, resume = open_run_dir(run, default_name, seed, config)
     if distill.pairing.dynamic:
         epochs = schedule_from(distill.pairing, optim.epochs)
         dynm = DynamicMatching(
             epochs, distill.pairing.temperature, audit_dir=run_dir / "pairs-digests"
         )
         callbacks = (*callbacks, dynm)
-    extra = {"teacher_checkpoint": str(distill.teacher), "pairing": distill.pairing.strategy}
+    extra = {"teacher_checkpoint": teacher_path, "pairing": distill.pairing.strategy}
     result = fit_and_test(module, dm, run_dir, run, optim.epochs, resume, callbacks, extra)
     save_teacher_quality(run_dir, module, teacher_train.ids, corrupted)
-    final = pairing.teacher_rows(torch.arange(len(student_train)), optim.epochs - 1).numpy()
+    final = pairing.table_for(optim.epochs - 1)
     # The pairs the student ended with, for `cmkd pairs show RUN`; a pair list never crosses
     # classes, so unpaired (zip) pairs, which do by design, are not kept.
     same_class = np.array_equal(teacher_train.y[final], student_train.y)
@@ -247,6 +229,10 @@ def evaluate_checkpoint(
 ) -> dict[str, float]:
     """Score a checkpoint on a split of the data it was trained with (same source, seed and
     fractions, so 'test' is the test split the run never selected on)."""
+    from cmkd.data.datamodule import SPLITS
+
+    if split not in SPLITS:
+        raise CmkdError(f"unknown split '{split}'; choose train, val or test")
     model, hp = load_model(checkpoint)
     data = DataConfig(**{**hp["data"], **({"root": root} if root else {})})
     prepared = prepare_data(data, hp["seed"])
@@ -255,86 +241,86 @@ def evaluate_checkpoint(
     )
     module.model = model
     dm = ModalityDataModule(prepared, hp["modality"], data.batch_size, hp["seed"])
+    if not len(dm.sets[split]):
+        raise CmkdError(f"the {split} split of {checkpoint}'s data is empty")
     loader = {"train": dm.train_dataloader, "val": dm.val_dataloader, "test": dm.test_dataloader}
-    if split not in loader:
-        raise CmkdError(f"unknown split '{split}'; choose train, val or test")
-    run = run or RunConfig(progress_bar=False)
-    trainer = L.Trainer(
-        accelerator=run.accelerator,
-        devices=run.devices,
-        logger=False,
-        enable_progress_bar=run.progress_bar,
-        enable_model_summary=False,
-    )
+    trainer = plain_trainer(run or RunConfig(progress_bar=False))
     metrics = trainer.test(module, dataloaders=loader[split](), verbose=False)[0]
     return {k.replace("test/", f"{split}/"): float(v) for k, v in metrics.items()}
-
-
-class _TeacherSpace(torch.nn.Module):
-    """Both sides embedded by the frozen teacher (the student side through a pseudo-view into
-    the teacher's modality): the matcher when the student's modality can be mapped into the
-    teacher's, but not the other way (an RGB teacher, an MS student)."""
-
-    def __init__(self, teacher: StandardizedNetwork) -> None:
-        super().__init__()
-        self.teacher = teacher
-
-    def embed_a(self, x: torch.Tensor) -> torch.Tensor:
-        return self.teacher(x).embedding
-
-    embed_b = embed_a
 
 
 def match_pairs(
     teacher_checkpoint: str,
     data: DataConfig,
     modality: str,
-    seed: int,
-    output: str | Path,
+    seed: int = 0,
+    output: str | Path = "pairs.json",
     method: str = "ssm",
     pseudo_view: str | None = None,
     backbone: str = "resnet34",
     epochs: int = 100,
     batch_size: int = 64,
+    *,
+    run: RunConfig | None = None,
     progress: bool = True,
 ) -> PairList:
-    """Pair every student training sample with a same-class teacher training sample and save
-    the pair list. Methods: 'ssm' (SemBridge: a matcher trained on teacher samples and their
-    pseudo-views in the student's modality), 'teacher_embedding' (top-1 cosine in the frozen
-    teacher's embedding space, the student seen through a pseudo-view into the teacher's
-    modality), 'class_random' (no pseudo-view exists, e.g. speech vs images)."""
-    from cmkd.matching.pseudo_views import get_pseudo_view
-    from cmkd.matching.ssm import ssm_pairs, train_matcher
-
+    """Pair every student training sample with a same-class teacher training sample with the
+    registered matcher `method` and save the pair list (`cmkd.pairing.matchers`: ssm,
+    teacher_embedding, class_random)."""
+    cfg = MatchConfig(method, pseudo_view, backbone, epochs, batch_size)
+    run = run or RunConfig(progress_bar=progress)
     t_model, t_hp = load_model(teacher_checkpoint)
     prepared = prepare_data(data, seed)
     teacher = _teacher_data(t_hp, data, seed, prepared).rows(t_hp["modality"], "train")
     student = prepared.rows(modality, "train")
-    _check_no_leak(teacher.ids, prepared, modality)
-    if method != "class_random" and pseudo_view is None:
-        raise CmkdError(f"matching method '{method}' needs a pseudo_view")
-    if method == "class_random":
-        rows = ClassRandomPairing(student.y, teacher.y, seed, student.classes).table_for(0)
-        pairs = PairList.from_table(rows, student, teacher, method=method)
-    elif method == "ssm":
-        view = get_pseudo_view(pseudo_view).fit(teacher.x, student.x)
-        matcher = train_matcher(
-            teacher.x,
-            view,
-            backbone=backbone,
-            epochs=epochs,
-            batch_size=batch_size,
-            seed=seed,
-            progress=progress,
-        )
-        pairs = ssm_pairs(matcher, teacher, student)
-    elif method == "teacher_embedding":
-        view = get_pseudo_view(pseudo_view).fit(student.x, teacher.x)
-        as_teacher = Samples(view(student.x), student.y, student.ids, student.classes)
-        pairs = ssm_pairs(_TeacherSpace(t_model), teacher, as_teacher, method=method)
-    else:
-        raise CmkdError(
-            f"unknown matching method '{method}'; use ssm, teacher_embedding or class_random"
-        )
+    check_no_leak(teacher.ids, prepared, modality)
+    pairs = match(method, t_model, teacher, student, cfg, seed, run)
     pairs.save(Path(output))
     return pairs
+
+
+def predict_checkpoint(
+    checkpoint: str,
+    output: str | Path,
+    split: str = "test",
+    data: DataConfig | None = None,
+    batch_size: int = 256,
+    run: RunConfig | None = None,
+) -> Path:
+    """Predictions of a checkpoint's network as CSV (id, label, predicted class, one probability
+    per class): on a split of the data it was trained with, or, with `data`, on every sample
+    of another source of the same modality and classes."""
+    import csv
+
+    from cmkd.io import atomic_path
+    from cmkd.models.inference import predict
+    from cmkd.training import device_of
+
+    model, hp = load_model(checkpoint)
+    if data is None:
+        from cmkd.data.datamodule import SPLITS
+
+        if split not in SPLITS:
+            raise CmkdError(f"unknown split '{split}'; choose train, val or test")
+        samples = prepare_data(DataConfig(**hp["data"]), hp["seed"]).rows(hp["modality"], split)
+    else:
+        prepared = prepare_data(data, hp["seed"])
+        prepared._check(hp["modality"])
+        samples = prepared.samples[hp["modality"]]
+        if samples.classes != hp["classes"]:
+            raise CmkdError(
+                f"the data's classes {samples.classes} differ from the model's {hp['classes']}"
+            )
+    device = device_of(run)
+    out = predict(model.to(device), samples.x, batch_size, device, ("logits",))
+    prob = out.logits.float().softmax(dim=1).numpy()
+    classes = hp["classes"]
+    with atomic_path(output) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "label", "predicted", *(f"p_{c}" for c in classes)])
+        for i, row in enumerate(prob):
+            writer.writerow(
+                [samples.ids[i], classes[samples.y[i]], classes[int(row.argmax())]]
+                + [f"{v:.6f}" for v in row]
+            )
+    return Path(output)

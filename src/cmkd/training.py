@@ -20,9 +20,10 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from cmkd.config import RunConfig
+from cmkd.config import DataConfig, OptimConfig, RunConfig
 from cmkd.errors import CmkdError
 from cmkd.io import write_atomic, write_json, write_with
+from cmkd.seeding import seed_for
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -82,6 +83,51 @@ def open_run_dir(
         shutil.rmtree(path)
     write_atomic(path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     return path, None
+
+
+def check_run(run: RunConfig, optim: OptimConfig, data: DataConfig) -> None:
+    """Settings that would only fail once training starts, checked before anything is
+    written: a one-line CmkdError naming the option and the fix."""
+    if optim.epochs < 1:
+        raise CmkdError(f"optim.epochs must be >= 1, got {optim.epochs}")
+    if data.batch_size < 1:
+        raise CmkdError(f"data.batch_size must be >= 1, got {data.batch_size}")
+    if not optim.lr > 0 or optim.lr != optim.lr or optim.lr == float("inf"):
+        raise CmkdError(f"optim.lr must be a positive finite number, got {optim.lr}")
+    accelerator = str(run.accelerator).lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise CmkdError(
+            f"run.accelerator is {run.accelerator!r} but this machine has no CUDA GPU; "
+            "use --run.accelerator cpu (or auto)"
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise CmkdError("run.accelerator is 'mps' but MPS is not available; use cpu or auto")
+
+
+def device_of(run: RunConfig | None) -> torch.device:
+    """The device single-process work outside a Trainer runs on (matching, caches)."""
+    accelerator = str(run.accelerator).lower() if run is not None else "cpu"
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def plain_trainer(run: RunConfig | None, max_epochs: int | None = None) -> L.Trainer:
+    """A Trainer without run folder, loggers or checkpoints, on one device: evaluation,
+    prediction and the SSM matcher's training. Accelerator, precision and progress bar come
+    from `run`."""
+    run = run or RunConfig()
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator=run.accelerator,
+        devices=1,
+        precision=run.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=run.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
 
 
 def build_trainer(
@@ -156,6 +202,9 @@ def fit_and_test(
     if resume_from is not None:
         _check_checkpoint(resume_from)
     trainer, checkpoint = build_trainer(run_dir, run, epochs, callbacks)
+    # Dropout and augmentation draw from a stream fixed by (seed, "fit"), whatever was built
+    # before: the same for every method of one seed.
+    L.seed_everything(seed_for(module.hparams.seed, "fit"), verbose=False)
     start = time.perf_counter()
     # weights_only everywhere a checkpoint is read: loading one must never execute code.
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)

@@ -22,7 +22,7 @@ from cmkd.bench.perf import (
     ska_vs_student,
     summarise_overhead,
 )
-from cmkd.matching.dynamic import min_kl_match
+from cmkd.pairing.dynamic import min_kl_match
 
 
 @pytest.fixture(autouse=True)

@@ -58,6 +58,11 @@ class ModalityDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
         return {self.modality: self.x[i], "label": self.y[i], "index": i}
 
+    def batch(self, rows) -> dict[str, torch.Tensor]:
+        """Rows `rows` as one collated batch (what a DataLoader would give)."""
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        return {self.modality: self.x[index], "label": self.y[index], "index": index}
+
 
 @dataclass
 class PreparedData:

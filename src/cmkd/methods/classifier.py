@@ -15,7 +15,22 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from cmkd.data.normalize import Standardize
+from cmkd.errors import CmkdError
 from cmkd.models.model import build_model
+from cmkd.seeding import seeded
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else type(err).__name__
+
+
+def _hint(backbone: str, x: torch.Tensor) -> str:
+    if x.ndim == 2 and backbone != "mlp":
+        return "; these are vectors: use model.backbone mlp (or linear)"
+    if x.ndim == 4 and backbone == "mlp":
+        return "; these are images: use a convolutional backbone such as small_cnn"
+    return ""
 
 
 def random_flips_and_rotations(x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +68,10 @@ class ClassifierModule(L.LightningModule):
         # The spec, classes and data config are saved so a checkpoint rebuilds itself; this
         # also collects a subclass's own init arguments, minus what is not a hyperparameter.
         self.save_hyperparameters(ignore=list(self.not_hyperparameters))
-        self.model = build_model(network, normalize)
+        # Seeded by (seed, role), not by whatever was built before: for one seed the network
+        # starts from the same weights in every recipe and method (paired comparisons).
+        with seeded(seed, "network"):
+            self.model = build_model(network, normalize)
         self.modality, self.classes, self.augment = modality, list(classes), augment
         k = len(classes)
         self.metrics = torch.nn.ModuleDict(
@@ -75,6 +93,24 @@ class ClassifierModule(L.LightningModule):
         if train and self.augment and x.ndim == 4 and x.shape[-1] == x.shape[-2]:
             x = random_flips_and_rotations(x)
         return x
+
+    def check_batch(self, batch: dict) -> None:
+        """Run one batch through the network without training (and without gradients or side
+        effects): a CmkdError if the network cannot take these inputs."""
+        x = batch[self.modality].float()
+        was = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                self.model(x)
+        except (RuntimeError, ValueError, IndexError) as err:
+            raise CmkdError(
+                f"backbone '{self.hparams.network['backbone']}' cannot take the "
+                f"{self.modality!r} inputs of shape {tuple(x.shape[1:])}: {_first_line(err)}"
+                + _hint(self.hparams.network["backbone"], x)
+            ) from None
+        finally:
+            self.model.train(was)
 
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Named, already weighted loss terms; their sum is optimised."""

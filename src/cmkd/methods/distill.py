@@ -13,6 +13,7 @@ the mean weight each teacher sample received is kept for `quality_record`.
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from typing import Any
@@ -21,7 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cmkd.data.pairing import Pairing
 from cmkd.errors import CmkdError
 from cmkd.losses import TermContext, build_term
 from cmkd.methods.classifier import ClassifierModule
@@ -29,6 +29,8 @@ from cmkd.methods.quality import batch_weights, teacher_quality
 from cmkd.models.inference import predict
 from cmkd.models.model import StandardizedNetwork
 from cmkd.models.outputs import ModelOutput
+from cmkd.pairing.base import Pairing
+from cmkd.seeding import seeded
 
 # The frozen teacher is in eval mode on purpose; Lightning warns about it at every fit.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
@@ -60,14 +62,14 @@ class DistillModule(ClassifierModule):
         self.teacher_labels = teacher_labels  # for re-matching within classes (DynM)
         self.pairing = pairing
         context = TermContext(num_train=num_train, max_epochs=self.hparams.optim["epochs"])
-        self.terms = torch.nn.ModuleDict(
-            {
-                t["name"]: build_term(
+        self.terms = torch.nn.ModuleDict()
+        for t in terms:
+            # Each term's adapters on their own stream: adding a term never moves the
+            # student's initialisation or another term's.
+            with seeded(self.hparams.seed, f"term:{t['name']}"):
+                self.terms[t["name"]] = build_term(
                     t["name"], self.model.network, teacher.network, context, **t.get("params", {})
                 )
-                for t in terms
-            }
-        )
         self.weights = {t["name"]: float(t.get("weight", 1.0)) for t in terms}
         self.needs = set().union(*(term.needs for term in self.terms.values()))
         self.cache: ModelOutput | None = None
@@ -194,14 +196,42 @@ class DistillModule(ClassifierModule):
         return ModelOutput(p.log(), None, None)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # A re-matched (DynM) table is training state: a resumed run must continue from it.
-        table = getattr(self.pairing, "table", None)
-        if table is not None:
-            checkpoint["pairing_table"] = torch.from_numpy(np.array(table, dtype=np.int64))
+        # What the pairing learnt (a DynM table) is training state: a resumed run continues
+        # from it.
+        checkpoint["pairing"] = self.pairing.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "pairing_table" in checkpoint and hasattr(self.pairing, "table"):
-            self.pairing.table = checkpoint["pairing_table"].numpy()
+        state = checkpoint.get("pairing")
+        if state is None and "pairing_table" in checkpoint:  # checkpoints before 0.2
+            state = {"table": checkpoint["pairing_table"]}
+        self.pairing.load_state_dict(state or {})
+
+    def check_batch(self, batch: dict) -> None:
+        """The student network and every distillation term on one batch, without gradients,
+        on copies of the terms (no side effect on their state)."""
+        super().check_batch(batch)
+        terms = copy.deepcopy(self.terms)
+        current = "(teacher forward)"
+        try:
+            with torch.no_grad():
+                student = self.model(batch[self.modality])
+                if self.hparams.teacher_target == "teacher_free":
+                    teacher = self._control_target(batch["label"])
+                else:  # class_mean has the shapes of a sample's outputs
+                    rows = self.pairing.teacher_rows(batch["index"], 0)
+                    teacher = self._teacher_forward(rows)
+                    self.teacher_seconds = 0.0
+                for name, term in terms.items():
+                    current = name
+                    term(student, teacher, batch)
+        except CmkdError:
+            raise
+        except (RuntimeError, ValueError, IndexError, AttributeError, TypeError) as err:
+            line = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            raise CmkdError(
+                f"distillation term '{current}' cannot be computed between these networks "
+                f"({type(err).__name__}: {line})"
+            ) from None
 
     def on_train_epoch_start(self) -> None:
         for term in self.terms.values():

@@ -10,7 +10,7 @@ import pytest
 
 from cmkd.data.samples import Samples
 from cmkd.errors import CmkdError
-from cmkd.matching.pairs import PairList
+from cmkd.pairing.pairs import PairList
 
 
 def _pairs() -> PairList:

@@ -9,11 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from cmkd.config import RunConfig
 from cmkd.data.samples import Samples
 from cmkd.data.sources.eurosat import load_eurosat_ms, load_eurosat_rgb
 from cmkd.errors import CmkdError
-from cmkd.matching.pseudo_views import get_pseudo_view
-from cmkd.matching.ssm import (
+from cmkd.pairing.pseudo_views import get_pseudo_view
+from cmkd.pairing.ssm import (
     ProjectionHead,
     SSMMatcher,
     match_top1,
@@ -21,6 +22,8 @@ from cmkd.matching.ssm import (
     ssm_pairs,
     train_matcher,
 )
+
+QUIET = RunConfig(accelerator="cpu", progress_bar=False)
 
 
 def _direct_loss(e_a: np.ndarray, e_b: np.ndarray, tau: float) -> float:
@@ -133,7 +136,7 @@ def test_train_and_match_on_real_eurosat(data_root: Path) -> None:
     assert rgb.classes == ms.classes
     view = get_pseudo_view("eurosat_ms_to_rgb").fit(ms.x, rgb.x)
     matcher = train_matcher(
-        ms.x, view, backbone="small_cnn", widths=(8, 16), epochs=2, batch_size=32, progress=False
+        ms.x, view, backbone="small_cnn", widths=(8, 16), epochs=2, batch_size=32, run=QUIET
     )
     assert not matcher.training
     table, scores = match_top1(matcher, ms.x, ms.y, rgb.x, rgb.y, rgb.classes)
@@ -142,7 +145,7 @@ def test_train_and_match_on_real_eurosat(data_root: Path) -> None:
     assert np.all(np.abs(scores) <= 1 + 1e-5)
     # Seeded: the same run gives the same matcher.
     again = train_matcher(
-        ms.x, view, backbone="small_cnn", widths=(8, 16), epochs=2, batch_size=32, progress=False
+        ms.x, view, backbone="small_cnn", widths=(8, 16), epochs=2, batch_size=32, run=QUIET
     )
     np.testing.assert_array_equal(
         match_top1(again, ms.x, ms.y, rgb.x, rgb.y, rgb.classes)[0], table

@@ -9,7 +9,7 @@ import pytest
 
 from cmkd.data.sources.eurosat import load_eurosat_ms, load_eurosat_rgb
 from cmkd.errors import CmkdError
-from cmkd.matching.pseudo_views import PSEUDO_VIEWS, get_pseudo_view
+from cmkd.pairing.pseudo_views import PSEUDO_VIEWS, get_pseudo_view
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cmkd.errors import CmkdError
-from cmkd.matching.dynamic import (
+from cmkd.pairing.dynamic import (
     AUTHORS_SCHEDULES,
     curriculum_epochs,
     min_kl_match,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cmkd.data.pairing import (
+from cmkd.pairing.strategies import (
     ClassRandomPairing,
     DynamicPairing,
     FixedPairing,
@@ -16,7 +16,7 @@ from cmkd.data.pairing import (
     UnpairedZipPairing,
 )
 from cmkd.errors import CmkdError
-from cmkd.matching.dynamic import min_kl_match
+from cmkd.pairing.dynamic import min_kl_match
 
 S_LAB = np.array([0, 1, 2, 0, 1, 2, 0, 0, 1, 2] * 30)
 T_LAB = np.array([2, 2, 1, 0, 0, 1, 2, 0, 1] * 20)
@@ -167,7 +167,7 @@ def test_pair_table_digest_and_per_rank_audit_file(tmp_path: Path) -> None:
     import json
     from types import SimpleNamespace
 
-    from cmkd.methods.dynamic_matching import DynamicMatching, table_digest
+    from cmkd.pairing.rematch import DynamicMatching, table_digest
 
     table = np.array([3, 1, 2])
     assert table_digest(table) == table_digest(table.astype(np.int32))

@@ -1,30 +1,38 @@
-"""Who teaches whom: a pairing maps each student training row to a teacher training row.
+"""The built-in pairing strategies (see `cmkd.pairing.base` for the contract and registry).
 
 Paired data is the identity pairing (row i of the student's train split is the same sample
 as row i of the teacher's). Asymmetric strategies (class-random, matched, dynamic, unpaired
 zip) implement the same `teacher_rows` and may refresh at epoch boundaries. Every strategy is
 a pure function of its inputs, a seed and the epoch, so all DDP ranks compute the same pairs
-without talking; DynM's re-matched tables are broadcast from rank 0.
+without talking; DynM's re-matched tables are broadcast from rank 0 and saved in checkpoints
+through `state_dict`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from cmkd.errors import CmkdError
+from cmkd.pairing.base import Pairing, register_pairing
+
+if TYPE_CHECKING:
+    from cmkd.config import PairingConfig
+    from cmkd.data.samples import Samples
 
 
-class Pairing:
-    def teacher_rows(self, student_rows: torch.Tensor, epoch: int) -> torch.Tensor:
-        """Teacher training rows for these student training rows, on the same device."""
-        raise NotImplementedError
-
-
+@register_pairing("paired", "the same sample seen in both modalities (matched by id)")
 class IdentityPairing(Pairing):
     """Same sample in both modalities; checked once by sample id."""
+
+    @classmethod
+    def build(
+        cls, cfg: PairingConfig, student: Samples, teacher: Samples, seed: int
+    ) -> IdentityPairing:
+        return cls(student.ids, teacher.ids)
 
     def __init__(self, student_ids: np.ndarray, teacher_ids: np.ndarray) -> None:
         if len(student_ids) != len(teacher_ids) or not np.array_equal(student_ids, teacher_ids):
@@ -40,9 +48,13 @@ class IdentityPairing(Pairing):
                 "paired distillation needs the same samples in both modalities; "
                 f"first mismatch: {mismatch}"
             )
+        self._n = len(student_ids)
 
     def teacher_rows(self, student_rows: torch.Tensor, epoch: int) -> torch.Tensor:
         return student_rows
+
+    def table_for(self, epoch: int) -> np.ndarray:
+        return np.arange(self._n, dtype=np.int64)
 
 
 class _TablePairing(Pairing):
@@ -63,6 +75,9 @@ class _TablePairing(Pairing):
         return self._on[device][student_rows]
 
 
+@register_pairing(
+    "class_random", "a random teacher sample of the same class, re-drawn every epoch"
+)
 class ClassRandomPairing(_TablePairing):
     """Each student row gets a uniformly random teacher row of its class, re-drawn each epoch.
 
@@ -94,6 +109,12 @@ class ClassRandomPairing(_TablePairing):
         self._n = len(s_lab)
         self._epoch: int | None = None
 
+    @classmethod
+    def build(
+        cls, cfg: PairingConfig, student: Samples, teacher: Samples, seed: int
+    ) -> ClassRandomPairing:
+        return cls(student.y, teacher.y, seed, classes=student.classes)
+
     def table_for(self, epoch: int) -> np.ndarray:
         """The full student-row -> teacher-row table of `epoch`."""
         rng = np.random.default_rng([self.seed, int(epoch)])
@@ -109,6 +130,10 @@ class ClassRandomPairing(_TablePairing):
         return self._lookup(student_rows)
 
 
+@register_pairing(
+    "unpaired",
+    "DisCoM-KD's way: each set shuffled on its own every epoch and zipped, labels unused",
+)
 class UnpairedZipPairing(_TablePairing):
     """DisCoM-KD's unpaired training: each modality's set shuffled on its own and the two
     streams zipped. Labels are not used, so a student sample is often taught by a teacher
@@ -135,6 +160,12 @@ class UnpairedZipPairing(_TablePairing):
         self.n_student, self.n_teacher, self.seed = int(n_student), int(n_teacher), int(seed)
         self._epoch: int | None = None
 
+    @classmethod
+    def build(
+        cls, cfg: PairingConfig, student: Samples, teacher: Samples, seed: int
+    ) -> UnpairedZipPairing:
+        return cls(len(student), len(teacher), seed)
+
     def table_for(self, epoch: int) -> np.ndarray:
         """The full student-row -> teacher-row table of `epoch`."""
         perm = np.random.default_rng([self.seed, int(epoch), 1]).permutation(self.n_teacher)
@@ -159,12 +190,33 @@ def _checked_table(table: np.ndarray | torch.Tensor) -> np.ndarray:
     return table.astype(np.int64)
 
 
+@register_pairing("matched", "a pair list from `cmkd match` (pairing.pairs: its JSON file)")
 class FixedPairing(_TablePairing):
     """A fixed table, table[student row] = teacher row: what a matched pair list becomes."""
 
     def __init__(self, table: np.ndarray) -> None:
         super().__init__()
         self._set(_checked_table(table))
+
+    @classmethod
+    def build(
+        cls, cfg: PairingConfig, student: Samples, teacher: Samples, seed: int
+    ) -> FixedPairing:
+        from cmkd.pairing.pairs import PairList
+
+        if not cfg.pairs:
+            raise CmkdError("pairing strategy 'matched' needs a pair list: set pairing.pairs")
+        return cls(PairList.load(cfg.pairs).to_table(student.ids, teacher.ids))
+
+    def table_for(self, epoch: int) -> np.ndarray:
+        return self._table.copy()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"table": torch.from_numpy(self._table.copy())}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if "table" in state:
+            self.table = state["table"]
 
     @property
     def table(self) -> np.ndarray:
@@ -190,7 +242,7 @@ class FixedPairing(_TablePairing):
 class DynamicPairing(FixedPairing):
     """SemBridge's DynM: a table that `rematch` replaces by min-KL same-class teachers.
 
-    The caller (cmkd.methods.dynamic_matching.DynamicMatching) runs `rematch` at the
+    The caller (cmkd.pairing.rematch.DynamicMatching) runs `rematch` at the
     schedule's epochs (cmkd.matching.dynamic.schedule_from)
     with the current student's logits for every student training row, in row order, and the
     frozen teacher's logits for every teacher training row. `changes[k]` is how many students
@@ -210,9 +262,7 @@ class DynamicPairing(FixedPairing):
         temperature: float = 3.0,
     ) -> int:
         """Replace the table by DynM's matches; returns (and records) how many pairs changed."""
-        # Imported here: cmkd.matching's package init may pull in the SSM matcher (models),
-        # which plain pairing users should not pay for.
-        from cmkd.matching.dynamic import min_kl_match
+        from cmkd.pairing.dynamic import min_kl_match
 
         if len(student_logits) != len(self._table):
             raise CmkdError(

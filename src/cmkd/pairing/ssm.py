@@ -16,26 +16,28 @@ Differences from the authors' code (weirl-922/ACKD @ 21a20f8), on purpose:
   inside the matcher as `Standardize` buffers so matching sees the same statistics;
 - matching is one matrix product per class instead of a per-sample loop.
 
-Training is a plain torch loop (AdamW, seeded, tqdm bar): one loss, no validation, no
-checkpoints, so Lightning would add machinery and nothing else.
+Training goes through the Lightning Trainer like every cmkd model (`SSMTask`): one loss, no
+validation, no checkpoints; accelerator, precision and progress bar follow the run settings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, TensorDataset
 
+from cmkd.config import RunConfig
 from cmkd.data.normalize import Standardize
 from cmkd.data.samples import Samples
 from cmkd.errors import CmkdError
-from cmkd.matching.pairs import PairList
 from cmkd.models.backbones import create_network
 from cmkd.models.inference import batched
+from cmkd.pairing.pairs import PairList
 
 
 class ProjectionHead(nn.Module):
@@ -115,6 +117,32 @@ def ssm_loss(
     return ((a_loss + b_loss) / 2).mean()
 
 
+class SSMTask(L.LightningModule):
+    """Trains an `SSMMatcher` with `ssm_loss` (AdamW) through the same Lightning Trainer as
+    every other cmkd model: accelerator, precision and progress bar come from the run settings.
+    """
+
+    def __init__(
+        self, matcher: SSMMatcher, lr: float, weight_decay: float, tau: float, normalize: bool
+    ) -> None:
+        super().__init__()
+        self.matcher = matcher
+        self.lr, self.weight_decay, self.tau, self.normalize = lr, weight_decay, tau, normalize
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        a, b = batch
+        if len(a) < 2:  # a batch of one has no negatives (and upsets BatchNorm)
+            return None
+        loss = ssm_loss(*self.matcher(a, b), tau=self.tau, normalize=self.normalize)
+        self.log("ssm/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(a))
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(
+            self.matcher.parameters(), lr=self.lr, weight_decay=self.weight_decay
+        )
+
+
 def train_matcher(
     a_train_x: np.ndarray,
     pseudo_view: Callable[[np.ndarray], np.ndarray],
@@ -127,8 +155,7 @@ def train_matcher(
     tau: float = 1.0,
     normalize: bool = False,
     seed: int = 0,
-    device: str = "cpu",
-    progress: bool = True,
+    run: RunConfig | None = None,
     **backbone_options: object,
 ) -> SSMMatcher:
     """Trains an `SSMMatcher` on (A sample, pseudo_view(A sample)) pairs; returns it in eval mode.
@@ -136,45 +163,36 @@ def train_matcher(
     No labels and no real B sample are used. `pseudo_view` must already be fitted (its
     calibration uses unpaired B statistics). Both input standardisations are fitted here, on
     `a_train_x` and on its pseudo-views. Defaults are the paper's (AdamW 1e-3, wd 1e-3,
-    batch 64, 100 epochs, tau 1).
+    batch 64, 100 epochs, tau 1). `run` gives accelerator, precision and progress bar.
     """
+    from cmkd.data.datamodule import SeededShuffle
+    from cmkd.seeding import seed_for, seeded
+    from cmkd.training import plain_trainer
+
     if len(a_train_x) < 2:
         raise CmkdError(f"SSM needs at least 2 training samples, got {len(a_train_x)}")
     if epochs < 1 or batch_size < 2:
         raise CmkdError(f"need epochs >= 1 and batch_size >= 2, got {epochs}, {batch_size}")
-    torch.manual_seed(seed)
     a = torch.from_numpy(np.asarray(a_train_x, dtype=np.float32))
     b = torch.from_numpy(np.asarray(pseudo_view(a_train_x), dtype=np.float32))
     if len(b) != len(a):
         raise CmkdError(f"pseudo-view returned {len(b)} samples for {len(a)}")
-    matcher = SSMMatcher(
-        a.shape[1],
-        b.shape[1],
-        backbone=backbone,
-        a_norm=Standardize.fit(a),
-        b_norm=Standardize.fit(b),
-        **backbone_options,
-    ).to(device)
-    optimizer = torch.optim.AdamW(matcher.parameters(), lr=lr, weight_decay=weight_decay)
-    generator = torch.Generator().manual_seed(seed)
-    matcher.train()
-    bar = tqdm(range(epochs), desc="SSM matcher", disable=not progress, leave=False)
-    for _ in bar:
-        order = torch.randperm(len(a), generator=generator)
-        total, count = 0.0, 0
-        for start in range(0, len(a), batch_size):
-            index = order[start : start + batch_size]
-            if len(index) < 2:  # a batch of one has no negatives (and upsets BatchNorm)
-                continue
-            e_a, e_b = matcher(a[index].to(device), b[index].to(device))
-            loss = ssm_loss(e_a, e_b, tau=tau, normalize=normalize)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(index)
-            count += len(index)
-        bar.set_postfix(loss=total / max(count, 1))
-    return matcher.eval()
+    with seeded(seed, "matcher"):
+        matcher = SSMMatcher(
+            a.shape[1],
+            b.shape[1],
+            backbone=backbone,
+            a_norm=Standardize.fit(a),
+            b_norm=Standardize.fit(b),
+            **backbone_options,
+        )
+    task = SSMTask(matcher, lr, weight_decay, tau, normalize)
+    loader = DataLoader(
+        TensorDataset(a, b), batch_size, sampler=SeededShuffle(len(a), seed_for(seed, "matcher"))
+    )
+    L.seed_everything(seed_for(seed, "matcher-fit"), verbose=False)
+    plain_trainer(run, max_epochs=epochs).fit(task, train_dataloaders=loader)
+    return matcher.cpu().eval()
 
 
 @torch.no_grad()
