@@ -62,9 +62,22 @@ def test_at_by_hand_with_resizing() -> None:
     f_t = torch.zeros(1, 1, 4, 4)
     f_t[..., :2, :2] = 2.0
     torch.testing.assert_close(attention_map(f_t, size=(2, 2)), torch.tensor([[1.0, 0, 0, 0]]))
-    # Differences (-1/2, 1/2, 1/2, 1/2): mean square 1/4, times beta / 2 = 500 gives 125.
-    assert at_loss(f_s, f_t).item() == pytest.approx(125.0)
-    assert at_loss(f_s, f_t, beta=2.0).item() == pytest.approx(0.25)
+    # Differences (-1/2, 1/2, 1/2, 1/2): mean square 1/4, times beta = 1000 (the authors' code,
+    # no 1/2) gives 250.
+    assert at_loss(f_s, f_t).item() == pytest.approx(250.0)
+    assert at_loss(f_s, f_t, beta=2.0).item() == pytest.approx(0.5)
+
+
+def test_at_pools_the_feature_map_before_the_attention_map() -> None:
+    # As the reference code: pool f, then mean_c f^2. Pooling mean_c f^2 instead would differ:
+    # a 2 x 2 cell holding (2, -2, 0, 0) pools to 0 here, to mean f^2 = 2 the other way.
+    f_t = torch.zeros(1, 1, 4, 4)
+    f_t[0, 0, 0, :2] = torch.tensor([2.0, -2.0])
+    f_t[0, 0, 2:, 2:] = 1.0
+    torch.testing.assert_close(attention_map(f_t, size=(2, 2)), torch.tensor([[0.0, 0, 0, 1]]))
+    f_s = torch.ones(1, 3, 2, 2)
+    diff = torch.tensor([0.5, 0.5, 0.5, -0.5])  # (1, 1, 1, 1) / 2 - (0, 0, 0, 1)
+    assert at_loss(f_s, f_t).item() == pytest.approx(1000 * diff.pow(2).mean().item())
 
 
 def test_at_is_invariant_to_channel_count_and_scale() -> None:

@@ -65,6 +65,8 @@ def test_lskd_is_kd_on_zscored_logits_and_ignores_shift_and_scale(pair) -> None:
 def test_standardize_is_an_option_of_every_logit_term(pair) -> None:
     zs, zt, label = pair
     for name in LOGIT_TERMS:
+        if name == "mlkd":  # standardises its instance part only: test_mlkd_standardize_...
+            continue
         plain = build_term(name, None, None)
         std = build_term(name, None, None, standardize=True)
         batch = {"label": label}
@@ -188,6 +190,20 @@ def test_mlkd_parts_against_direct_formulas(pair) -> None:
         klass += ((pt.T @ pt - ps.T @ ps) ** 2).sum() / 5  # K x K, over the class count
     assert parts["batch"].item() == pytest.approx(batch / 2, rel=1e-9)
     assert parts["class"].item() == pytest.approx(klass / 2, rel=1e-9)
+
+
+def test_mlkd_standardize_z_scores_only_the_instance_part(pair) -> None:
+    # As the LSKD authors' MLKD: logit_stand reaches its kd_loss, never bc_loss or cc_loss.
+    zs, zt, _ = pair
+    temps = [2.0, 3.0]
+    std = build_term("mlkd", None, None, temperatures=temps, standardize=True)
+    parts = std(out(zs), out(zt), {})
+    raw = mlkd_parts(zs, zt, temps)
+    on_z = mlkd_parts(zscore(zs), zscore(zt), temps)
+    torch.testing.assert_close(parts["instance"], on_z["instance"])
+    torch.testing.assert_close(parts["batch"], raw["batch"])
+    torch.testing.assert_close(parts["class"], raw["class"])
+    assert (parts["instance"] - raw["instance"]).abs() > 1e-3
 
 
 # --- DIST ---------------------------------------------------------------------------------------

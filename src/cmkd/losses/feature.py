@@ -107,24 +107,33 @@ class FitNet(DistillationTerm):
 def attention_map(
     f: torch.Tensor, p: float = 2.0, size: tuple[int, int] | None = None
 ) -> torch.Tensor:
-    """mean_c |f|^p, pooled to `size` if given, flattened and L2-normalised per sample.
+    """mean_c |f|^p, flattened and L2-normalised per sample; the feature map is first pooled to
+    `size` (see `resize`) if given, before the channel mean, as in the reference code.
 
-    The channel mean makes it width-free; normalising makes it scale-free.
+    The channel mean makes it width-free; normalising makes it scale-free. |f|^p equals the
+    reference's f.pow(p) for even p (and for any p on non-negative, post-ReLU features).
     """
-    a = f.abs().pow(p).mean(dim=1, keepdim=True)
     if size is not None:
-        a = resize(a, size)
+        f = resize(f, size)
+    a = f.abs().pow(p).mean(dim=1)
     return F.normalize(a.flatten(1), dim=1)
 
 
 def at_loss(
     f_s: torch.Tensor, f_t: torch.Tensor, p: float = 2.0, beta: float = 1000.0
 ) -> torch.Tensor:
-    """beta/2 * mean over batch and positions of (Q_S - Q_T)^2, as in Zagoruyko's reference
-    (beta 1e3). Both maps go to the smaller height and width by adaptive average pooling."""
+    """beta * mean over batch and positions of (Q_S - Q_T)^2, Q = `attention_map`.
+
+    This is the authors' code for one stage (szagoruyko/attention-transfer `utils.at_loss`
+    times `--beta 1e+3`; RepDistiller's `Attention` with `-b 1000`; mdistiller's
+    `single_stage_at_loss` times FEAT_WEIGHT 1000), not the paper's beta/2 * ||.||_2 form.
+    When the sizes differ, the larger feature map is adaptive-average pooled to the smaller
+    height and width before its attention map is taken, as mdistiller and RepDistiller do
+    (they pool to a square of the smaller height; here each side to the smaller of the two).
+    """
     size = (min(f_s.shape[-2], f_t.shape[-2]), min(f_s.shape[-1], f_t.shape[-1]))
     diff = attention_map(f_s, p, size) - attention_map(f_t, p, size)
-    return beta / 2 * diff.pow(2).mean()
+    return beta * diff.pow(2).mean()
 
 
 @register(
@@ -132,6 +141,9 @@ def at_loss(
     "Attention transfer: match channel-pooled spatial attention maps (Zagoruyko & Komodakis 2017)",
 )
 class AT(DistillationTerm):
+    """`at_loss` on the last-stage feature maps: at the defaults (p 2, beta 1000) the authors'
+    loss for one stage. They sum it over several stages; cmkd networks expose one."""
+
     needs = frozenset({"feature_map"})
 
     def __init__(self, p: float = 2.0, beta: float = 1000.0) -> None:

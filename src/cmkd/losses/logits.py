@@ -3,7 +3,8 @@
 Each method is a pure function on logit tensors (easy to test against hand values) plus a small
 registered term. Every term here detaches the teacher's logits (they may come from a cache and
 must never receive a gradient) and takes `standardize`: the LSKD z-score (Sun et al. 2024)
-applied to both sides before the loss, a modifier rather than a loss of its own.
+applied to both sides before the loss, a modifier rather than a loss of its own (in MLKD, as
+in the LSKD authors' code, before its instance-level part only).
 """
 
 from __future__ import annotations
@@ -303,11 +304,19 @@ def mlkd_parts(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     temperatures: Sequence[float] = (2.0, 3.0, 4.0, 5.0, 6.0),
+    standardize: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Instance (T^2 KD), batch and class alignment, each averaged over the temperatures."""
+    """Instance (T^2 KD), batch and class alignment, each averaged over the temperatures.
+
+    standardize: z-score the logits of the instance part only, as the LSKD authors' MLKD does
+    (their `kd_loss(..., logit_stand=True)`); the batch and class parts always see raw logits.
+    """
     n = len(temperatures)
+    zs, zt = student_logits, teacher_logits
+    if standardize:
+        zs, zt = zscore(zs), zscore(zt)
     return {
-        "instance": sum(kd_loss(student_logits, teacher_logits, t) for t in temperatures) / n,
+        "instance": sum(kd_loss(zs, zt, t) for t in temperatures) / n,
         "batch": sum(gram_alignment(student_logits, teacher_logits, t, 0) for t in temperatures)
         / n,
         "class": sum(gram_alignment(student_logits, teacher_logits, t, 1) for t in temperatures)
@@ -323,12 +332,29 @@ def mlkd_parts(
 class MLKD(LogitTerm):
     """Returns {"instance", "batch", "class"}, each the mean over the temperatures.
 
-    The reference code differs in ways cmkd leaves out on purpose: it sums (not averages) over
-    the temperatures, so its parts are 5x larger at the default five (use a weight of 5 to
-    match); it runs every part on a weak and a strong augmentation of each image, and cmkd's
-    trainer feeds one view (the teacher's inputs are cached and never augmented); and it
-    multiplies the weak-view parts by a teacher-confidence mask (below-median samples and
-    classes) after reducing them to a scalar, so the mask only scales by the kept fraction.
+    `standardize: true` z-scores the logits for the instance part only: the LSKD authors'
+    MLKD (github sunshangquan/logit-standardization-KD, mdistiller/distillers/MLKD.py) passes
+    `logit_stand` to its instance-level `kd_loss` and never to `bc_loss` / `cc_loss`.
+
+    The reference code (Jin et al.'s, which the LSKD authors extend) differs in ways cmkd leaves
+    out on purpose:
+    - It sums (not averages) over the temperatures, so its parts are 5x larger at the default
+      five (use a weight of 5 to match), all times its KD weight (0.9 in Jin et al.'s config, 9
+      in the LSKD recipe).
+    - Its temperatures are (T, 3, 5, 2, 6) with T the config's KD temperature: 4 in Jin et
+      al.'s code, which is cmkd's default set 2..6, but 2 in the LSKD code (its default and its
+      `--base-temp 2`), so the LSKD authors' MLKD, with or without standardisation, runs at
+      (2, 3, 5, 2, 6): T = 2 twice, no T = 4 (`temperatures: [2, 3, 5, 2, 6]` reproduces it).
+    - It runs every part on a weak and a strong augmentation of each image; cmkd's trainer
+      feeds one view (the teacher's inputs are cached and never augmented), i.e. no strong
+      augmentation.
+    - It multiplies the weak-view parts by a teacher-confidence mask (samples, and classes,
+      whose teacher confidence is at or below the median) after reducing them to a scalar, so
+      the mask only scales a part by the kept fraction f (about 1/2); cmkd applies no mask.
+      With one view fed to both of its branches the reference's parts would be
+      instance (1 + f) * sum_T KD_T (a masked weak and an unmasked strong copy), batch
+      f * sum_T batch_T and class f_class * sum_T class_T (the strong-view batch and class
+      parts are computed but not used): about 3 : 1 : 1, where cmkd's parts stand 1 : 1 : 1.
     """
 
     def __init__(
@@ -340,7 +366,8 @@ class MLKD(LogitTerm):
         self.temperatures = tuple(float(t) for t in temperatures)
 
     def forward(self, student, teacher, batch):
-        return mlkd_parts(*self.prepare(student, teacher), self.temperatures)
+        zs, zt = student.logits, teacher.logits.detach()
+        return mlkd_parts(zs, zt, self.temperatures, self.standardize)
 
 
 # --- DIST ---------------------------------------------------------------------------------------
