@@ -351,10 +351,10 @@ def dynm_speed(
     chunk_size: int = 4096,
     big_chunks: tuple[int, ...] = (512, 4096),
 ) -> dict[str, Any]:
-    """Chunked min-KL (cmkd.matching.dynamic.min_kl_match) against the per-sample loop at a
+    """Chunked min-KL (cmkd.pairing.dynamic.min_kl_match) against the per-sample loop at a
     size the loop manages (interleaved repeats, medians), then the chunked matcher alone at
     `big_students` x `big_teachers`, with its peak memory."""
-    from cmkd.matching.dynamic import min_kl_match
+    from cmkd.pairing.dynamic import min_kl_match
 
     zs, ys = _logits(loop_students, classes, 1)
     zt, yt = _logits(loop_teachers, classes, 2)

@@ -649,7 +649,7 @@ def plot_gallery(table: Table, path: Path, info: dict, ctx: _DataCache) -> str |
     """Eight student training samples (one per class, round robin) above the teacher samples
     they were matched with, from the best matched method whose run kept a pairs.json: whether
     the pairs look alike is what a matcher is for, and no accuracy shows it."""
-    from cmkd.matching.pairs import PairList
+    from cmkd.pairing.pairs import PairList
     from cmkd.recipes import load_model
 
     seed = _first_seed(info)

@@ -210,8 +210,10 @@ class DistillModule(ClassifierModule):
         """The student network and every distillation term on one batch, without gradients,
         on copies of the terms (no side effect on their state)."""
         super().check_batch(batch)
-        terms = copy.deepcopy(self.terms)
+        terms = copy.deepcopy(self.terms).eval()
         current = "(teacher forward)"
+        was = self.model.training
+        self.model.eval()  # no BatchNorm statistics updated by a check
         try:
             with torch.no_grad():
                 student = self.model(batch[self.modality])
@@ -232,6 +234,8 @@ class DistillModule(ClassifierModule):
                 f"distillation term '{current}' cannot be computed between these networks "
                 f"({type(err).__name__}: {line})"
             ) from None
+        finally:
+            self.model.train(was)
 
     def on_train_epoch_start(self) -> None:
         for term in self.terms.values():
