@@ -73,8 +73,8 @@ def test_paired_distillation_on_eurosat_twins(quiet_run, data_root) -> None:
 def test_teacher_cache_equals_recomputed_outputs_and_teacher_gets_no_gradient(
     quiet_run, data_root
 ) -> None:
-    from cmkd.pairing.strategies import IdentityPairing
     from cmkd.methods.distill import DistillModule
+    from cmkd.pairing.strategies import IdentityPairing
     from cmkd.recipes import module_args
 
     prepared = prepare_data(MFEAT, 0)

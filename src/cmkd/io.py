@@ -63,9 +63,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def write_with(
-    path: str | Path, write: Callable[[IO[bytes]], Any], durable: bool = False
-) -> None:
+def write_with(path: str | Path, write: Callable[[IO[bytes]], Any], durable: bool = False) -> None:
     """Atomically write `path` through `write(binary file object)` (torch.save, np.savez ...)."""
     with atomic_path(path, durable=durable) as tmp, open(tmp, "wb") as f:
         write(f)

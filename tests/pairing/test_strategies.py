@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from cmkd.errors import CmkdError
+from cmkd.pairing.dynamic import min_kl_match
 from cmkd.pairing.strategies import (
     ClassRandomPairing,
     DynamicPairing,
@@ -15,8 +17,6 @@ from cmkd.pairing.strategies import (
     IdentityPairing,
     UnpairedZipPairing,
 )
-from cmkd.errors import CmkdError
-from cmkd.pairing.dynamic import min_kl_match
 
 S_LAB = np.array([0, 1, 2, 0, 1, 2, 0, 0, 1, 2] * 30)
 T_LAB = np.array([2, 2, 1, 0, 0, 1, 2, 0, 1] * 20)

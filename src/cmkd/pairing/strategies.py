@@ -75,9 +75,7 @@ class _TablePairing(Pairing):
         return self._on[device][student_rows]
 
 
-@register_pairing(
-    "class_random", "a random teacher sample of the same class, re-drawn every epoch"
-)
+@register_pairing("class_random", "a random teacher sample of the same class, re-drawn every epoch")
 class ClassRandomPairing(_TablePairing):
     """Each student row gets a uniformly random teacher row of its class, re-drawn each epoch.
 
