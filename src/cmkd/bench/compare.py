@@ -1,4 +1,5 @@
-"""Fair comparisons of students (the demo, `cmkd bench losses`, `cmkd bench sembridge`).
+"""Fair comparisons of students (the demo, `cmkd bench losses`, `cmkd bench sembridge`,
+`cmkd bench softcmkd`).
 
 Per seed: one stratified split of each side, one teacher, the no-KD student and one student per
 method, all with the same backbone, epochs and optimiser. Reported: test accuracy as mean ± std
@@ -10,79 +11,16 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from cmkd.config import DataConfig, DistillConfig
-from cmkd.io import write_atomic, write_json
+from cmkd.bench.grid import Architecture, Grid, GridRunner
+from cmkd.bench.pagestore import publish, read_store
+from cmkd.bench.scenarios import NO_KD, SCENARIOS, TEACHER, Scenario
+from cmkd.bench.store import CellKey
+from cmkd.config import DistillConfig
 from cmkd.stats import mean_ci, mean_std
-
-TEACHER, NO_KD = "teacher", "student, no KD"
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """Who teaches whom, on which data; `match` says how `cmkd match` pairs them."""
-
-    title: str
-    teacher_data: DataConfig
-    teacher_modality: str
-    student_data: DataConfig
-    student_modality: str
-    match_method: str = "class_random"
-    pseudo_view: str | None = None
-    oracle_data: DataConfig | None = None
-    """The student's own samples in the teacher's modality, where such twins exist: the bank
-    of an oracle row that pairs every student sample with its true twin."""
-
-
-_RGB_UNPAIRED = DataConfig(
-    source="eurosat_rgb", options={"subset": "unpaired", "per_class_limit": 300}, batch_size=64
-)
-_DIGITS = {"train_per_class": 20, "batch_size": 64}
-_FSDD = DataConfig(source="fsdd", split="official", val_fraction=0.1, test_fraction=0.1)
-SCENARIOS = {
-    "eurosat_paired": Scenario(
-        "EuroSAT paired MS -> RGB (369 twins)",
-        DataConfig(source="eurosat_paired", batch_size=32),
-        "ms",
-        DataConfig(source="eurosat_paired", batch_size=32),
-        "rgb",
-    ),
-    "eurosat_ms_to_rgb": Scenario(
-        "EuroSAT asymmetric MS teacher (369 patches) -> RGB student (3,000 unpaired patches)",
-        DataConfig(source="eurosat_ms", batch_size=32),
-        "ms",
-        _RGB_UNPAIRED,
-        "rgb",
-        match_method="ssm",
-        pseudo_view="eurosat_ms_to_rgb",
-    ),
-    "eurosat_rgb_to_ms": Scenario(
-        "EuroSAT asymmetric RGB teacher (3,000 unpaired patches) -> MS student (369 patches)",
-        _RGB_UNPAIRED,
-        "rgb",
-        DataConfig(source="eurosat_ms", batch_size=32),
-        "ms",
-        match_method="teacher_embedding",
-        pseudo_view="eurosat_ms_to_rgb",
-        oracle_data=DataConfig(source="eurosat_paired", batch_size=32),
-    ),
-    "fsdd_to_mnist": Scenario(
-        "Spoken digits teacher -> MNIST student with 20 labels per class",
-        replace(_FSDD, batch_size=64),
-        "audio",
-        DataConfig(source="mnist", **_DIGITS),
-        "image",
-    ),
-    "mnist_to_fsdd": Scenario(
-        "MNIST teacher -> spoken digits student with 20 labels per class",
-        DataConfig(source="mnist", batch_size=128),
-        "image",
-        replace(_FSDD, **_DIGITS),
-        "audio",
-    ),
-}
 
 
 def compare_students(
@@ -93,18 +31,20 @@ def compare_students(
     scenario: str | Scenario = "eurosat_paired",
     backbone: str = "small_cnn",
     matcher_epochs: int = 30,
-    echo=print,
+    echo: Callable = print,
     fresh: bool = False,
+    page: str | Path | None = None,
+    heading: str = "",
+    command: str = "",
 ) -> str:
-    """Run the grid (one scenario, one backbone for teacher and students, no controls), print
-    and save (results.md, results.json in output_dir) the table. Cells finished by an earlier
-    call with the same settings are reused unless `fresh`.
+    """Run the grid (one scenario, one backbone for teacher and students, no controls), then
+    write the page (default output_dir/results.md, its store beside it) and print and return
+    its table. Cells finished by an earlier call with the same settings are reused unless
+    `fresh`.
 
     A method whose pairing is 'matched' without a pair list gets one per seed from
     `match_pairs` with the scenario's matching method, written under output_dir/pairs/.
     """
-    from cmkd.bench.grid import Architecture, Grid, GridRunner
-
     sc = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
     grid = Grid(
         name=Path(output_dir).name,
@@ -124,38 +64,52 @@ def compare_students(
     start = time.perf_counter()
     store = runner.run()
     wall = time.perf_counter() - start
-    from cmkd.bench.store import CellKey
-
     groups = {TEACHER: f"teacher-{backbone}", NO_KD: f"student-{backbone}"}
-    rows = {
+    runs = {
         label: [
-            store.get(CellKey("custom", groups.get(label, backbone), label, seed))["result"]
+            compact_result(
+                store.get(CellKey("custom", groups.get(label, backbone), label, seed))["result"]
+            )
             for seed in seeds
         ]
         for label in [TEACHER, NO_KD, *methods]
     }
-    title = (
-        f"{sc.title}; {len(seeds)} seeds {seeds}, {epochs} epochs, {backbone} teacher and "
-        "students; test accuracy % (mean ± std over seeds)"
-    )
-    table = _table(rows, title, wall)
-    write_atomic(out / "results.md", table)
-    write_json(
-        out / "results.json",
-        {
-            "scenario": sc.title,
-            "seeds": seeds,
-            "epochs": epochs,
-            "backbone": backbone,
-            "wall_seconds": wall,
-            "runs": rows,
-        },
-    )
-    echo("\n" + table + f"\nSaved in {out / 'results.md'}")
+    page = Path(page) if page else out / "results.md"
+    saved = {
+        "kind": "compare",
+        "heading": heading,
+        "command": command,
+        "scenario": sc.title,
+        "seeds": list(seeds),
+        "epochs": epochs,
+        "backbone": backbone,
+        "wall_seconds": wall,
+        "runs": runs,
+    }
+    publish(page, saved, render_compare_page)
+    table = comparison_table(read_store(page))
+    echo("\n" + table + f"\nSaved {page}")
     return table
 
 
-def _table(rows: dict[str, list[dict]], title: str, wall: float) -> str:
+def compact_result(result: dict[str, Any]) -> dict[str, Any]:
+    """What a comparison page reads of a run's result (and where its run folder was)."""
+    keep = ("seed", "fit_seconds", "checkpoint", "teacher_checkpoint")
+    out = {k: result[k] for k in keep if k in result}
+    for which in ("best", "last"):
+        test = {k: result[which]["test"][k] for k in ("acc", "f1_macro")}
+        out[which] = {"epoch": result[which]["epoch"], "test": test}
+    return out
+
+
+def comparison_table(store: dict[str, Any]) -> str:
+    """The table of a comparison's store: title, rows, the note on Δ and the wall time."""
+    rows, wall = store["runs"], store["wall_seconds"]
+    seeds = store["seeds"]
+    title = (
+        f"{store['scenario']}; {len(seeds)} seeds {seeds}, {store['epochs']} epochs, "
+        f"{store['backbone']} teacher and students; test accuracy % (mean ± std over seeds)"
+    )
     best = {k: [r["best"]["test"]["acc"] for r in v] for k, v in rows.items()}
     last = {k: [r["last"]["test"]["acc"] for r in v] for k, v in rows.items()}
     fit = {k: statistics.fmean(r["fit_seconds"] for r in v) for k, v in rows.items()}
@@ -186,3 +140,11 @@ def _table(rows: dict[str, list[dict]], title: str, wall: float) -> str:
         f"Wall time {wall:.0f} s.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def render_compare_page(store: dict[str, Any], page: Path) -> str:
+    """A heading, the command that wrote the page, and the table."""
+    head = [f"# {store['heading']}", ""] if store.get("heading") else []
+    if store.get("command"):
+        head += [f"`{store['command']}`", ""]
+    return "\n".join(head) + ("\n" if head else "") + comparison_table(store)
