@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cmkd.bench.grid import Architecture, Grid, GridRunner
-from cmkd.bench.pagestore import publish, read_store
+from cmkd.bench.pagestore import portable, publish, read_store
 from cmkd.bench.scenarios import NO_KD, SCENARIOS, TEACHER, Scenario
 from cmkd.bench.store import CellKey
 from cmkd.config import DistillConfig
@@ -96,6 +96,9 @@ def compact_result(result: dict[str, Any]) -> dict[str, Any]:
     """What a comparison page reads of a run's result (and where its run folder was)."""
     keep = ("seed", "fit_seconds", "checkpoint", "teacher_checkpoint")
     out = {k: result[k] for k in keep if k in result}
+    for k in ("checkpoint", "teacher_checkpoint"):
+        if k in out:
+            out[k] = portable(out[k])
     for which in ("best", "last"):
         test = {k: result[which]["test"][k] for k in ("acc", "f1_macro")}
         out[which] = {"epoch": result[which]["epoch"], "test": test}

@@ -48,6 +48,17 @@ def publish(page: str | Path, store: dict[str, Any], render: Render) -> Path:
     return page
 
 
+def portable(path: str | None) -> str | None:
+    """A run's path as a store keeps it: relative to the current folder (the checkout) where
+    it lies inside it, so a committed store names no one's home folder."""
+    if not path or not Path(path).is_absolute():
+        return path
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
 def read_store(path: str | Path) -> dict[str, Any]:
     """A page's store (the .json itself, or the page whose store it is)."""
     path = store_path(path)

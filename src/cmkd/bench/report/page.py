@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cmkd.bench.machine import describe, machine
-from cmkd.bench.pagestore import plots_folder, publish, read_store, store_path
+from cmkd.bench.pagestore import plots_folder, portable, publish, read_store, store_path
 from cmkd.bench.report.plots import PLOTS, DataCache, first_seed
 from cmkd.bench.report.tables import (
     WIN,
@@ -56,6 +56,9 @@ def compact_cell(record: dict[str, Any], curve_seed: int) -> dict[str, Any]:
         out["result"] = {"pairs": res.get("pairs")}
         return out
     out["result"] = {k: res[k] for k in RESULT_FIELDS if k in res}
+    for k in ("checkpoint", "teacher_checkpoint"):
+        if k in out["result"]:
+            out["result"][k] = portable(out["result"][k])
     for which in ("best", "last"):
         part = res[which]
         test = {k: part["test"][k] for k in ("acc", "f1_macro") if k in part["test"]}
