@@ -106,7 +106,7 @@ def test_oracle_bank_pairs_each_ms_sample_with_its_true_rgb_twin(quiet_run, data
     from lightning.pytorch.callbacks import Callback
 
     from cmkd.bench.grid import oracle
-    from cmkd.comparison import SCENARIOS
+    from cmkd.bench.scenarios import SCENARIOS
     from cmkd.data.datamodule import ModalityDataset, prepare_data
 
     class Capture(Callback):

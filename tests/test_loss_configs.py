@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from cmkd.bench import LOSS_CONFIGS, distill_section
 from cmkd.config import DataConfig, ModelConfig, OptimConfig
+from cmkd.config_files import load_distill_section
 from cmkd.data.datamodule import prepare_data
 from cmkd.recipes import distill_student, train_classifier
 
 DATA = DataConfig(source="eurosat_paired", batch_size=64)
 TINY = ModelConfig(backbone="small_cnn", options={"widths": [8, 16, 16]})
-CONFIGS = sorted(LOSS_CONFIGS.glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parents[1] / "configs/eurosat_paired/losses").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_there_is_a_config_per_registered_loss() -> None:
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_loss_config_distils_end_to_end(path: Path, teacher, quiet_run) -> None:
     prepared, checkpoint = teacher
-    distill = replace(distill_section(path), teacher=checkpoint)
+    distill = replace(load_distill_section(path), teacher=checkpoint)
     result = distill_student(
         DATA, TINY, OptimConfig(epochs=1), quiet_run, distill, "rgb", 0, prepared=prepared
     )

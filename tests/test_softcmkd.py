@@ -107,28 +107,30 @@ def test_bench_summarises_weight_separation_and_plots(tmp_path):
     assert s["acc_clean"] == 2 / 3 and s["acc_corrupted"] == 0.5
     assert s["auroc_confidence"] == 1.0 and s["auroc_norm"] == 0.0 and s["auroc_dropout"] == 0.5
     assert s["w_corrupted"] == 0.5 and abs(s["w_clean"] - 1.2) < 1e-12  # unused row left out
-    table = quality_table([record, record], "confidence")
+    table = quality_table([s, s], "confidence")
     assert "| 66.7 ± 0.0 | 50.0 ± 0.0 | 1.00 ± 0.00 | 0.00 ± 0.00 | 0.50 ± 0.00 |" in table
     plot_weights({"a": [record], "b": [record]}, tmp_path / "w.png")
     assert (tmp_path / "w.png").stat().st_size > 1000
-    # records are found through the checkpoints listed in a comparison's results.json
+    # records are found through the checkpoints listed in a comparison's store
     run = tmp_path / "runs" / "x" / "seed0"
     (run / "checkpoints").mkdir(parents=True)
     np.savez(run / "quality.npz", **record)
     listing = {"runs": {"+ quality weights": [{"checkpoint": str(run / "checkpoints/best.ckpt")}]}}
-    (tmp_path / "results.json").write_text(json.dumps(listing))
-    found = quality_records(tmp_path / "results.json", "+ quality weights")
+    found = quality_records(listing, "+ quality weights")
     assert len(found) == 1 and np.array_equal(found[0]["corrupted"], bad)
 
 
 def test_bench_page_command_names_only_changed_arguments():
-    from cmkd.bench.softcmkd import _command
+    from cmkd.bench.commands import command_line, softcmkd
 
     given = dict(scenarios=["eurosat_paired"], seeds=[0, 1, 2], epochs=3, fraction=0.3,
                  quality_source="confidence", backbone="small_cnn",
                  conditions=["clean", "corrupted"], output_dir="runs/bench/softcmkd",
                  page="benchmarks/softcmkd.md")  # fmt: skip
-    assert _command(given) == "cmkd bench softcmkd --scenarios '[eurosat_paired]' --epochs 3"
+    assert command_line("bench softcmkd", softcmkd, given) == (
+        "cmkd bench softcmkd --scenarios '[eurosat_paired]' --epochs 3 "
+        "--page benchmarks/softcmkd.md"
+    )
 
 
 def test_bench_effects_are_paired_differences(tmp_path):
@@ -144,7 +146,6 @@ def test_bench_effects_are_paired_differences(tmp_path):
         QUALITY: runs(0.55, 0.64),
         f"{HARD}, corrupted": runs(0.40, 0.50),  # -10 and -10 vs clean
     }
-    (tmp_path / "results.json").write_text(json.dumps({"runs": listing}))
-    table = effects_table(tmp_path / "results.json", ["clean", "corrupted"])
+    table = effects_table(listing, ["clean", "corrupted"])
     assert f"| {MARGIN} − {HARD} | +4.5 [-1.9, +10.9] | — |" in table
     assert f"| {HARD} | -10.0 [-10.0, -10.0] |" in table

@@ -12,6 +12,7 @@ import logging
 import sys
 import warnings
 
+from cmkd.bench.commands import BENCH_COMMANDS, demo, report
 from cmkd.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, RunConfig
 from cmkd.errors import CmkdError
 
@@ -96,22 +97,6 @@ def predict(
 
     path = predict_checkpoint(checkpoint, output, split, data, batch_size)
     print(f"Saved {path}")
-
-
-def demo(seeds: list[int] = [0, 1, 2], epochs: int = 50, output_dir: str = "runs/demo") -> None:  # noqa: B006
-    """EuroSAT paired MS -> RGB on the 369 twin patches: MS teacher, RGB student without and
-    with KD, over seeds; prints the test-accuracy table and saves it in output_dir.
-
-    Args:
-        seeds: One split, teacher and pair of students per seed.
-        epochs: Epochs of every training.
-        output_dir: Where the runs and results.md go.
-    """
-    from cmkd.comparison import compare_students
-    from cmkd.config import TermConfig
-
-    kd = DistillConfig(ce_weight=0.5, terms=[TermConfig("kd", 0.5, {"temperature": 4.0})])
-    compare_students({"student, KD": kd}, seeds, epochs, output_dir)
 
 
 def match(
@@ -247,7 +232,7 @@ _POSITIONAL = {
     ("evaluate",): "--checkpoint",
     ("predict",): "--checkpoint",
     ("bench", "grid"): "--grid",
-    ("report",): "--grid_dir",
+    ("report",): "--source",
 }
 
 
@@ -262,12 +247,6 @@ def _positional_to_option(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     from jsonargparse import CLI
 
-    from cmkd.bench import loss_grid, sembridge_grid, teacher_cache
-    from cmkd.bench.discomkd import discomkd_grid
-    from cmkd.bench.grid import bench_grid
-    from cmkd.bench.perf import perf
-    from cmkd.bench.report import report_command
-    from cmkd.bench.softcmkd import softcmkd_grid
     from cmkd.data.root import set_cli_root
     from cmkd.methods.discomkd import discomkd_command
 
@@ -292,16 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                 "match": match,
                 "discomkd": discomkd_command,
                 "pairs": {"show": show_pairs},
-                "report": report_command,
-                "bench": {
-                    "grid": bench_grid,
-                    "discomkd": discomkd_grid,
-                    "teacher-cache": teacher_cache,
-                    "perf": perf,
-                    "losses": loss_grid,
-                    "sembridge": sembridge_grid,
-                    "softcmkd": softcmkd_grid,
-                },
+                "report": report,
+                **BENCH_COMMANDS,
             },
             args=args,
             description=__doc__,

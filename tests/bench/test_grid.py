@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 
 import cmkd.recipes
-from cmkd.bench.grid import (
+from cmkd.bench.grid import Grid, GridRunner, load_grid
+from cmkd.bench.scenarios import (
     CONTROL_CM,
     CONTROL_TF,
+    NO_KD,
     ORACLE,
+    SCENARIOS,
     SEMBRIDGE,
-    Grid,
-    GridRunner,
-    load_grid,
+    TEACHER,
 )
 from cmkd.bench.store import CellKey, Store, config_hash
-from cmkd.comparison import NO_KD, SCENARIOS, TEACHER
 from cmkd.config import DistillConfig, PairingConfig, TermConfig
 from cmkd.errors import CmkdError
 
@@ -129,7 +129,7 @@ def test_oracle_row_pairs_every_ms_sample_with_its_true_rgb_twin() -> None:
 def test_extra_seeds_run_only_for_their_scenario_and_count_in_the_report(
     tmp_path: Path, monkeypatch
 ) -> None:
-    from cmkd.bench.report import expected_cells
+    from cmkd.bench.report.tables import expected_cells
 
     grid = Grid(
         name="extra",

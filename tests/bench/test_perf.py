@@ -8,20 +8,19 @@ import math
 import pytest
 import torch
 
-from cmkd.bench.perf import (
+from cmkd.bench.machine import machine, peak_memory
+from cmkd.bench.perf.loading import data_rates
+from cmkd.bench.perf.micro import (
     _logits,
     coral_cost,
-    data_rates,
     dynm_speed,
-    machine,
     min_kl_authors,
     min_kl_loop,
-    peak_memory,
-    render,
     ska_breakdown,
     ska_vs_student,
-    summarise_overhead,
 )
+from cmkd.bench.perf.overhead import summarise_overhead
+from cmkd.bench.perf.page import render
 from cmkd.pairing.dynamic import min_kl_match
 
 
@@ -57,9 +56,10 @@ def test_dynm_and_coral_report_ratios_and_memory() -> None:
     coral = coral_cost(d=256, b=32, repeats=1)
     assert coral["speedup"] > 0 and coral["relative_difference"] < 1e-4
     # 100 MB: above glibc's largest mmap threshold (32 MB), so fresh pages, whatever ran before
-    _, peak = peak_memory(lambda: torch.ones(25_000_000).sum())
-    if peak is not None:  # Linux
-        assert peak > 50
+    with peak_memory() as memory:
+        torch.ones(25_000_000).sum()
+    if memory["added_mib"] is not None:  # Linux
+        assert memory["added_mib"] > 50 and memory["peak_rss_mib"] > memory["added_mib"]
 
 
 def test_data_rates_compare_cache_and_decoding(data_root) -> None:

@@ -7,25 +7,20 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cmkd.bench.grid import CONTROL_CM, CONTROL_TF
-from cmkd.bench.report import (
-    Row,
-    interval,
-    paired,
-    pca_2d,
-    read_curve,
-    to_image,
-    wins,
-    write_report,
-)
+from cmkd.bench.pagestore import read_store
+from cmkd.bench.report.page import read_curve, render_grid_page, write_report
+from cmkd.bench.report.plots import pca_2d, to_image
+from cmkd.bench.report.tables import Row, paired, wins
+from cmkd.bench.scenarios import CONTROL_CM, CONTROL_TF, NO_KD, TEACHER
 from cmkd.bench.store import CellKey, Store
 from cmkd.cli import main
-from cmkd.comparison import NO_KD, TEACHER
+from cmkd.stats import interval
 
 SC, ARCH = "toy", "S/S"
 # Best-on-val test accuracy per seed (fractions). GOOD beats no-KD by +2, +4, +6 points (mean
@@ -132,7 +127,8 @@ def test_interval_matches_hand_computation():
     mean, lo, hi = interval([0.02, 0.04, 0.06])
     assert mean == pytest.approx(4.0)
     assert hi - mean == pytest.approx(4.302653 * 2 / 3**0.5, rel=1e-5)
-    assert interval([0.05]) is None  # one pair: no interval, hence never a win
+    one = Row("a", {0: _record("a", 0, 0.9, 1)})
+    assert not wins(one, Row("b", {0: _record("b", 0, 0.1, 1)}))  # one pair: never a win
 
 
 def test_wins_marker_only_where_the_interval_excludes_zero(page):
@@ -173,18 +169,36 @@ def test_record_only_plots_are_written_and_linked(tmp_path):
         png = tmp_path / "out" / "toy" / f"toy_s-s_{name}.png"
         assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
         assert f"](toy/toy_s-s_{name}.png)" in page
-    # no run folders: the plots that need them are skipped with a note, not a crash
-    assert re.search(r"confusion matrices \(first seed\): skipped", page)
-    assert "matched pairs: skipped" in page
+    # No run folders: the plots that need them are not drawn (no crash), but the page links
+    # them all the same: its text depends on the store alone.
+    assert "](toy/toy_s-s_confusion-matrices.png)" in page
+    assert not (tmp_path / "out" / "toy" / "toy_s-s_confusion-matrices.png").exists()
+    # no method of the toy store kept a pair list: the store says so, the page notes it
+    assert re.search(r"matched pairs: none \(no paired method run, seed 0\)", page)
 
 
-def test_cli_writes_the_page(tmp_path, monkeypatch, capsys):
+def test_the_page_renders_again_from_its_compact_store_alone(tmp_path):
+    page = write_report(make_store(tmp_path / "store"), tmp_path / "out" / "toy.md", plots=False)
+    store = read_store(page)
+    assert store["kind"] == "grid" and len(store["cells"]) == 21
+    assert "config" not in store["cells"][0] and "acc_per_class" not in json.dumps(store)
+    moved = tmp_path / "elsewhere" / "toy.md"
+    assert render_grid_page(store, moved) == page.read_text()
+    # through the CLI, from the page alone (no grid folder)
+    shutil.rmtree(tmp_path / "store")
+    assert main(["report", str(page), "--page", str(moved), "--plots", "false"]) == 0
+    assert moved.read_text() == page.read_text()
+    assert moved.with_suffix(".json").read_text() == page.with_suffix(".json").read_text()
+
+
+def test_cli_writes_the_page_into_the_grid_folder(tmp_path, monkeypatch, capsys):
     root = make_store(tmp_path / "store")
     monkeypatch.chdir(tmp_path)
-    assert main(["report", str(root), "--plots", "false"]) == 0
-    page = tmp_path / "benchmarks" / "toy.md"
+    assert main(["report", "store", "--plots", "false"]) == 0
+    page = root / "toy.md"
     assert page.is_file() and "cmkd bench grid toy.yaml" in page.read_text()
-    assert "Saved benchmarks/toy.md" in capsys.readouterr().out
+    assert (root / "toy.json").is_file() and not (tmp_path / "benchmarks").exists()
+    assert "Saved store/toy.md" in capsys.readouterr().out
 
 
 def test_cli_without_a_store_is_a_one_line_error(tmp_path, capsys):
@@ -217,6 +231,9 @@ def test_validation_curves_from_metrics_csv(tmp_path):
     assert read_curve(tmp_path / "runs" / "GOOD" / "csv" / "metrics.csv") == ([0, 1], [0.3, 0.5])
     page = write_report(root, tmp_path / "out" / "toy.md").read_text()
     assert "](toy/toy_s-s_validation-curves.png)" in page
+    # the curves are in the compact store: drawn again without the run folders
+    curves = [c for c in read_store(tmp_path / "out" / "toy.md")["cells"] if "val_curve" in c]
+    assert [c["val_curve"] for c in curves] == [[[0, 1], [0.3, 0.5]]] * 2
     assert (tmp_path / "out" / "toy" / "toy_s-s_validation-curves.png").is_file()
 
 

@@ -19,8 +19,19 @@ from typing import Any
 
 import yaml
 
-from cmkd.bench.store import CellKey, Store, config_hash, peak_memory, slug
-from cmkd.comparison import NO_KD, SCENARIOS, TEACHER, Scenario
+from cmkd.bench.machine import machine, peak_memory
+from cmkd.bench.scenarios import (
+    CONTROL_CM,
+    CONTROL_TF,
+    NO_KD,
+    ORACLE,
+    PAIRS,
+    SCENARIOS,
+    SEMBRIDGE,
+    TEACHER,
+    Scenario,
+)
+from cmkd.bench.store import CellKey, Store, config_hash, slug
 from cmkd.config import (
     DataConfig,
     DistillConfig,
@@ -30,13 +41,9 @@ from cmkd.config import (
     RunConfig,
     TermConfig,
 )
+from cmkd.config_files import load_distill_section
 from cmkd.errors import CmkdError
 from cmkd.io import write_json
-
-CONTROL_TF, CONTROL_CM = "control: teacher-free", "control: class-mean"
-ORACLE = "oracle: true twins"
-PAIRS = "pairs"
-SEMBRIDGE = " + SemBridge"
 
 
 @dataclass(frozen=True)
@@ -133,8 +140,6 @@ def sembridge_plugin(distill: DistillConfig, epochs: int) -> DistillConfig:
 def load_grid(path: str | Path) -> Grid:
     """A grid from YAML. A method is an inline `distill` section, or `config: FILE` (a distill
     config, path relative to the grid file) with any of its fields overridden inline."""
-    from cmkd.bench.losses import distill_section
-
     path = Path(path)
     if not path.is_file():
         raise CmkdError(f"grid file {path} does not exist")
@@ -147,7 +152,7 @@ def load_grid(path: str | Path) -> Grid:
         spec = dict(spec or {})
         try:
             base = (
-                distill_section(path.parent / spec.pop("config"))
+                load_distill_section(path.parent / spec.pop("config"))
                 if "config" in spec
                 else DistillConfig(terms=[])
             )
@@ -196,6 +201,7 @@ class GridRunner:
             "lr": g.lr,
             "scheduler": g.scheduler,
             "paper": g.paper,
+            "machine": machine(),
         }
 
     def run(self, command: str = "") -> Store:
@@ -236,6 +242,7 @@ class GridRunner:
         start = time.perf_counter()
         with peak_memory() as memory:
             result = fn()
+        memory = {k: memory[k] for k in ("peak_rss_mib", "peak_gpu_mib") if k in memory}
         wall = time.perf_counter() - start
         fit, n = result.get("fit_seconds"), result.get("train_samples")
         record = {
@@ -278,11 +285,11 @@ class GridRunner:
             config,
             lambda: train_classifier(
                 sc.teacher_data,
-                model,
-                self.optim,
-                self._run(key),
-                sc.teacher_modality,
-                seed,
+                model=model,
+                optim=self.optim,
+                run=self._run(key),
+                modality=sc.teacher_modality,
+                seed=seed,
                 prepared=prepared() if same else None,
             ),
         )
@@ -298,11 +305,11 @@ class GridRunner:
             config,
             lambda: train_classifier(
                 sc.student_data,
-                model,
-                self.optim,
-                self._run(key),
-                sc.student_modality,
-                seed,
+                model=model,
+                optim=self.optim,
+                run=self._run(key),
+                modality=sc.student_modality,
+                seed=seed,
                 prepared=prepared(),
             ),
         )
@@ -325,12 +332,12 @@ class GridRunner:
         def match() -> dict:
             pairs = match_pairs(
                 teacher["result"]["checkpoint"],
-                sc.student_data,
-                sc.student_modality,
-                seed,
-                path,
-                sc.match_method,
-                sc.pseudo_view,
+                data=sc.student_data,
+                modality=sc.student_modality,
+                seed=seed,
+                output=path,
+                method=sc.match_method,
+                pseudo_view=sc.pseudo_view,
                 backbone=matcher,
                 epochs=self.grid.matcher_epochs,
                 progress=False,
@@ -358,12 +365,12 @@ class GridRunner:
             config,
             lambda: distill_student(
                 sc.student_data,
-                model,
-                self.optim,
-                self._run(key),
-                distill,
-                sc.student_modality,
-                seed,
+                model=model,
+                optim=self.optim,
+                run=self._run(key),
+                distill=distill,
+                modality=sc.student_modality,
+                seed=seed,
                 prepared=prepared(),
             ),
         )
@@ -396,29 +403,23 @@ def _prepare(data: DataConfig, seed: int):
     return prepare_data(data, seed)
 
 
-def bench_grid(
-    grid: str,
-    output_dir: str | None = None,
+def run_grid(
+    grid: str | Path,
+    output_dir: str | Path | None = None,
     fresh: bool = False,
     report: bool = True,
-) -> None:
-    """Run a benchmark grid cell by cell; cells already in its results store with the same
-    config are reused, so an interrupted grid continues where it stopped. Then write its
-    report (`cmkd report`).
+    page: str | Path | None = None,
+    plots: bool = True,
+    command: str = "",
+) -> Path | None:
+    """Run a grid file into its store (default runs/bench/<grid name>), then write its page
+    (default <store>/<grid name>.md; see cmkd.bench.report.page) unless `report` is false."""
+    from cmkd.bench.report.page import write_report
 
-    Args:
-        grid: Grid YAML (configs/bench/*.yaml).
-        output_dir: Results store and runs (default runs/bench/<grid name>).
-        fresh: Drop the stored cells and rerun everything.
-        report: Write benchmarks/<grid name>.md and its plots afterwards.
-    """
     spec = load_grid(grid)
     out = Path(output_dir or f"runs/bench/{spec.name}")
     runner = GridRunner(spec, out)
     if fresh:
         runner.store.clear()
-    runner.run(command=f"cmkd bench grid {grid}" + (" --fresh true" if fresh else ""))
-    if report:
-        from cmkd.bench.report import write_report
-
-        write_report(out)
+    runner.run(command=command or f"cmkd bench grid {grid}")
+    return write_report(out, page, plots) if report else None

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from cmkd.bench.compare import compare_students
+from cmkd.bench.grid import oracle, sembridge_plugin
+from cmkd.bench.scenarios import SCENARIOS
 from cmkd.config import DistillConfig, PairingConfig, TermConfig
 from cmkd.errors import CmkdError
 
@@ -16,33 +19,20 @@ def sembridge_grid(
     rgb_per_class: int | None = 300,
     backbone: str = "small_cnn",
     output_dir: str | None = None,
-) -> None:
+    page: str | None = None,
+    command: str = "",
+) -> str:
     """SemBridge against its baselines on an asymmetric scenario (teacher and student share
     only labels): no KD, KD with class-random pairs, KD with matched pairs (SSM, or the
     teacher's embedding space when only the student can be mapped into the teacher's modality,
     or fixed class-random pairs where no pseudo-view exists), and SemBridge + KD (matched pairs,
     DynM re-matching, SKA). Every KD uses the SemBridge paper's weights (0.3 CE + 0.4 KD at
-    T = 3 without T^2) so the rows differ only in pairing and alignment.
-
-    Args:
-        scenario: eurosat_ms_to_rgb, eurosat_rgb_to_ms, fsdd_to_mnist or mnist_to_fsdd.
-        seeds: One split, teacher and matcher per seed.
-        epochs: Epochs of every teacher and student.
-        matcher_epochs: Epochs of the SSM matcher.
-        rgb_per_class: Unpaired RGB patches per class in the EuroSAT scenarios (None: all
-            26,631, for a stronger RGB teacher or a bigger RGB student set).
-        backbone: Teacher, students and matcher encoders (resnet34 for the paper's R/R pair).
-        output_dir: Default runs/bench/sembridge-<scenario>.
-    """
-    from cmkd.comparison import SCENARIOS, compare_students
-
+    T = 3 without T^2) so the rows differ only in pairing and alignment."""
     if scenario not in SCENARIOS or scenario == "eurosat_paired":
         raise CmkdError(
             f"unknown asymmetric scenario '{scenario}'; choose from "
             f"{sorted(set(SCENARIOS) - {'eurosat_paired'})}"
         )
-    from cmkd.bench.grid import oracle, sembridge_plugin
-
     kd = DistillConfig(
         ce_weight=0.3, terms=[TermConfig("kd", 0.4, {"temperature": 3.0, "scale_by_t2": False})]
     )
@@ -61,7 +51,7 @@ def sembridge_grid(
         count = "all 26,631" if rgb_per_class is None else f"{10 * rgb_per_class:,}"
         title = sc.title.replace("3,000", count)
         sc = replace(sc, title=title, **{side: replace(rgb, options=options)})
-    compare_students(
+    return compare_students(
         methods,
         seeds,
         epochs,
@@ -69,4 +59,7 @@ def sembridge_grid(
         scenario=sc,
         backbone=backbone,
         matcher_epochs=matcher_epochs,
+        page=page,
+        heading="SemBridge against its baselines",
+        command=command,
     )

@@ -13,19 +13,22 @@ weight the two groups received, with a histogram plot.
 
 from __future__ import annotations
 
-import json
 import statistics
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from cmkd.bench.report import save_figure
+from cmkd.bench.compare import compare_students, comparison_table
+from cmkd.bench.figures import figure, save_figure
+from cmkd.bench.pagestore import publish, read_store
+from cmkd.bench.scenarios import SCENARIOS
 from cmkd.config import CorruptionConfig, DistillConfig, PairingConfig, QualityConfig, TermConfig
 from cmkd.errors import CmkdError
-from cmkd.io import write_atomic
+from cmkd.stats import mean_ci
 
-NO_KD = "student, no KD"
 HARD = "hard L2 feature KD (m = 0, l2)"
 MARGIN = "margin feature KD (m = 0.2, cosine)"
 CLASSIFIER = "+ classifier level"
@@ -82,28 +85,13 @@ def softcmkd_grid(
     backbone: str = "small_cnn",
     conditions: list[str] = ["clean", "corrupted"],  # noqa: B006
     output_dir: str = "runs/bench/softcmkd",
-    page: str = "benchmarks/softcmkd.md",
-    command: str | None = None,
-) -> None:
+    page: str | None = None,
+    command: str = "",
+    echo: Callable = print,
+) -> Path:
     """Soft-constrained CMKD against no KD and the hard L2 ablation, clean and with a share of
-    the teacher's inputs corrupted; writes `page` and a weight plot beside it.
-
-    Args:
-        scenarios: fsdd_to_mnist, mnist_to_fsdd, eurosat_paired, eurosat_ms_to_rgb,
-            eurosat_rgb_to_ms (see cmkd.comparison.SCENARIOS).
-        seeds: One split, teacher and student set per seed.
-        epochs: Epochs of every teacher and student.
-        fraction: Share of the teacher's training inputs corrupted in the corrupted condition.
-        quality_source: confidence, norm or dropout, for the "+ quality weights" row.
-        backbone: Teacher and student backbone.
-        conditions: clean and/or corrupted.
-        output_dir: Runs and per-grid results.
-        page: The markdown results page (its plot goes beside it).
-        command: The command line written at the top of the page (default: rebuilt from the
-            arguments that differ from their defaults).
-    """
-    from cmkd.comparison import SCENARIOS, compare_students
-
+    the teacher's inputs corrupted; writes the page (default output_dir/softcmkd.md, its store
+    beside it, rewritten after every scenario) and the weight plot beside it."""
     unknown = sorted(set(scenarios) - set(CORRUPTIONS)) + sorted(
         set(conditions) - {"clean", "corrupted"}
     )
@@ -112,14 +100,17 @@ def softcmkd_grid(
             f"unknown scenario or condition {unknown}; scenarios: {sorted(CORRUPTIONS)}, "
             "conditions: clean, corrupted"
         )
-    if command is None:
-        given = dict(scenarios=scenarios, seeds=seeds, epochs=epochs, fraction=fraction,
-                     quality_source=quality_source, backbone=backbone, conditions=conditions,
-                     output_dir=output_dir, page=page)  # fmt: skip
-        command = _command(given)
-    sections: list[str] = []
-    weights: dict[str, list[dict[str, np.ndarray]]] = {}
-    plot = Path(page).with_name(Path(page).stem + "-weights.png")
+    page_path = Path(page or Path(output_dir) / "softcmkd.md")
+    store: dict[str, Any] = {
+        "kind": "softcmkd",
+        "command": command,
+        "seeds": list(seeds),
+        "epochs": epochs,
+        "backbone": backbone,
+        "quality_source": quality_source,
+        "conditions": list(conditions),
+        "scenarios": {},
+    }
     for name in scenarios:
         sc = SCENARIOS[name]
         pairing = PairingConfig("paired" if sc.teacher_data == sc.student_data else "class_random")
@@ -136,59 +127,42 @@ def softcmkd_grid(
             for label, cfg in softcmkd_methods(pairing, corruption, quality_source).items():
                 methods[row_label(label, condition)] = cfg
         out = Path(output_dir) / name
-        table = compare_students(
+        compare_students(
             methods=methods,
             seeds=list(seeds),
             epochs=epochs,
             output_dir=str(out),
             scenario=sc,
             backbone=backbone,
+            echo=echo,
         )
-        corrupted_what = (
-            f"{100 * fraction:.0f} % of the teacher's training inputs corrupted at distillation "
-            f"time: {spec.what} (`{spec.kind}`, severity {spec.severity})"
-        )
-        sections += [
-            f"## {name}\n",
-            f"{sc.title}; pairing `{pairing.strategy}`. Rows marked *corrupted*: {corrupted_what}; "
-            "the teacher, the no-KD student and the other rows see clean data.\n",
-            table,
-            effects_table(out / "results.json", conditions),
-        ]
-        for condition in conditions:
-            records = quality_records(out / "results.json", row_label(QUALITY, condition))
-            if records:
-                sections.append(f"**{condition}**: " + quality_table(records, quality_source))
-            if condition == "corrupted" and records:
-                weights[name] = records
-                plot_weights(weights, plot)
+        comparison = read_store(out / "results.md")
+        quality = {
+            condition: [
+                separation(r) for r in quality_records(comparison, row_label(QUALITY, condition))
+            ]
+            for condition in conditions
+        }
+        store["scenarios"][name] = {
+            "title": sc.title,
+            "pairing": pairing.strategy,
+            "fraction": fraction,
+            "corruption": asdict(spec),
+            "comparison": comparison,
+            "quality": quality,
+        }
         # Written after every scenario, so an interrupted benchmark still leaves its page.
-        write_page(page, command, seeds, epochs, backbone, quality_source, sections, weights)
-    print(f"Saved {page}" + (f" and {plot}" if weights else ""))
+        publish(page_path, store, render_softcmkd)
+        draw_softcmkd_plot(store, page_path, echo)
+    echo(f"Saved {page_path}")
+    return page_path
 
 
-def _command(given: dict) -> str:
-    """`cmkd bench softcmkd` with the arguments that differ from softcmkd_grid's defaults."""
-    import inspect
-
-    defaults = inspect.signature(softcmkd_grid).parameters
-    parts = ["cmkd bench softcmkd"]
-    for name, value in given.items():
-        if value != defaults[name].default:
-            text = json.dumps(value).replace('"', "") if isinstance(value, list) else value
-            parts.append(f"--{name} '{text}'" if isinstance(value, list) else f"--{name} {text}")
-    return " ".join(parts)
-
-
-def effects_table(results_json: Path, conditions: list[str]) -> str:
+def effects_table(runs: dict[str, list[dict]], conditions: list[str]) -> str:
     """Paired per-seed differences between neighbouring rows (what each step adds) and between
     each row's corrupted and clean runs (what the corruption costs), test accuracy of the
-    best-on-validation weights, mean and 95 % t interval in points."""
-    from cmkd.stats import mean_ci
-
-    if not Path(results_json).is_file():
-        return ""
-    runs = json.loads(Path(results_json).read_text())["runs"]
+    best-on-validation weights, mean and 95 % t interval in points. `runs`: a comparison's
+    runs by row label."""
     acc = {label: [r["best"]["test"]["acc"] for r in rs] for label, rs in runs.items()}
 
     def diff(a: str, b: str) -> str:
@@ -219,32 +193,79 @@ def row_label(label: str, condition: str) -> str:
     return label if condition == "clean" else f"{label}, corrupted"
 
 
-def write_page(page, command, seeds, epochs, backbone, quality_source, sections, weights) -> None:
-    plot = Path(page).with_name(Path(page).stem + "-weights.png")
+def _plot_path(page: Path) -> Path:
+    return page.with_name(page.stem + "-weights.png")
+
+
+def _weighted(store: dict[str, Any]) -> list[str]:
+    """The scenarios whose corrupted '+ quality weights' runs have teacher-sample qualities."""
+    return [n for n, s in store["scenarios"].items() if s["quality"].get("corrupted")]
+
+
+def render_softcmkd(store: dict[str, Any], page: Path) -> str:
+    """The page of a softcmkd store: the budget, then per scenario the comparison table, the
+    paired effects and the teacher-sample quality of the quality-weighted runs."""
+    source = store["quality_source"]
+    seeds = store["seeds"]
     head = [
         "# Soft-constrained CMKD, clean and corrupted teacher inputs",
         "",
-        f"`{command}`",
+        f"`{store['command']}`",
         "",
-        f"Budget: {len(seeds)} seeds {list(seeds)}, {epochs} epochs, {backbone} teacher and "
-        "students, Adam 1e-3 (the shared comparison settings), 2 CPU cores. Rows: "
+        f"Budget: {len(seeds)} seeds {seeds}, {store['epochs']} epochs, {store['backbone']} "
+        "teacher and students, Adam 1e-3 (the shared comparison settings), 2 CPU cores. Rows: "
         f"{HARD}; {MARGIN}; {CLASSIFIER} (AM-Softmax through the teacher's frozen classifier, "
         f"s 16, m 0.2, plus a logit term tolerant within 1.0, weight 0.5); {QUALITY} (source "
-        f"`{quality_source}`, mean 1 per batch, on both terms). CE weight 1 in every row. The "
+        f"`{source}`, mean 1 per batch, on both terms). CE weight 1 in every row. The "
         "soft constraints are cmkd's reconstruction (methods.md section 2; no equations are "
         "public).",
         "",
     ]
-    if weights:
-        head += [f"![clean vs corrupted weights]({plot.name})", ""]
-    write_atomic(Path(page), "\n".join(head) + "\n" + "\n".join(sections))
+    if _weighted(store):
+        head += [f"![clean vs corrupted weights]({_plot_path(page).name})", ""]
+    sections: list[str] = []
+    for name, part in store["scenarios"].items():
+        spec = part["corruption"]
+        corrupted_what = (
+            f"{100 * part['fraction']:.0f} % of the teacher's training inputs corrupted at "
+            f"distillation time: {spec['what']} (`{spec['kind']}`, severity {spec['severity']})"
+        )
+        sections += [
+            f"## {name}\n",
+            f"{part['title']}; pairing `{part['pairing']}`. Rows marked *corrupted*: "
+            f"{corrupted_what}; the teacher, the no-KD student and the other rows see clean "
+            "data.\n",
+            comparison_table(part["comparison"]),
+            effects_table(part["comparison"]["runs"], store["conditions"]),
+        ]
+        for condition in store["conditions"]:
+            seps = part["quality"].get(condition)
+            if seps:
+                sections.append(f"**{condition}**: " + quality_table(seps, source))
+    return "\n".join(head) + "\n" + "\n".join(sections)
 
 
-def quality_records(results_json: Path, label: str) -> list[dict[str, np.ndarray]]:
-    """The quality.npz of every seed's `label` run listed in a comparison's results.json."""
-    if not Path(results_json).is_file():
-        return []
-    runs = json.loads(Path(results_json).read_text())["runs"].get(label, [])
+def draw_softcmkd_plot(store: dict[str, Any], page: Path, echo: Callable = print) -> None:
+    """The weight histograms, from the quality.npz files of the run folders; where those are
+    gone the plot is kept as it is."""
+    names = _weighted(store)
+    if not names:
+        return
+    weights = {}
+    for name in names:
+        comparison = store["scenarios"][name]["comparison"]
+        records = quality_records(comparison, row_label(QUALITY, "corrupted"))
+        if not records:
+            echo(f"{_plot_path(page)}: kept as it is (no quality.npz of {name} on disk)")
+            return
+        weights[name] = records
+    plot_weights(weights, _plot_path(page))
+
+
+def quality_records(comparison: dict[str, Any], label: str) -> list[dict[str, np.ndarray]]:
+    """The quality.npz of every seed's `label` run of a comparison's store (found through the
+    run folders of its checkpoints; none where those are gone)."""
+    runs = comparison["runs"].get(label, [])
     records = []
     for result in runs:
         path = Path(result["checkpoint"]).parents[1] / "quality.npz"
@@ -258,8 +279,6 @@ def separation(record: dict[str, np.ndarray]) -> dict[str, float]:
     """How one run's teacher samples split into clean and corrupted: the teacher's accuracy on
     each, the AUROC of each quality source for 'is clean' (nan without corruption), and the
     mean weight each group received in training."""
-    from cmkd.methods.quality import auroc
-
     bad, used = record["corrupted"].astype(bool), record["times_used"] > 0
     out = {
         "acc_clean": float(record["correct"][~bad].mean()),
@@ -274,6 +293,23 @@ def separation(record: dict[str, np.ndarray]) -> dict[str, float]:
     return out
 
 
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of `scores` for telling `positive` rows from the others (ties
+    count half); nan unless both groups are present."""
+    import torch
+    from torchmetrics.functional.classification import binary_auroc
+
+    positive = np.asarray(positive, dtype=bool)
+    if positive.all() or not positive.any():
+        return float("nan")
+    scores = torch.as_tensor(np.asarray(scores, dtype=np.float64))
+    # Into [0, 1] keeping order and ties: torchmetrics takes scores outside it for logits and
+    # squashes them with a sigmoid, which ties all large ones (embedding norms) at 1.
+    span = scores.max() - scores.min()
+    scores = (scores - scores.min()) / (span if span > 0 else 1)
+    return float(binary_auroc(scores, torch.as_tensor(positive).long()))
+
+
 def _fmt(values: list[float], pct: bool = False, digits: int = 2) -> str:
     vals = [v * (100 if pct else 1) for v in values if not np.isnan(v)]
     if not vals:
@@ -284,12 +320,12 @@ def _fmt(values: list[float], pct: bool = False, digits: int = 2) -> str:
     return f"{statistics.fmean(vals):.{d}f} ± {statistics.stdev(vals):.{d}f}"
 
 
-def quality_table(records: list[dict[str, np.ndarray]], source: str) -> str:
-    """The teacher-sample quality of the '+ quality weights' runs, mean ± std over seeds."""
-    seps = [separation(r) for r in records]
+def quality_table(seps: list[dict[str, float]], source: str) -> str:
+    """The teacher-sample quality of the '+ quality weights' runs (their `separation`s), mean
+    ± std over seeds."""
     col = lambda key: [s[key] for s in seps]  # noqa: E731
     lines = [
-        f"Teacher samples in the `{QUALITY}` runs ({len(records)} seeds, weights from "
+        f"Teacher samples in the `{QUALITY}` runs ({len(seps)} seeds, weights from "
         f"`{source}`): teacher accuracy on its clean and corrupted training rows, AUROC of each "
         "quality source for telling clean from corrupted (1 = every clean sample above every "
         "corrupted one, 0.5 = chance, < 0.5 = the wrong way round), and the mean weight each "
@@ -309,12 +345,7 @@ def quality_table(records: list[dict[str, np.ndarray]], source: str) -> str:
 def plot_weights(weights: dict[str, list[dict[str, np.ndarray]]], path: Path) -> None:
     """Histograms of the mean training weight per teacher sample, clean vs corrupted, one
     panel per scenario, seeds pooled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(weights), figsize=(4.2 * len(weights), 3.2), squeeze=False)
+    plt, fig, axes = figure(1, len(weights), size=(4.2 * len(weights), 3.2))
     for ax, (name, records) in zip(axes[0], weights.items(), strict=True):
         w = np.concatenate([r["mean_weight"] for r in records])
         bad = np.concatenate([r["corrupted"] for r in records]).astype(bool)
@@ -326,6 +357,4 @@ def plot_weights(weights: dict[str, list[dict[str, np.ndarray]]], path: Path) ->
         ax.set_xlabel("mean quality weight in training")
     axes[0][0].set_ylabel("density")
     axes[0][0].legend()
-    fig.tight_layout()
     save_figure(fig, path, dpi=110)
-    plt.close(fig)

@@ -12,16 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import resource
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from cmkd.errors import CmkdError
 from cmkd.io import write_json
@@ -76,32 +70,3 @@ class Store:
 
     def clear(self) -> None:
         shutil.rmtree(self.root / "cells", ignore_errors=True)
-
-
-@contextmanager
-def peak_memory() -> Iterator[dict[str, float]]:
-    """Peak resident memory (and GPU memory where used) of the process during the block, in
-    MiB. On Linux the RSS high-water mark is reset at the start (/proc/self/clear_refs), so the
-    peak is the block's own; elsewhere it is the process's peak so far."""
-    box: dict[str, float] = {}
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    yield box
-    box["peak_rss_mib"] = round(_rss_high_water_kib() / 1024, 1)
-    if torch.cuda.is_available():
-        box["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-
-
-def _rss_high_water_kib() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return float(line.split()[1])
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 if os.uname().sysname == "Darwin" else peak  # bytes on macOS

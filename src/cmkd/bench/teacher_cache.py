@@ -6,9 +6,10 @@ from __future__ import annotations
 import statistics
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+from cmkd.bench.pagestore import publish
 from cmkd.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, RunConfig
-from cmkd.io import write_json
 
 
 def teacher_cache(
@@ -18,18 +19,12 @@ def teacher_cache(
     repeats: int = 3,
     seed: int = 0,
     output_dir: str = "runs/bench/teacher-cache",
-) -> dict:
+    page: str | None = None,
+    command: str = "",
+) -> dict[str, Any]:
     """Time paired KD (EuroSAT MS -> RGB twins) with the frozen teacher's outputs cached once
-    versus recomputed every step; prints median fit times and their ratio.
-
-    Args:
-        teacher_backbone: The MS teacher (trained 1 epoch: only its cost matters here).
-        student_backbone: The RGB student.
-        epochs: Distillation epochs per timed run.
-        repeats: Timed runs per variant, interleaved; medians are reported.
-        seed: Split and initialisation seed.
-        output_dir: Where the runs and results.json go.
-    """
+    versus recomputed every step, `repeats` interleaved runs each; writes the page (default
+    output_dir/results.md, its store beside it) and returns the store."""
     from cmkd.data.datamodule import prepare_data
     from cmkd.recipes import distill_student, train_classifier
 
@@ -38,11 +33,11 @@ def teacher_cache(
     prepared = prepare_data(data, seed)
     teacher = train_classifier(
         data,
-        ModelConfig(backbone=teacher_backbone),
-        OptimConfig(epochs=1),
-        replace(run, name="teacher"),
-        "ms",
-        seed,
+        model=ModelConfig(backbone=teacher_backbone),
+        optim=OptimConfig(epochs=1),
+        run=replace(run, name="teacher"),
+        modality="ms",
+        seed=seed,
         prepared=prepared,
     )
     times: dict[str, list[float]] = {"cached": [], "recomputed": []}
@@ -51,18 +46,22 @@ def teacher_cache(
         for variant in ("cached", "recomputed"):
             result = distill_student(
                 data,
-                ModelConfig(backbone=student_backbone),
-                OptimConfig(epochs=epochs),
-                replace(run, name=variant),
-                DistillConfig(teacher=teacher["checkpoint"], cache_teacher=variant == "cached"),
-                "rgb",
-                seed,
+                model=ModelConfig(backbone=student_backbone),
+                optim=OptimConfig(epochs=epochs),
+                run=replace(run, name=variant),
+                distill=DistillConfig(
+                    teacher=teacher["checkpoint"], cache_teacher=variant == "cached"
+                ),
+                modality="rgb",
+                seed=seed,
                 prepared=prepared,
             )
             times[variant].append(result["fit_seconds"])
             accs[variant].append(result["last"]["test"]["acc"])
     med = {k: statistics.median(v) for k, v in times.items()}
-    summary = {
+    store = {
+        "kind": "teacher_cache",
+        "command": command,
         "teacher": teacher_backbone,
         "student": student_backbone,
         "epochs": epochs,
@@ -71,10 +70,35 @@ def teacher_cache(
         "speedup_cached_over_recomputed": med["recomputed"] / med["cached"],
         "last_epoch_test_acc": accs,
     }
-    write_json(Path(output_dir) / "results.json", summary)
+    page = publish(page or Path(output_dir) / "results.md", store, render_teacher_cache)
     print(
         f"teacher {teacher_backbone} -> student {student_backbone}, {epochs} epochs, "
         f"median of {repeats}: cached {med['cached']:.2f} s, recomputed {med['recomputed']:.2f} s, "
-        f"speed-up x{summary['speedup_cached_over_recomputed']:.2f}"
+        f"speed-up x{store['speedup_cached_over_recomputed']:.2f}\nSaved {page}"
     )
-    return summary
+    return store
+
+
+def render_teacher_cache(store: dict[str, Any], page: Path) -> str:
+    """The two variants' fit times and test accuracies (equal: the teacher is frozen and its
+    inputs are not augmented, so caching changes nothing but the time)."""
+    lines = ["# Teacher cache: frozen teacher outputs computed once vs every step", ""]
+    if store.get("command"):
+        lines += [f"`{store['command']}`", ""]
+    runs = len(store["fit_seconds"]["cached"])
+    lines += [
+        f"Paired KD, EuroSAT MS -> RGB twins: {store['teacher']} MS teacher, "
+        f"{store['student']} RGB student, {store['epochs']} epochs, {runs} interleaved runs "
+        "per variant.",
+        "",
+        "| variant | fit s (median) | fit s (runs) | test acc % (last epoch, runs) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for variant in ("cached", "recomputed"):
+        fits = ", ".join(f"{s:.2f}" for s in store["fit_seconds"][variant])
+        accs = ", ".join(f"{100 * a:.1f}" for a in store["last_epoch_test_acc"][variant])
+        lines.append(
+            f"| {variant} | {store['median_fit_seconds'][variant]:.2f} | {fits} | {accs} |"
+        )
+    lines += ["", f"Speed-up of the cache: x{store['speedup_cached_over_recomputed']:.2f}.", ""]
+    return "\n".join(lines)

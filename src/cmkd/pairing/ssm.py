@@ -2,7 +2,7 @@
 
 Asymmetric CMKD has no twins, so each student (B) sample needs a teacher (A) sample to learn
 from. SSM trains a two-encoder, CLIP-style model on pairs that need neither labels nor real B
-data: an A sample and its pseudo-B view (cmkd.matching.pseudo_views). Afterwards every real B
+data: an A sample and its pseudo-B view (cmkd.pairing.pseudo_views). Afterwards every real B
 sample is paired with the same-class A sample of highest cosine similarity.
 
 Differences from the authors' code (weirl-922/ACKD @ 21a20f8), on purpose:

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import pytest
 
-from cmkd.bench.discomkd import (
-    DCK,
-    SINGLE,
-    _logit_methods,
-    _scenarios,
-    render_page,
-    render_section,
-)
+from cmkd.bench.discomkd.page import PAGE_HEAD, add_scenario, render_discomkd, render_section
+from cmkd.bench.discomkd.scenarios import DCK, SINGLE, _logit_methods, _scenarios
+from cmkd.bench.pagestore import publish, read_store
 from cmkd.errors import CmkdError
 from cmkd.losses import LOSSES
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "eurosat_paired" / "losses"
+
 
 def test_baselines_with_and_without_lskd():
-    methods = _logit_methods(["kd", "dkd", "mlkd", "ctkd"])
+    methods = _logit_methods(["kd", "dkd", "mlkd", "ctkd"], CONFIGS)
     assert list(methods) == [
         "KD", "KD + LSKD", "DKD", "DKD + LSKD", "MLKD", "MLKD + LSKD", "CTKD", "CTKD + LSKD",
     ]  # fmt: skip
@@ -28,7 +25,9 @@ def test_baselines_with_and_without_lskd():
             assert term.params.get("standardize", False) == label.endswith("LSKD")
             assert LOSSES[term.name].cls(**term.params).standardize == label.endswith("LSKD")
     with pytest.raises(CmkdError, match="unknown baseline"):
-        _logit_methods(["dist"])
+        _logit_methods(["dist"], CONFIGS)
+    with pytest.raises(CmkdError, match="no loss configs"):
+        _logit_methods(["kd"], CONFIGS / "missing")
 
 
 def test_scenarios_cover_the_issue():
@@ -45,8 +44,9 @@ def _run(acc, f1, last=None):
     }
 
 
-def _record(title: str, command: str = "cmkd bench discomkd --scenario toy") -> dict:
+def _record(title: str, command: str = "cmkd bench discomkd --scenario toy", name="toy") -> dict:
     return {
+        "scenario": name,
         "title": title,
         "settings": {
             "lr": 1e-3,
@@ -76,7 +76,7 @@ def test_last_epoch_scores_come_from_the_final_weights(tmp_path):
     final-weights accuracy instead."""
     import json
 
-    from cmkd.bench.discomkd import repair_last_epoch
+    from cmkd.bench.discomkd.run import repair_last_epoch
 
     run = tmp_path / "single-a" / "seed0"
     (run / "checkpoints").mkdir(parents=True)
@@ -93,23 +93,33 @@ def test_last_epoch_scores_come_from_the_final_weights(tmp_path):
     assert repair_last_epoch(store) == 0
 
 
-def test_page_keeps_sections_whose_results_are_not_here(tmp_path):
+def test_the_page_store_keeps_every_scenario_run_into_it(tmp_path):
     titles = {name: sc.title for name, sc in _scenarios().items()}
-    for name in ("mfeat2", "digits"):
-        (tmp_path / name).mkdir()
-        record = _record(titles[name], f"run {name}")
-        (tmp_path / name / "results.json").write_text(json.dumps(record))
-    page = render_page(tmp_path, list(titles))
-    assert "Command: `run mfeat2`" in page and "Command: `run digits`" in page
-    # A fresh checkout holds only digits' results: mfeat2's section stays as it was,
-    # digits' is rendered from the new results, and the order is the scenarios' order.
-    (tmp_path / "mfeat2" / "results.json").unlink()
-    (tmp_path / "digits" / "results.json").write_text(json.dumps(_record(titles["digits"], "new")))
-    again = render_page(tmp_path, list(titles), previous=page)
+    page = tmp_path / "discomkd.md"
+    for name in ("digits", "mfeat2"):
+        record = _record(titles[name], f"run {name}", name)
+        publish(page, add_scenario(page, record), render_discomkd)
+    text = page.read_text()
+    assert "Command: `run mfeat2`" in text and "Command: `run digits`" in text
+    assert text.index(titles["mfeat2"]) < text.index(titles["digits"])  # the scenarios' order
+    # Running digits again replaces its section only; no checkpoint path is kept.
+    publish(page, add_scenario(page, _record(titles["digits"], "new", "digits")), render_discomkd)
+    again = page.read_text()
     assert "Command: `run mfeat2`" in again and "Command: `new`" in again
     assert "run digits" not in again
-    assert again.index(titles["mfeat2"]) < again.index(titles["digits"])
-    # Nothing stored: the page is reproduced as it stands.
-    (tmp_path / "digits" / "results.json").unlink()
-    assert render_page(tmp_path, list(titles), previous=again) == again
-    assert render_page(tmp_path, list(titles)) == render_page(tmp_path, [])
+    assert render_discomkd(read_store(page), page) == again
+    assert "checkpoint" not in page.with_suffix(".json").read_text()
+
+
+def test_a_page_written_before_its_store_keeps_its_other_sections(tmp_path):
+    titles = {name: sc.title for name, sc in _scenarios().items()}
+    page = tmp_path / "discomkd.md"
+    page.write_text(PAGE_HEAD + "\n## " + titles["mfeat2"] + "\n\nold numbers\n")
+    publish(page, add_scenario(page, _record(titles["digits"], "new", "digits")), render_discomkd)
+    text = page.read_text()
+    assert "old numbers" in text and "Command: `new`" in text
+    assert text.index("old numbers") < text.index(titles["digits"])
+    assert render_discomkd(read_store(page), page) == text  # the old text is in the store
+    publish(page, add_scenario(page, _record(titles["mfeat2"], "m", "mfeat2")), render_discomkd)
+    assert "old numbers" not in page.read_text()
+    assert "legacy_sections" not in read_store(page)

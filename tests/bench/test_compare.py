@@ -1,11 +1,14 @@
-"""The comparison behind `cmkd demo` and `cmkd bench losses`, shortened."""
+"""The comparison behind `cmkd demo` and `cmkd bench losses`, shortened: its page and the
+compact store the page is rendered from."""
 
 from __future__ import annotations
 
 import json
 
-from cmkd.comparison import NO_KD, TEACHER, compare_students, mean_std
+from cmkd.bench.compare import compare_students, render_compare_page
+from cmkd.bench.scenarios import NO_KD, TEACHER
 from cmkd.config import DistillConfig, TermConfig
+from cmkd.stats import mean_std
 
 
 def test_mean_std_is_in_percent_with_sample_std() -> None:
@@ -16,8 +19,11 @@ def test_mean_std_is_in_percent_with_sample_std() -> None:
 def test_compare_students_writes_the_table(tmp_path, data_root) -> None:
     kd = DistillConfig(terms=[TermConfig("kd", 0.5, {"temperature": 4.0})])
     lines: list[str] = []
-    table = compare_students({"KD": kd}, [0, 1], 1, str(tmp_path), echo=lines.append)
-    assert (tmp_path / "results.md").read_text() == table
+    table = compare_students(
+        {"KD": kd}, [0, 1], 1, str(tmp_path), echo=lines.append, heading="A", command="cmkd x"
+    )
+    page = (tmp_path / "results.md").read_text()
+    assert page == "# A\n\n`cmkd x`\n\n" + table
     rows = [
         line
         for line in table.splitlines()
@@ -31,3 +37,6 @@ def test_compare_students_writes_the_table(tmp_path, data_root) -> None:
     # Each seed's KD run used that seed's teacher.
     for seed, run in zip([0, 1], saved["runs"]["KD"], strict=True):
         assert run["seed"] == seed and f"seed{seed}" in run["teacher_checkpoint"]
+    # The store alone renders the page again (no run folder read).
+    assert saved["kind"] == "compare" and "acc_per_class" not in json.dumps(saved)
+    assert render_compare_page(saved, tmp_path / "results.md") == page

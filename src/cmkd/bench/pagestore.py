@@ -1,0 +1,73 @@
+"""Every benchmark page is rendered from a compact store beside it, so that it can be
+rendered again from a fresh clone: no run folder, no checkpoint.
+
+Layout, for a page `benchmarks/NAME.md`:
+- `benchmarks/NAME.json`: the store, plain JSON with a `kind` (which renderer reads it) and
+  only what the page shows: metrics per cell, config hashes, timings, seeds, labels; no weights;
+- `benchmarks/NAME/`: the page's plots, where it has any.
+
+A page writer writes the store first and then renders the page from that store alone (never
+from the richer data it has in memory), so `cmkd report benchmarks/NAME.md` gives the same
+page byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cmkd.errors import CmkdError
+from cmkd.io import write_atomic, write_json
+
+
+def store_path(page: str | Path) -> Path:
+    """The store of a page: the .json of the same name beside it."""
+    return Path(page).with_suffix(".json")
+
+
+def plots_folder(page: str | Path) -> Path:
+    """Where a page's plots go: the folder of the page's name beside it."""
+    return Path(page).with_suffix("")
+
+
+Render = Callable[[dict[str, Any], Path], str]
+"""A page's renderer: (its store, the page's path) -> the Markdown. The path only names the
+files beside the page (store, plots); the text depends on nothing else."""
+
+
+def publish(page: str | Path, store: dict[str, Any], render: Render) -> Path:
+    """Write the store beside the page, then the page rendered from the store as written."""
+    page = Path(page)
+    if page.suffix != ".md":
+        raise CmkdError(f"page {page}: a page is a Markdown file (.md)")
+    path = store_path(page)
+    write_json(path, store)
+    write_atomic(page, render(read_store(path), page))
+    return page
+
+
+def portable(path: str | None) -> str | None:
+    """A run's path as a store keeps it: relative to the current folder (the checkout) where
+    it lies inside it, so a committed store names no one's home folder."""
+    if not path or not Path(path).is_absolute():
+        return path
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def read_store(path: str | Path) -> dict[str, Any]:
+    """A page's store (the .json itself, or the page whose store it is)."""
+    path = store_path(path)
+    if not path.is_file():
+        raise CmkdError(f"no page store {path}")
+    try:
+        store = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CmkdError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(store, dict) or "kind" not in store:
+        raise CmkdError(f"{path} is no page store (no 'kind'; an older results file?)")
+    return store

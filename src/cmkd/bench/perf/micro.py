@@ -1,0 +1,318 @@
+"""Micro-benchmarks, each against a baseline timed in the same process: (b) DynM's chunked
+min-KL matcher against per-sample loops (the authors' and a tight one), and the 60,000 x
+70,000 x 10 case with its peak memory; (c) CORAL through b x b Gram matrices against d x d
+covariances; where SKA's time goes, and SKA's step against the student's own.
+
+Every timing is one call through torch.utils.benchmark.Timer (after its two untimed warm-up
+calls), repeated and interleaved across the variants; medians are reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from statistics import median
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.benchmark import Timer
+
+from cmkd.bench.machine import peak_memory
+
+
+def seconds(call: Callable[[], Any]) -> float:
+    """Seconds of one call, timed by torch.utils.benchmark.Timer (two untimed warm-up calls
+    first; CUDA synchronised; torch's thread count kept as it is)."""
+    timer = Timer("call()", globals={"call": call}, num_threads=torch.get_num_threads())
+    return timer.timeit(1).median
+
+
+def _logits(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % k
+    logits = torch.randn(n, k, generator=g) * 2 + 4 * F.one_hot(labels, k)
+    return logits, labels
+
+
+def min_kl_loop(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    student_labels: torch.Tensor,
+    teacher_labels: torch.Tensor,
+    temperature: float = 3.0,
+) -> torch.Tensor:
+    """A tight per-sample loop: one student sample at a time against its class gallery (the
+    softened teacher outputs of that class, gathered once), KL to each, argmin."""
+    log_ps = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_pt = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    galleries = {}
+    for c in teacher_labels.unique().tolist():
+        rows = torch.nonzero(teacher_labels == c)[:, 0]
+        galleries[c] = (rows, log_pt[rows].exp(), log_pt[rows])
+    out = torch.empty(len(student_logits), dtype=torch.long)
+    for i, c in enumerate(student_labels.tolist()):
+        rows, pt_c, log_pt_c = galleries[c]
+        kl = (pt_c * (log_pt_c - log_ps[i])).sum(dim=1)
+        out[i] = rows[kl.argmin()]
+    return out
+
+
+def min_kl_authors(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    student_labels: torch.Tensor,
+    teacher_labels: torch.Tensor,
+    temperature: float = 3.0,
+) -> torch.Tensor:
+    """The authors' matcher (ACKD utils/dataset_transfer.py, find_matches), given the logits:
+    the gallery is a list of 1 x K teacher logits per class; per student sample it is
+    concatenated, the student's logits expanded to it, nn.KLDivLoss(reduction='none') of the
+    softened pair summed per teacher, and topk(1, largest=False) taken. Their per-sample
+    student forward pass and their second, largest-KL topk are left out."""
+    kl_div = torch.nn.KLDivLoss(reduction="none")
+    gallery: dict[int, tuple[list[torch.Tensor], list[int]]] = {}
+    for j, c in enumerate(teacher_labels.tolist()):
+        logits, rows = gallery.setdefault(c, ([], []))
+        logits.append(teacher_logits[j : j + 1])
+        rows.append(j)
+    out = torch.empty(len(student_logits), dtype=torch.long)
+    for i, c in enumerate(student_labels.tolist()):
+        logits, rows = gallery[c]
+        teacher = torch.cat(logits)
+        student = student_logits[i : i + 1].expand(teacher.size(0), -1)
+        score = kl_div(
+            F.log_softmax(student / temperature, dim=1), F.softmax(teacher / temperature, dim=1)
+        ).sum(dim=1)
+        _, index = torch.topk(score, 1, largest=False)
+        out[i] = rows[int(index[0])]
+    return out
+
+
+def dynm_speed(
+    loop_students: int = 6_000,
+    loop_teachers: int = 7_000,
+    big_students: int = 60_000,
+    big_teachers: int = 70_000,
+    classes: int = 10,
+    repeats: int = 3,
+    chunk_size: int = 4096,
+    big_chunks: tuple[int, ...] = (512, 4096),
+) -> dict[str, Any]:
+    """Chunked min-KL (cmkd.matching.dynamic.min_kl_match) against the per-sample loop at a
+    size the loop manages (interleaved repeats, medians), then the chunked matcher alone at
+    `big_students` x `big_teachers`, with its peak memory."""
+    from cmkd.pairing.dynamic import min_kl_match
+
+    zs, ys = _logits(loop_students, classes, 1)
+    zt, yt = _logits(loop_teachers, classes, 2)
+    variants = {
+        "chunked": lambda a, b, c, d: min_kl_match(a, b, c, d, chunk_size=chunk_size),
+        "loop": min_kl_loop,
+        "authors": min_kl_authors,
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    results: dict[str, torch.Tensor] = {}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name].append(
+                seconds(lambda name=name, fn=fn: results.update({name: fn(zs, zt, ys, yt)}))
+            )
+    agree = {
+        name: float((results["chunked"] == results[name]).float().mean())
+        for name in ("loop", "authors")
+    }
+    zs, ys = _logits(big_students, classes, 3)
+    zt, yt = _logits(big_teachers, classes, 4)
+    big: dict[int, dict[str, list]] = {c: {"seconds": [], "peak_mb": []} for c in big_chunks}
+    for _ in range(repeats):
+        for c in big_chunks:
+            with peak_memory() as memory:
+                took = seconds(lambda c=c: min_kl_match(zs, zt, ys, yt, chunk_size=c))
+            big[c]["seconds"].append(took)
+            if memory["added_mib"] is not None:
+                big[c]["peak_mb"].append(memory["added_mib"])
+    med = {k: median(v) for k, v in times.items()}
+    return {
+        "loop_size": [loop_students, loop_teachers, classes],
+        "seconds": times,
+        "median_s": med,
+        "speedup": med["authors"] / med["chunked"],
+        "speedup_vs_tight_loop": med["loop"] / med["chunked"],
+        "same_pairs_fraction": agree,
+        "big_size": [big_students, big_teachers, classes],
+        "big": {
+            str(c): {
+                **v,
+                "median_s": median(v["seconds"]),
+                # The first run's rise is the honest peak: later runs may reuse memory the
+                # allocator kept from earlier ones.
+                "peak_mb_max": max(v["peak_mb"]) if v["peak_mb"] else None,
+            }
+            for c, v in big.items()
+        },
+    }
+
+
+# --- (c) CORAL ------------------------------------------------------------------------------
+
+
+def coral_cost(d: int = 8192, b: int = 256, repeats: int = 3) -> dict[str, Any]:
+    """One forward and backward of the CORAL scatter gap through b x b Gram matrices against
+    d x d covariances: median seconds and peak memory each, and the two values' agreement."""
+    from cmkd.losses.ska import scatter_gap
+
+    g = torch.Generator().manual_seed(0)
+    x0, y0 = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g) * 1.1
+
+    def step(gram: bool) -> float:
+        x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
+        gap = scatter_gap(x - x.mean(0), y - y.mean(0), gram=gram)
+        gap.backward()
+        return float(gap.detach())
+
+    times: dict[str, list[float]] = {"gram": [], "direct": []}
+    peaks: dict[str, list[float]] = {"gram": [], "direct": []}
+    values: dict[str, float] = {}
+    for _ in range(repeats):
+        for name in ("gram", "direct"):
+            with peak_memory() as memory:
+                took = seconds(lambda name=name: values.update({name: step(name == "gram")}))
+            times[name].append(took)
+            if memory["added_mib"] is not None:
+                peaks[name].append(memory["added_mib"])
+    med = {k: median(v) for k, v in times.items()}
+    peak = {k: (max(v) if v else None) for k, v in peaks.items()}
+    return {
+        "d": d,
+        "b": b,
+        "seconds": times,
+        "median_s": med,
+        "speedup": med["direct"] / med["gram"],
+        "peak_mb": peak,
+        "memory_ratio": peak["direct"] / peak["gram"] if peak["gram"] and peak["direct"] else None,
+        "relative_difference": abs(values["gram"] - values["direct"]) / abs(values["direct"]),
+    }
+
+
+def ska_breakdown(
+    batch: int = 32, channels: int = 128, grid: int = 4, dim: int = 256, steps: int = 20
+) -> dict[str, Any]:
+    """Where one SKA step's time goes (median ms per part over `steps`, each part timed on its
+    own), at the shapes of the overhead runs: small_cnn on 64 x 64 inputs gives 128 channels on
+    a 4 x 4 grid, both sides."""
+    from cmkd.losses.ska import SKA, coral, cross_weights, refine
+    from cmkd.models.outputs import ModelOutput
+
+    torch.manual_seed(0)
+    ska = SKA(channels, channels, channels, channels, dim=dim)
+
+    def fm(grad: bool) -> ModelOutput:
+        return ModelOutput(
+            torch.randn(batch, 10),
+            torch.randn(batch, channels).requires_grad_(grad),
+            torch.randn(batch, channels, grid, grid).requires_grad_(grad),
+        )
+
+    def parts_of(s: ModelOutput, t: ModelOutput) -> dict[str, Callable[[dict], None]]:
+        """One SKA step in parts, in order; each reads what the earlier ones left in `x` and
+        can run again (the backward keeps its graph), so each is timed on its own."""
+
+        def tokens(x: dict) -> None:
+            x["st"], x["tt"] = ska.tokens(s.feature_map, t.feature_map)
+
+        def attention(x: dict) -> None:
+            x["a_t"], x["a_s"] = cross_weights(
+                ska.attn_t(x["tt"], ska._folded(ska.map_t)),
+                ska.attn_s(x["st"], ska._folded(ska.map_s)),
+            )
+
+        def refine_tokens(x: dict) -> None:
+            x["f_t"], x["f_s"] = refine(x["tt"], x["a_t"]), refine(x["st"], x["a_s"])
+
+        def coral_tokens(x: dict) -> None:
+            x["token_loss"] = ska.token_coral(x["f_t"], x["f_s"])
+
+        def pooled(x: dict) -> None:
+            pooled_loss = coral(ska.embed_t(t.embedding), ska.embed_s(s.embedding))
+            x["loss"] = x["token_loss"] + pooled_loss
+
+        def backward(x: dict) -> None:
+            x["loss"].backward(retain_graph=True)
+
+        return {
+            "tokens": tokens,
+            "attention": attention,
+            "refine": refine_tokens,
+            "coral_tokens": coral_tokens,
+            "pooled": pooled,
+            "backward": backward,
+        }
+
+    times: dict[str, list[float]] = {k: [] for k in parts_of(fm(True), fm(False))}
+    for _ in range(steps):
+        state: dict = {}
+        for name, part in parts_of(fm(True), fm(False)).items():
+            times[name].append(1000 * seconds(lambda part=part, state=state: part(state)))
+    med = {k: median(v) for k, v in times.items()}
+    total = sum(med.values())
+    return {
+        "shape": [batch, channels, grid, grid],
+        "dim": dim,
+        "median_ms": med,
+        "total_ms": total,
+        "share": {k: v / total for k, v in med.items()},
+    }
+
+
+def ska_vs_student(
+    backbones: tuple[str, ...] = ("small_cnn", "resnet18"),
+    batch: int = 32,
+    steps: int = 6,
+    dim: int = 256,
+) -> dict[str, Any]:
+    """One training step (forward, CE + KD, backward) of an RGB student against the same step
+    with SKA added, per backbone (teacher: the same backbone on 13-band MS, outputs fixed as a
+    cache would give them), 64 x 64 inputs; steps interleaved, medians. The ratio is SemBridge
+    over KD without DynM, at small and at ResNet scale."""
+    from cmkd.losses.ska import SKA
+    from cmkd.models.model import build_model
+
+    out: dict[str, Any] = {}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, 64, 64, generator=g)
+    y = torch.randint(0, 10, (batch,), generator=g)
+    for backbone in backbones:
+        torch.manual_seed(0)
+        student = build_model({"backbone": backbone, "in_chans": 3, "num_classes": 10})
+        teacher = build_model({"backbone": backbone, "in_chans": 13, "num_classes": 10}).eval()
+        with torch.no_grad():
+            t = teacher(torch.randn(batch, 13, 64, 64, generator=g))
+        probe = student(x[:2])
+        ska = SKA(
+            probe.feature_map.shape[1],
+            t.feature_map.shape[1],
+            probe.embedding.shape[1],
+            t.embedding.shape[1],
+            dim=dim,
+        )
+
+        def step(with_ska: bool, student=student, ska=ska, t=t) -> None:
+            s = student(x)
+            loss = F.cross_entropy(s.logits, y) + 16 * F.kl_div(
+                F.log_softmax(s.logits / 4, 1), F.softmax(t.logits / 4, 1), reduction="batchmean"
+            )
+            if with_ska:
+                loss = loss + 0.003 * sum(ska(s, t, {}).values())
+            loss.backward()
+
+        times: dict[str, list[float]] = {"kd": [], "kd+ska": []}
+        for _ in range(steps):
+            times["kd"].append(seconds(lambda step=step: step(False)))
+            times["kd+ska"].append(seconds(lambda step=step: step(True)))
+        med = {k: median(v) for k, v in times.items()}
+        out[backbone] = {
+            "feature_map": list(probe.feature_map.shape[1:]),
+            "median_s": med,
+            "ratio": med["kd+ska"] / med["kd"],
+        }
+    return out

@@ -1,0 +1,81 @@
+"""Who teaches whom on which data in the benchmarks, and the labels of the rows every
+benchmark table shares (teacher, no-KD student, controls, oracle)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from cmkd.config import DataConfig
+
+TEACHER, NO_KD = "teacher", "student, no KD"
+CONTROL_TF, CONTROL_CM = "control: teacher-free", "control: class-mean"
+ORACLE = "oracle: true twins"
+PAIRS = "pairs"
+"""The method name of a pair-list cell in a grid's store (no training, no table row)."""
+SEMBRIDGE = " + SemBridge"
+"""Suffix of a method's row with SemBridge plugged in."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Who teaches whom, on which data; `match` says how `cmkd match` pairs them."""
+
+    title: str
+    teacher_data: DataConfig
+    teacher_modality: str
+    student_data: DataConfig
+    student_modality: str
+    match_method: str = "class_random"
+    pseudo_view: str | None = None
+    oracle_data: DataConfig | None = None
+    """The student's own samples in the teacher's modality, where such twins exist: the bank
+    of an oracle row that pairs every student sample with its true twin."""
+
+
+_RGB_UNPAIRED = DataConfig(
+    source="eurosat_rgb", options={"subset": "unpaired", "per_class_limit": 300}, batch_size=64
+)
+_DIGITS = {"train_per_class": 20, "batch_size": 64}
+_FSDD = DataConfig(source="fsdd", split="official", val_fraction=0.1, test_fraction=0.1)
+SCENARIOS = {
+    "eurosat_paired": Scenario(
+        "EuroSAT paired MS -> RGB (369 twins)",
+        DataConfig(source="eurosat_paired", batch_size=32),
+        "ms",
+        DataConfig(source="eurosat_paired", batch_size=32),
+        "rgb",
+    ),
+    "eurosat_ms_to_rgb": Scenario(
+        "EuroSAT asymmetric MS teacher (369 patches) -> RGB student (3,000 unpaired patches)",
+        DataConfig(source="eurosat_ms", batch_size=32),
+        "ms",
+        _RGB_UNPAIRED,
+        "rgb",
+        match_method="ssm",
+        pseudo_view="eurosat_ms_to_rgb",
+    ),
+    "eurosat_rgb_to_ms": Scenario(
+        "EuroSAT asymmetric RGB teacher (3,000 unpaired patches) -> MS student (369 patches)",
+        _RGB_UNPAIRED,
+        "rgb",
+        DataConfig(source="eurosat_ms", batch_size=32),
+        "ms",
+        match_method="teacher_embedding",
+        pseudo_view="eurosat_ms_to_rgb",
+        oracle_data=DataConfig(source="eurosat_paired", batch_size=32),
+    ),
+    "fsdd_to_mnist": Scenario(
+        "Spoken digits teacher -> MNIST student with 20 labels per class",
+        replace(_FSDD, batch_size=64),
+        "audio",
+        DataConfig(source="mnist", **_DIGITS),
+        "image",
+    ),
+    "mnist_to_fsdd": Scenario(
+        "MNIST teacher -> spoken digits student with 20 labels per class",
+        DataConfig(source="mnist", batch_size=128),
+        "image",
+        replace(_FSDD, **_DIGITS),
+        "audio",
+    ),
+}
