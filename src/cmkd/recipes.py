@@ -206,7 +206,7 @@ def distill_student(
             epochs, distill.pairing.temperature, audit_dir=run_dir / "pairs-digests"
         )
         callbacks = (*callbacks, dynm)
-    extra = {"teacher_checkpoint": teacher_path, "pairing": distill.pairing.strategy}
+    extra = {"teacher_checkpoint": teacher_path, "pairing": _pairing_name(distill.pairing)}
     result = fit_and_test(module, dm, run_dir, run, optim.epochs, resume, callbacks, extra)
     save_teacher_quality(run_dir, module, teacher_train.ids, corrupted)
     final = pairing.table_for(optim.epochs - 1)

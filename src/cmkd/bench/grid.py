@@ -49,12 +49,14 @@ from cmkd.io import write_json
 @dataclass(frozen=True)
 class Architecture:
     """A teacher/student backbone pair; `matcher` builds the SSM encoders (default: the
-    student's backbone)."""
+    student's backbone); `precision` overrides the grid's for this pair (e.g. bf16-mixed for
+    a larger pair on a CPU with native bf16)."""
 
     name: str
     teacher: str = "small_cnn"
     student: str = "small_cnn"
     matcher: str | None = None
+    precision: str | None = None
 
 
 @dataclass
@@ -81,10 +83,23 @@ class Grid:
     paper: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per scenario, accuracies (%) the papers report, shown beside ours."""
     description: str = ""
+    teacher_seeds: dict[str, list[int]] = field(default_factory=dict)
+    """Per scenario, the seeds teachers are trained with, shared by every student seed (student
+    seed s learns from teacher seed teacher_seeds[s % len]): an expensive teacher (a large set,
+    a large network) is paid once, not once per student seed."""
+    teacher_epochs: dict[str, int] = field(default_factory=dict)
+    """Per scenario, the teacher's epochs when they differ from the grid's."""
+    precision: str = "32-true"
+    """Lightning precision of every model (an architecture pair may override it)."""
     custom_scenarios: dict[str, Scenario] = field(default_factory=dict)
 
     def seeds_of(self, scenario: str) -> list[int]:
         return self.seeds + [s for s in self.extra_seeds.get(scenario, []) if s not in self.seeds]
+
+    def teacher_seed(self, scenario: str, seed: int) -> int:
+        """The seed of the teacher that teaches the students of `seed`."""
+        shared = self.teacher_seeds.get(scenario)
+        return shared[seed % len(shared)] if shared else seed
 
     def scenario(self, name: str) -> Scenario:
         sc = self.custom_scenarios.get(name) or SCENARIOS.get(name)
@@ -200,6 +215,9 @@ class GridRunner:
             "matcher_epochs": g.matcher_epochs,
             "lr": g.lr,
             "scheduler": g.scheduler,
+            "teacher_seeds": g.teacher_seeds,
+            "teacher_epochs": g.teacher_epochs,
+            "precision": g.precision,
             "paper": g.paper,
             "machine": machine(),
         }
@@ -269,27 +287,32 @@ class GridRunner:
             )
         return record
 
-    def _run(self, key: CellKey) -> RunConfig:
+    def _precision(self, arch: Architecture) -> str:
+        return arch.precision or self.grid.precision
+
+    def _run(self, key: CellKey, arch: Architecture) -> RunConfig:
         name = str(Path(*map(slug, (key.scenario, key.group, key.method))))
-        return replace(self.run_cfg, name=name, overwrite=True)
+        return replace(self.run_cfg, name=name, overwrite=True, precision=self._precision(arch))
 
     def _teacher(self, name, sc: Scenario, arch, seed, prepared) -> dict:
         from cmkd.recipes import train_classifier
 
-        key = CellKey(name, f"teacher-{arch.teacher}", TEACHER, seed)
+        t_seed = self.grid.teacher_seed(name, seed)
+        key = CellKey(name, f"teacher-{arch.teacher}", TEACHER, t_seed)
         model = ModelConfig(backbone=arch.teacher)
-        config = self._config(sc.teacher_data, model, sc.teacher_modality, seed)
-        same = sc.teacher_data == sc.student_data
+        optim = replace(self.optim, epochs=self.grid.teacher_epochs.get(name, self.optim.epochs))
+        config = self._config(sc.teacher_data, model, sc.teacher_modality, t_seed, arch, optim)
+        same = sc.teacher_data == sc.student_data and t_seed == seed
         return self._cell(
             key,
             config,
             lambda: train_classifier(
                 sc.teacher_data,
                 model=model,
-                optim=self.optim,
-                run=self._run(key),
+                optim=optim,
+                run=self._run(key, arch),
                 modality=sc.teacher_modality,
-                seed=seed,
+                seed=t_seed,
                 prepared=prepared() if same else None,
             ),
         )
@@ -299,7 +322,7 @@ class GridRunner:
 
         key = CellKey(name, f"student-{arch.student}", NO_KD, seed)
         model = ModelConfig(backbone=arch.student)
-        config = self._config(sc.student_data, model, sc.student_modality, seed)
+        config = self._config(sc.student_data, model, sc.student_modality, seed, arch)
         return self._cell(
             key,
             config,
@@ -307,7 +330,7 @@ class GridRunner:
                 sc.student_data,
                 model=model,
                 optim=self.optim,
-                run=self._run(key),
+                run=self._run(key, arch),
                 modality=sc.student_modality,
                 seed=seed,
                 prepared=prepared(),
@@ -327,6 +350,7 @@ class GridRunner:
             "pseudo_view": sc.pseudo_view,
             "matcher": matcher,
             "matcher_epochs": self.grid.matcher_epochs,
+            "precision": self._precision(arch),
         }
 
         def match() -> dict:
@@ -340,7 +364,7 @@ class GridRunner:
                 pseudo_view=sc.pseudo_view,
                 backbone=matcher,
                 epochs=self.grid.matcher_epochs,
-                progress=False,
+                run=replace(self.run_cfg, precision=self._precision(arch)),
             )
             return {"pairs": str(path), "summary": pairs.summary()}
 
@@ -356,7 +380,7 @@ class GridRunner:
         key = CellKey(name, arch.name, label, seed)
         model = ModelConfig(backbone=arch.student)
         config = {
-            **self._config(sc.student_data, model, sc.student_modality, seed),
+            **self._config(sc.student_data, model, sc.student_modality, seed, arch),
             "distill": asdict(distill),
             "teacher": teacher["config_hash"],
         }
@@ -367,7 +391,7 @@ class GridRunner:
                 sc.student_data,
                 model=model,
                 optim=self.optim,
-                run=self._run(key),
+                run=self._run(key, arch),
                 distill=distill,
                 modality=sc.student_modality,
                 seed=seed,
@@ -375,13 +399,23 @@ class GridRunner:
             ),
         )
 
-    def _config(self, data: DataConfig, model: ModelConfig, modality: str, seed: int) -> dict:
+    def _config(
+        self,
+        data: DataConfig,
+        model: ModelConfig,
+        modality: str,
+        seed: int,
+        arch: Architecture,
+        optim: OptimConfig | None = None,
+    ) -> dict:
+        """What a cell's result depends on: a change reruns the cell."""
         return {
             "data": asdict(data),
             "model": asdict(model),
-            "optim": asdict(self.optim),
+            "optim": asdict(optim or self.optim),
             "modality": modality,
             "seed": seed,
+            "precision": self._precision(arch),
         }
 
 

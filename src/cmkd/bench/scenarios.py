@@ -64,6 +64,23 @@ SCENARIOS = {
         pseudo_view="eurosat_ms_to_rgb",
         oracle_data=DataConfig(source="eurosat_paired", batch_size=32),
     ),
+    "eurosat_rgb_full_to_ms": Scenario(
+        "EuroSAT asymmetric, strong teacher: RGB teacher on all 26,631 patches without an MS "
+        "twin -> MS student (221 training patches)",
+        DataConfig(
+            source="eurosat_rgb",
+            options={"subset": "unpaired"},
+            val_fraction=0.05,
+            test_fraction=0.05,
+            batch_size=128,
+        ),
+        "rgb",
+        DataConfig(source="eurosat_ms", batch_size=32),
+        "ms",
+        match_method="teacher_embedding",
+        pseudo_view="eurosat_ms_to_rgb",
+        oracle_data=DataConfig(source="eurosat_paired", batch_size=32),
+    ),
     "fsdd_to_mnist": Scenario(
         "Spoken digits teacher -> MNIST student with 20 labels per class",
         replace(_FSDD, batch_size=64),

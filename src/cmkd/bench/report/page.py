@@ -22,6 +22,7 @@ from cmkd.bench.report.tables import (
     build_tables,
     expected_cells,
     info_from_cells,
+    render_selection,
     render_table,
 )
 from cmkd.bench.scenarios import PAIRS, TEACHER
@@ -59,7 +60,9 @@ def compact_cell(record: dict[str, Any], curve_seed: int) -> dict[str, Any]:
     for k in ("checkpoint", "teacher_checkpoint"):
         if k in out["result"]:
             out["result"][k] = portable(out["result"][k])
-    for which in ("best", "last"):
+    for which in ("best", "last", "best_on_test"):
+        if which not in res:
+            continue
         part = res[which]
         test = {k: part["test"][k] for k in ("acc", "f1_macro") if k in part["test"]}
         kept = {k: part[k] for k in ("epoch", "val_acc") if k in part}
@@ -166,12 +169,17 @@ def render_grid_page(store: dict[str, Any], page: Path) -> str:
             lines += ["*No finished cells yet.*", ""]
             continue
         lines += render_table(table, paper_row) + [""]
+        selection = render_selection(table)
+        if selection:
+            lines += ["**Which epoch is scored.**", "", *selection, ""]
         for plot in PLOTS:
             missing = plot.missing(table, seed)
             if missing:
                 lines.append(f"- *{plot.title}: none ({missing}).*")
             else:
                 lines.append(f"![{plot.title}]({plots_folder(page).name}/{plot.file(table)})")
+                if plot.caption:
+                    lines += ["", "*" + plot.caption.format(seed=seed) + "*", ""]
         lines.append("")
     return "\n".join(lines)
 

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from cmkd.bench.figures import figure, save_figure
-from cmkd.bench.report.tables import Table, best_method, mean
+from cmkd.bench.report.tables import CONTROLS, Table, best_method, mean, paired
 from cmkd.bench.scenarios import NO_KD, TEACHER
 from cmkd.bench.store import slug
 from cmkd.errors import CmkdError
+from cmkd.stats import interval
 
 
 class DataCache:
@@ -48,8 +49,14 @@ def first_seed(info: dict[str, Any]) -> int:
     return (info.get("seeds") or [0])[0]
 
 
-def _title(table: Table) -> str:
-    return f"{table.scenario}, {table.arch['name']}"
+def human_title(table: Table, info: dict) -> str:
+    """The scenario's title (not its id) and the architecture pair, for figure titles."""
+    import textwrap
+
+    title = info.get("scenarios", {}).get(table.scenario, {}).get("title") or table.scenario
+    arch = table.arch
+    pair = f"{arch.get('teacher', '?')} teacher, {arch.get('student', '?')} student"
+    return textwrap.fill(f"{title}; {pair}", 75)
 
 
 def _run_dir(record: dict[str, Any]) -> Path:
@@ -64,18 +71,39 @@ def _paired_run(record: dict[str, Any]) -> bool:
 # --- from the store ---------------------------------------------------------------------------
 
 
-def plot_bars(table: Table, path: Path, info: dict, ctx: DataCache) -> None:
-    """Mean ± std of the best-on-val test accuracy per row."""
-    rows = [r for r in table.rows if r.cells]
-    plt, fig, axes = figure(size=(max(5, 0.7 * len(rows) + 2), 4))
+def forest_rows(table: Table) -> list[tuple[str, str, list[float]]]:
+    """(row label, baseline label, paired differences) for every method row against no KD and
+    against each control, in table order: what the forest plot draws."""
+    out = []
+    for row in table.rows:
+        if not row.is_method or not row.cells:
+            continue
+        for base_label in (NO_KD, *CONTROLS):
+            base = table.row(base_label)
+            if base is None or base is row or row.label in CONTROLS and base_label != NO_KD:
+                continue
+            diffs = paired(row, base)
+            if len(diffs) > 1:
+                out.append((row.label, base_label, diffs))
+    return out
+
+
+def plot_forest(table: Table, path: Path, info: dict, ctx: DataCache) -> None:
+    """Per method, the mean paired difference of best-on-val test accuracy to no KD (and to
+    each control) with its 95 % interval: the 1-point differences a 0-100 % bar chart hides."""
+    rows = forest_rows(table)
+    plt, fig, axes = figure(size=(7, 0.32 * len(rows) + 1.6))
     ax = axes[0][0]
-    means = [100 * statistics.fmean(r.acc().values()) for r in rows]
-    stds = [100 * statistics.stdev(r.acc().values()) if len(r.cells) > 1 else 0 for r in rows]
-    colors = ["tab:gray" if not r.is_method else "tab:blue" for r in rows]
-    ax.bar(range(len(rows)), means, yerr=stds, capsize=3, color=colors)
-    ax.set_xticks(range(len(rows)), [r.label for r in rows], rotation=35, ha="right", fontsize=7)
-    ax.set_ylabel("test acc % (best on val)")
-    ax.set_title(_title(table), fontsize=9)
+    colors = {NO_KD: "tab:blue", CONTROLS[0]: "tab:orange", CONTROLS[1]: "tab:green"}
+    labels = []
+    for y, (label, base, diffs) in enumerate(reversed(rows)):
+        m, lo, hi = interval(diffs)
+        ax.errorbar(m, y, xerr=[[m - lo], [hi - m]], fmt="o", color=colors[base], capsize=3)
+        labels.append(f"{label}  − {base.replace('student, ', '')}  (n={len(diffs)})")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.set_xlabel("paired difference in test accuracy, points (best on validation)")
+    ax.set_title(human_title(table, info), fontsize=9)
     save_figure(fig, path)
 
 
@@ -89,15 +117,17 @@ def _fit_points(table: Table) -> list[tuple[str, float, float]]:
 
 
 def plot_acc_time(table: Table, path: Path, info: dict, ctx: DataCache) -> None:
-    """Mean fit seconds against mean best-on-val test accuracy, one point per row."""
-    plt, fig, axes = figure(size=(6, 4))
+    """Mean fit seconds against mean best-on-val test accuracy, one marker per row, named in
+    the legend (labels written beside points overlap)."""
+    plt, fig, axes = figure(size=(7.5, 4))
     ax = axes[0][0]
-    for label, fit, acc in _fit_points(table):
-        ax.scatter(fit, acc)
-        ax.annotate(label, (fit, acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    markers = "osD^v<>pPX*h"
+    for k, (label, fit, acc) in enumerate(_fit_points(table)):
+        ax.scatter(fit, acc, marker=markers[k % len(markers)], s=40, label=label)
     ax.set_xlabel("mean fit seconds")
     ax.set_ylabel("test acc % (best on val)")
-    ax.set_title(_title(table), fontsize=9)
+    ax.set_title(human_title(table, info), fontsize=9)
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1, 0.5))
     save_figure(fig, path)
 
 
@@ -123,7 +153,7 @@ def plot_curves(table: Table, path: Path, info: dict, ctx: DataCache) -> None:
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch")
     ax.set_ylabel("val acc %")
-    ax.set_title(f"{_title(table)}, seed {seed}", fontsize=9)
+    ax.set_title(f"{human_title(table, info)}, seed {seed}", fontsize=9)
     ax.legend(fontsize=6)
     save_figure(fig, path)
 
@@ -183,7 +213,9 @@ def to_image(x):
 def _gallery_row(table: Table, seed: int):
     # Matched (SSM / teacher-embedding, SemBridge) pairs are the interesting ones; a
     # class-random list is shown only when no matched run exists.
-    matched = best_method(table, seed, lambda r: r["result"].get("pairing") == "matched")
+    matched = best_method(
+        table, seed, lambda r: str(r["result"].get("pairing")).startswith("matched")
+    )
     return matched or best_method(table, seed, _paired_run)
 
 
@@ -229,7 +261,11 @@ def plot_gallery(table: Table, path: Path, info: dict, ctx: DataCache) -> None:
             if col == 0:
                 ax.set_ylabel(f"{'student' if r == 0 else 'teacher'}\n{who}", fontsize=7)
         axes[0][col].set_title(pairs.classes[int(pairs.student_labels[k])][:12], fontsize=6)
-    fig.suptitle(f"{_title(table)}: {row.label} pairs ({pairs.method}), seed {seed}", fontsize=8)
+    fig.suptitle(
+        f"{human_title(table, info)}\nrow '{row.label}', pair list from {pairs.method}, "
+        f"seed {seed}",
+        fontsize=8,
+    )
     save_figure(fig, path)
 
 
@@ -290,6 +326,8 @@ class Plot:
     """Why the store has nothing to draw for a table (None: it has)."""
     needs_runs: bool = False
     """Drawn from the run folders, not from the store."""
+    caption: str = ""
+    """What the marks are, under the figure on the page ({n}: seeds, {seed}: first seed)."""
 
     def file(self, table: Table) -> str:
         return f"{table.slug}_{slug(self.title.split(',')[0].split(' (')[0])}.png"
@@ -300,33 +338,51 @@ def _none_if(ok: bool, reason: str) -> str | None:
 
 
 PLOTS = [
-    Plot("accuracy per method", plot_bars, lambda t, s: None),
+    Plot(
+        "paired differences (forest plot)",
+        plot_forest,
+        lambda t, s: _none_if(bool(forest_rows(t)), "fewer than 2 paired seeds per method"),
+        caption="Dots: mean paired difference of test accuracy (best-on-validation weights), "
+        "in points, between the row's method and no KD (blue), the teacher-free control "
+        "(orange) or the class-mean control (green), over the n seeds both have (same split, "
+        "same initialisation); whiskers: 95 % t interval. Right of 0 and clear of it: better.",
+    ),
     Plot(
         "accuracy against training time",
         plot_acc_time,
         lambda t, s: _none_if(bool(_fit_points(t)), "no finished cells with a fit time"),
+        caption="One marker per row: mean fit seconds over seeds against mean test accuracy "
+        "(best-on-validation weights).",
     ),
     Plot(
         "validation curves (first seed)",
         plot_curves,
         lambda t, s: _none_if(bool(_curves(t, s)), f"no validation curves of seed {s} stored"),
+        caption="Validation accuracy per epoch of seed {seed}, one line per row; the thick "
+        "line is the no-KD student.",
     ),
     Plot(
         "confusion matrices (first seed)",
         plot_confusion,
         lambda t, s: _none_if(bool(_confusion_rows(t, s)), f"no no-KD or method cell, seed {s}"),
         needs_runs=True,
+        caption="Test confusion matrices of seed {seed}, rows normalised to 1: the no-KD "
+        "student and the method with the best mean accuracy.",
     ),
     Plot(
         "matched pairs",
         plot_gallery,
         lambda t, s: _none_if(_gallery_row(t, s) is not None, f"no paired method run, seed {s}"),
         needs_runs=True,
+        caption="Top: student training samples (one per class); bottom: the teacher sample "
+        "each was paired with, seed {seed}.",
     ),
     Plot(
         "embeddings, PCA (first seed)",
         plot_embeddings,
         lambda t, s: _none_if(_embedding_row(t, s) is not None, f"no method cell, seed {s}"),
         needs_runs=True,
+        caption="First two principal components of the teacher's and the best method's "
+        "student's embeddings of their test samples, seed {seed}, coloured by class.",
     ),
 ]
