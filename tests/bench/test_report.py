@@ -108,19 +108,19 @@ def test_mean_std_and_paired_delta_match_hand_values(page):
     assert "21 of 21 training cells finished (complete)" in page
     # no-KD 50, 60, 70: mean 60.0, sample std 10.0; last epoch one point lower.
     base = table_row(page, NO_KD)
-    assert base[1:5] == ["3", "60.0 ± 10.0", "59.0 ± 10.0", "59.0 ± 10.0"]
+    assert base[2:6] == ["3", "60.0 ± 10.0", "59.0 ± 10.0", "59.0 ± 10.0"]
     good = table_row(page, "GOOD")
-    assert good[2] == "64.0 ± 12.0"
+    assert good[3] == "64.0 ± 12.0"
     # +2, +4, +6: mean 4, half-width t(0.975, 2) * 2 / sqrt(3) = 4.303 * 1.1547 = 4.968
-    assert good[5] == "+4.0 [-1.0, +9.0] n=3"
-    assert good[6] == "+4.0 [-1.0, +9.0] n=3"  # both sides lose the same point at the end
+    assert good[6] == "+4.0 [-1.0, +9.0] n=3"
+    assert good[7] == "+4.0 [-1.0, +9.0] n=3"  # both sides lose the same point at the end
     # vs teacher-free (55, 65, 75): -3, -1, +1 -> mean -1, std 2 -> [-6.0, +4.0]
-    assert good[7] == "-1.0 [-6.0, +4.0] n=3"
+    assert good[8] == "-1.0 [-6.0, +4.0] n=3"
     # vs class-mean (= no-KD here)
-    assert good[8] == "+4.0 [-1.0, +9.0] n=3"
+    assert good[9] == "+4.0 [-1.0, +9.0] n=3"
     # fit time 15 s vs 10 s; teacher share 25 %; paper number only where grid.json has it
-    assert good[10] == "1.50×" and good[13] == "25 %" and good[14] == "—"
-    assert table_row(page, "GREAT")[14] == "77.7"
+    assert good[11] == "1.50×" and good[14] == "25 %" and good[15] == "—"
+    assert table_row(page, "GREAT")[15] == "77.7"
 
 
 def test_interval_matches_hand_computation():
@@ -132,9 +132,9 @@ def test_interval_matches_hand_computation():
 
 
 def test_wins_marker_only_where_the_interval_excludes_zero(page):
-    assert table_row(page, "GREAT")[9] == "✓"
-    assert table_row(page, "GOOD")[9] == ""  # +4 on average, but the CI contains 0
-    assert table_row(page, "BAD")[9] == ""  # excludes 0, in the wrong direction
+    assert table_row(page, "GREAT")[10] == "✓"
+    assert table_row(page, "GOOD")[10] == ""  # +4 on average, but the CI contains 0
+    assert table_row(page, "BAD")[10] == ""  # excludes 0, in the wrong direction
     summary = next(ln for ln in page.splitlines() if ln.startswith("*Summary:*"))
     assert "GREAT (+11.0)" in summary and "BAD (-11.0)" in summary
     assert "GOOD" not in summary.split("beats both controls")[0]
@@ -159,13 +159,13 @@ def test_partial_store_reports_cells_done_of_total(tmp_path):
     assert "1 stored cell(s) no longer in the grid" in page and "| OLD |" not in page
     # GREAT has seeds 0, 1 but no-KD lacks seed 1: one common seed, so no interval
     great = table_row(page, "GREAT")
-    assert great[1] == "2" and great[5] == "+10.0 n=1" and great[9] == ""
+    assert great[2] == "2" and great[6] == "+10.0 n=1" and great[10] == ""
 
 
 def test_record_only_plots_are_written_and_linked(tmp_path):
     page_path = write_report(make_store(tmp_path / "store"), tmp_path / "out" / "toy.md")
     page = page_path.read_text()
-    for name in ("accuracy-per-method", "accuracy-against-training-time"):
+    for name in ("paired-differences", "accuracy-against-training-time"):
         png = tmp_path / "out" / "toy" / f"toy_s-s_{name}.png"
         assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
         assert f"](toy/toy_s-s_{name}.png)" in page
@@ -175,6 +175,24 @@ def test_record_only_plots_are_written_and_linked(tmp_path):
     assert not (tmp_path / "out" / "toy" / "toy_s-s_confusion-matrices.png").exists()
     # no method of the toy store kept a pair list: the store says so, the page notes it
     assert re.search(r"matched pairs: none \(no paired method run, seed 0\)", page)
+    # every drawn figure has a caption saying what its marks are
+    assert "*Dots: mean paired difference of test accuracy" in page
+
+
+def test_forest_rows_pair_each_method_with_no_kd_and_both_controls(tmp_path):
+    from cmkd.bench.report.page import grid_store
+    from cmkd.bench.report.plots import forest_rows
+    from cmkd.bench.report.tables import build_tables
+
+    store = grid_store(make_store(tmp_path / "store"))
+    table = build_tables(store["info"], store["cells"])[0]
+    rows = forest_rows(table)
+    bases = {(label, base) for label, base, _ in rows}
+    assert ("GOOD", NO_KD) in bases and ("GOOD", "control: teacher-free") in bases
+    # the controls are compared with no KD only, never with each other or themselves
+    assert not any(label.startswith("control") and base != NO_KD for label, base in bases)
+    good = next(d for label, base, d in rows if (label, base) == ("GOOD", NO_KD))
+    assert [round(100 * x, 6) for x in good] == [2.0, 4.0, 6.0]
 
 
 def test_the_page_renders_again_from_its_compact_store_alone(tmp_path):
