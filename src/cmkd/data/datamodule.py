@@ -128,6 +128,13 @@ def _split_rows(cfg: DataConfig, samples: Samples, seed: int) -> dict[str, np.nd
             samples.y, cfg.val_fraction, cfg.test_fraction, seed, classes=samples.classes
         )
     if samples.split is not None:
+        trained = np.bincount(samples.y[samples.split == "train"], minlength=len(samples.classes))
+        if (trained == 0).any():
+            name = samples.classes[int(np.flatnonzero(trained == 0)[0])]
+            raise CmkdError(
+                f"class {name!r} has no training sample in {_where(cfg)}: the split it carries "
+                "puts all of them in val or test; every class needs one"
+            )
         return carried_split(samples.y, samples.split, cfg.val_fraction, seed, samples.classes)
     mask = official_test_mask(cfg.source, samples.ids)
     return stratified_split(
@@ -140,13 +147,19 @@ def _check_train_split(cfg: DataConfig, modality: str, samples: Samples, rows: n
     errors (or absent from every split): refused, naming it."""
     counts = np.bincount(samples.y[rows], minlength=len(samples.classes))
     if not len(rows):
-        raise CmkdError(f"the train split of {cfg.source} ({modality}) is empty")
+        raise CmkdError(f"the train split of {_where(cfg)} ({modality}) is empty")
     if (counts == 0).any():
         name = samples.classes[int(np.flatnonzero(counts == 0)[0])]
         raise CmkdError(
-            f"class {name!r} has no training sample in {cfg.source} ({modality}, split "
+            f"class {name!r} has no training sample in {_where(cfg)} ({modality}, split "
             f"{cfg.split}); every class needs one: add samples or drop the class"
         )
+
+
+def _where(cfg: DataConfig) -> str:
+    """The data in an error message: the user's file where there is one."""
+    path = cfg.options.get("path")
+    return f"npz file {path}" if cfg.source == "npz" and path else f"data source {cfg.source!r}"
 
 
 def _per_class(y: np.ndarray, rows: np.ndarray, k: int, seed: int) -> np.ndarray:

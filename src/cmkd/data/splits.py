@@ -44,7 +44,10 @@ def stratified_split(
                 round(len(rows) * val_fraction / (1 - test_fraction)) if test_fraction < 1 else 0
             )
             if not len(rows):
-                raise CmkdError(f"class {name} has no sample outside the official test split")
+                raise CmkdError(
+                    f"class {name!r} has no training sample: all its samples are in the test "
+                    "split the data carries (or the source's official one)"
+                )
         else:
             n_test = round(len(rows) * test_fraction)
             n_val = round(len(rows) * val_fraction)
