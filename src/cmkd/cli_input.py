@@ -42,6 +42,8 @@ def lock_down_parsing(commands: dict) -> None:
         instantiate_subclass_spec_in_any=False,
         import_path_denylist=["*"],
         import_path_allowlist=allowed,
+        # The config fields' docstrings (cmkd.config) are the help text of their options.
+        docstring_parse_attribute_docstrings=True,
     )
 
 
