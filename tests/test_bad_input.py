@@ -132,6 +132,46 @@ def test_saved_config_of_another_command_says_which(teacher, capsys) -> None:
 # --- inputs found wrong once the data, network or teacher is known -------------------------
 
 
+@pytest.mark.parametrize(
+    ("options", "culprits"),
+    [
+        (["--data.source", "mfeat_nope"], ["'mfeat_nope'", "mfeat"]),
+        (["--data.options", "{view: fou}"], ["'view'", "'mfeat'", "views"]),
+        (["--modality", "sound"], ["'sound'", "fou"]),
+    ],
+)
+def test_unknown_source_option_or_modality(tmp_path, capsys, data_root, options, culprits) -> None:
+    args = ["train", "--modality", "fou", *MFEAT, *options]
+    refused(capsys, args, *culprits, out=tmp_path / "runs")
+
+
+def test_missing_dataset_folder_and_data_root(tmp_path, capsys) -> None:
+    args = ["train", "--modality", "fou", *MFEAT]
+    refused(capsys, [*args, "--data-root", str(tmp_path)], str(tmp_path / "mfeat"))
+    refused(capsys, [*args, "--data-root", str(tmp_path / "nope")], str(tmp_path / "nope"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreadable_image_in_a_folder_source(tmp_path, capsys, data_root) -> None:
+    folder = tmp_path / "rgb"
+    for cls in ("Forest", "River"):
+        (folder / cls).mkdir(parents=True)
+        for src in sorted((data_root / "eurosat" / "rgb" / cls).iterdir())[:3]:
+            (folder / cls / src.name).write_bytes(src.read_bytes())
+    broken = sorted((folder / "River").iterdir())[1]
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    options = json.dumps({"folders": {"rgb": str(folder)}})
+    args = ["train", "--modality", "rgb", "--data.source", "folder", "--data.options", options]
+    refused(capsys, args, str(broken), out=tmp_path / "runs")
+
+
+def test_teacher_with_other_classes(teacher, tmp_path, capsys, mfeat_rows) -> None:
+    x, y = mfeat_rows
+    source = npz(tmp_path, "two.npz", x_fac=x[y < 2], y=y[y < 2], classes=np.array(["a", "b"]))
+    args = ["distill", "--modality", "fac", *source, "--model.backbone", "mlp"]
+    refused(capsys, [*args, "--distill.teacher", str(teacher)], "classes", "['a', 'b']")
+
+
 def test_unknown_backbone(tmp_path, capsys, data_root) -> None:
     args = ["train", "--modality", "fou", *MFEAT, "--model.backbone", "resnet_nope"]
     refused(capsys, args, "'resnet_nope'", "mlp", out=tmp_path / "runs")
