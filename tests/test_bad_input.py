@@ -78,12 +78,19 @@ def test_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("modality: fou\ndata:\n  source: mfeat\n  batch_size: [1\n")
     refused(capsys, ["train", "--config", str(bad)], str(bad), "line 5", "YAML")
+    section = tmp_path / "data.yaml"  # a section's own file: `--data data.yaml`
+    section.write_text("source: mfeat\nbatch_size: [1\n")
+    refused(capsys, ["train", "--modality", "fou", "--data", str(section)], str(section), "line 3")
 
 
 def test_unknown_config_key_names_key_file_and_the_likely_fix(tmp_path, capsys) -> None:
     bad = tmp_path / "typo.yaml"
     bad.write_text("modality: fou\noptim:\n  epoch: 3\n")
     refused(capsys, ["train", "--config", str(bad)], "'optim.epoch'", str(bad), "'optim.epochs'")
+    section = tmp_path / "optim.yaml"
+    section.write_text("epoch: 3\n")
+    args = ["train", "--modality", "fou", "--optim", str(section)]
+    refused(capsys, args, "'optim.epoch'", str(section), "'optim.epochs'")
 
 
 def test_unknown_and_abbreviated_options_are_refused(tmp_path, capsys) -> None:

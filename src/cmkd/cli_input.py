@@ -110,6 +110,11 @@ def check_configs(args: list[str], commands: dict) -> CommandLine:
             continue
         if arg.startswith("--config="):
             line.args.append("--config=" + _config_value(arg.split("=", 1)[1], line))
+        elif i > 0 and args[i - 1].startswith("--") and _is_yaml_file(arg):
+            # A section's own config file (`--data data.yaml`): the same checks.
+            path = Path(arg).expanduser()
+            line.configs.append((path, {args[i - 1][2:]: _plain_yaml(_read(path), path)}))
+            line.args.append(arg)
         else:
             _refuse_class_value(arg, args[i - 1] if i else "")
             line.args.append(arg)
@@ -146,11 +151,7 @@ def _config_value(value: str, line: CommandLine) -> str:
         if path.suffix.lower() in (".yaml", ".yml", ".json") or "/" in value:
             raise CmkdError(f"config file {path} does not exist")
         return value  # an inline YAML string: the parser reads it
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise CmkdError(f"cannot read config file {path}: {err}") from None
-    data = _plain_yaml(text, path)
+    data = _plain_yaml(_read(path), path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -169,6 +170,17 @@ def _config_value(value: str, line: CommandLine) -> str:
         )
     # A run folder's config.yaml: the same run again, without the record of its command.
     return yaml.safe_dump({k: v for k, v in data.items() if k != "command"}, sort_keys=False)
+
+
+def _is_yaml_file(value: str) -> bool:
+    return value.lower().endswith((".yaml", ".yml")) and Path(value).expanduser().is_file()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise CmkdError(f"cannot read config file {path}: {err}") from None
 
 
 def _plain_yaml(text: str, path: Path) -> Any:
