@@ -300,10 +300,12 @@ def test_settings_that_would_fail_late(tmp_path, capsys, data_root, options, cul
     refused(capsys, args, *culprits, out=tmp_path / "runs")
 
 
-def test_output_folder_that_cannot_be_created(tmp_path, capsys, data_root) -> None:
+def test_output_folder_that_cannot_be_created(teacher, tmp_path, capsys) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     args = ["train", "--modality", "fou", *MFEAT, "--run.output_dir", str(blocker / "runs")]
+    refused(capsys, args, str(blocker), "is a file")
+    args = ["predict", str(teacher), "--output", str(blocker / "predictions.csv")]
     refused(capsys, args, str(blocker), "is a file")
     assert blocker.read_text() == "not a folder"
 

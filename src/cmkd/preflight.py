@@ -71,12 +71,12 @@ def check_output_dir(folder: Path) -> None:
     if not existing.is_dir():
         raise CmkdError(
             f"cannot create the output folder {folder}: {existing} is a file, not a folder; "
-            "choose another --run.output_dir (or --run.name)"
+            "choose another output folder"
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise CmkdError(
             f"cannot write the output folder {folder}: {existing} is not writable; "
-            "choose another --run.output_dir"
+            "choose another output folder"
         )
 
 

@@ -297,6 +297,7 @@ def match_pairs(
     teacher_embedding, class_random)."""
     cfg = MatchConfig(method, pseudo_view, backbone, epochs, batch_size)
     run = run or RunConfig(progress_bar=progress)
+    check_output_dir(Path(output).parent)
     t_model, t_hp = load_model(teacher_checkpoint)
     prepared = prepare_data(data, seed)
     teacher = _teacher_data(t_hp, data, seed, prepared).rows(t_hp["modality"], "train")
@@ -324,6 +325,7 @@ def predict_checkpoint(
     from cmkd.models.inference import predict
     from cmkd.training import device_of
 
+    check_output_dir(Path(output).parent)
     model, hp = load_model(checkpoint)
     if data is None:
         from cmkd.data.datamodule import SPLITS
