@@ -131,26 +131,52 @@ _PLAIN_DATA = (
 def _refuse_class_value(arg: str, previous: str) -> None:
     """A value on the command line (`--model.options '{x: {class_path: ...}}'`) that names a
     class is refused like one in a config file."""
-    key = next((k for k in _CLASS_KEYS if k in arg), None)
-    if key is None:
-        return
     if arg.startswith("--") and "=" in arg:
-        option = arg.split("=", 1)[0]
+        option, value = arg.split("=", 1)
     elif previous.startswith("--"):
-        option = previous
+        option, value = previous, arg
     else:
         return
-    raise CmkdError(f"{option} holds a {key}; {_PLAIN_DATA}")
+    key = _class_key_in(value)
+    if key is not None:
+        raise CmkdError(f"{option} holds a {key}; {_PLAIN_DATA}")
+
+
+def _class_key_in(value: str) -> str | None:
+    """The class key (class_path, init_args) in a YAML value's mappings, if any."""
+    if not any(k in value for k in _CLASS_KEYS):
+        return None
+    try:
+        pending = [yaml.safe_load(value)]
+    except yaml.YAMLError:
+        return None  # not YAML data: the parser takes it as a plain string
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            found = next((k for k in _CLASS_KEYS if k in item), None)
+            if found is not None:
+                return found
+            pending += list(item.values())
+        elif isinstance(item, list):
+            pending += item
+    return None
+
+
+def _is_inline_yaml(value: str) -> bool:
+    return value.lstrip().startswith("{") or "\n" in value or ": " in value
 
 
 def _config_value(value: str, line: CommandLine) -> str:
     """The --config value to hand to the parser: the file itself, or, for a run folder's
     config.yaml, its content without the `command:` line."""
+    if _is_inline_yaml(value):  # `--config '{optim: {epochs: 3}}'`: the parser reads it
+        key = _class_key_in(value)
+        if key is not None:
+            raise CmkdError(f"--config holds a {key}; {_PLAIN_DATA}")
+        return value
     path = Path(value).expanduser()
     if not path.is_file():
-        if path.suffix.lower() in (".yaml", ".yml", ".json") or "/" in value:
-            raise CmkdError(f"config file {path} does not exist")
-        return value  # an inline YAML string: the parser reads it
+        raise CmkdError(f"config file {path} does not exist")
     data = _plain_yaml(_read(path), path)
     if data is None:
         data = {}
