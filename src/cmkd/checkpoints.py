@@ -43,8 +43,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         named = re.search(r"GLOBAL ([\w.]+)", str(err))
         what = f" (it names the Python object {named.group(1)})" if named else ""
         raise CmkdError(
-            f"{path} holds more than plain weights{what}; cmkd only loads plain weights and "
-            "never runs code from a checkpoint: use a checkpoint written by cmkd train/distill"
+            f"{path} is not a readable cmkd checkpoint: it holds more than plain weights{what}; "
+            "cmkd only loads plain weights and never runs code from a checkpoint"
         ) from None
     except Exception as err:  # torch raises many types on a damaged file
         raise CmkdError(

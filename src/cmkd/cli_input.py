@@ -34,7 +34,7 @@ def lock_down_parsing(commands: dict) -> None:
     data (never built), and every import path given as a value is denied except cmkd's own
     config dataclasses (the parser names them itself to read a list of them, e.g.
     distill.terms). The config dataclasses are typed as plain data besides
-    (tests/test_bad_input.py walks them)."""
+    (tests/test_cli_input.py walks them)."""
     from jsonargparse import set_parsing_settings
 
     allowed = sorted(f"{c.__module__}.{c.__qualname__}" for c in config_dataclasses(commands))
