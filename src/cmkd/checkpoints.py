@@ -4,13 +4,15 @@ naming the file."""
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from cmkd.errors import CmkdError
-from cmkd.models.model import StandardizedNetwork, build_model
+from cmkd.models.model import StandardizedNetwork, build_model, rebuild_spec
 
 
 def resolve_checkpoint(path: str | Path, weights: Literal["best", "last"] = "best") -> Path:
@@ -31,19 +33,33 @@ def resolve_checkpoint(path: str | Path, weights: Literal["best", "last"] = "bes
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's dict, loaded with weights_only (a file from anyone must not run code)."""
+    """The checkpoint's dict, loaded with weights_only (a file from anyone must not run code).
+    A file that needs more than plain weights is refused in cmkd's own words: torch's advice
+    to retry with weights_only=False is never passed on."""
     path = Path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types on a damaged or hostile file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except pickle.UnpicklingError as err:  # weights_only refused something in the file
+        named = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" (it names the Python object {named.group(1)})" if named else ""
         raise CmkdError(
-            f"{path} is not a readable cmkd checkpoint ({type(err).__name__}: {first[:200]}); "
+            f"{path} is not a readable cmkd checkpoint: it holds more than plain weights{what}; "
+            "cmkd only loads plain weights and never runs code from a checkpoint"
+        ) from None
+    except Exception as err:  # torch raises many types on a damaged file
+        raise CmkdError(
+            f"{path} is not a readable cmkd checkpoint ({type(err).__name__}: {_first(err)}); "
             "cmkd only loads plain weights and never runs code from a checkpoint"
         ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CmkdError(f"{path} is not a Lightning checkpoint (no state_dict)")
     return ckpt
+
+
+def _first(err: BaseException) -> str:
+    """The first line of an error, without any advice to load with weights_only=False."""
+    lines = [ln for ln in str(err).strip().splitlines() if "weights_only" not in ln]
+    return lines[0][:200] if lines else "unreadable"
 
 
 def load_model(
@@ -57,12 +73,42 @@ def load_model(
     if not isinstance(hparams, dict) or "network" not in hparams:
         raise CmkdError(f"{path} has no cmkd network spec (not written by cmkd train/distill?)")
     state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    spec = hparams["network"]
+    if not isinstance(spec, dict):
+        raise CmkdError(f"{path}: its network spec is not a mapping")
     try:
-        model = build_model(hparams["network"])
-        model.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError) as err:
-        first = str(err).strip().splitlines()[0]
+        # Rebuilt without where its initial weights came from: the checkpoint has its own.
+        model = build_model(rebuild_spec(spec))
+    except CmkdError as err:
+        raise CmkdError(f"{path}: {err}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CmkdError(f"{path}: cannot rebuild its network {spec}: {_first(err)}") from None
+    problem = _misfit(model.state_dict(), state)
+    if problem:
         raise CmkdError(
-            f"{path}: its weights do not fit the network it describes ({first[:200]})"
-        ) from None
+            f"{path}: its weights do not fit the network it describes (backbone "
+            f"{spec.get('backbone')!r}, {spec.get('in_chans')} input channels, "
+            f"{spec.get('num_classes')} classes): {problem}"
+        )
+    model.load_state_dict(state)
     return model.eval(), hparams
+
+
+def _misfit(expected: dict[str, torch.Tensor], found: dict[str, Any]) -> str | None:
+    """What keeps `found` from loading into a network whose state is `expected`, or None."""
+    for key, value in found.items():
+        if not isinstance(value, torch.Tensor):
+            return f"{key} is not a tensor"
+    missing = [k for k in expected if k not in found]
+    if missing:
+        return f"{len(missing)} weights missing (e.g. {missing[0]})"
+    unexpected = [k for k in found if k not in expected]
+    if unexpected:
+        return f"{len(unexpected)} unexpected weights (e.g. {unexpected[0]})"
+    for key, value in expected.items():
+        if found[key].shape != value.shape:
+            return (
+                f"{key} is {tuple(found[key].shape)} in the file but "
+                f"{tuple(value.shape)} in the network"
+            )
+    return None

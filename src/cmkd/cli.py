@@ -244,40 +244,56 @@ def _positional_to_option(argv: list[str]) -> list[str]:
     return argv
 
 
-def main(argv: list[str] | None = None) -> int:
-    from jsonargparse import CLI
-
-    from cmkd.data.root import set_cli_root
+def commands() -> dict:
+    """Every subcommand and the function behind it (nested: `cmkd bench grid`)."""
     from cmkd.methods.discomkd import discomkd_command
 
+    return {
+        "train": train,
+        "distill": distill,
+        "evaluate": evaluate,
+        "predict": predict,
+        "demo": demo,
+        "losses": losses,
+        "pairings": pairings,
+        "matchers": matchers,
+        "match": match,
+        "discomkd": discomkd_command,
+        "pairs": {"show": show_pairs},
+        "report": report,
+        **BENCH_COMMANDS,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jsonargparse import CLI, ArgumentError
+
+    from cmkd.cli_input import CommandLine, check_configs, lock_down_parsing, parse_error_line
+    from cmkd.data.root import set_cli_root
+
+    table = commands()  # imports Lightning, which sets its own log level: quieten it after
     # Lightning's start-up banners and tips drown the results; warnings still show, except a
     # deprecation inside Lightning itself that users can do nothing about.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    lock_down_parsing(table)
+    line = CommandLine([], "")
     try:
         args, root = _pop_data_root(list(sys.argv[1:] if argv is None else argv))
         set_cli_root(root)
-        args = _positional_to_option(args)
+        line = check_configs(_positional_to_option(args), table)
+        # exit_on_error=False: a parser error comes back here as one line, not 30 of usage.
         CLI(
-            {
-                "train": train,
-                "distill": distill,
-                "evaluate": evaluate,
-                "predict": predict,
-                "demo": demo,
-                "losses": losses,
-                "pairings": pairings,
-                "matchers": matchers,
-                "match": match,
-                "discomkd": discomkd_command,
-                "pairs": {"show": show_pairs},
-                "report": report,
-                **BENCH_COMMANDS,
-            },
-            args=args,
+            table,
+            args=line.args,
             description=__doc__,
             as_positional=False,
+            exit_on_error=False,
+            allow_abbrev=False,  # --optim.epoch is a typo, not --optim.epochs
         )
+    except ArgumentError as err:
+        print(f"cmkd: error: {parse_error_line(str(err), line, table)}", file=sys.stderr)
+        return 2
     except CmkdError as err:
         print(f"cmkd: error: {err}", file=sys.stderr)
         return 2

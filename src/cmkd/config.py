@@ -28,15 +28,27 @@ class DataConfig:
     root: str | None = None
     """Data root; else $CMKD_DATA, else ../shared/data beside the checkout, else ~/.cache/cmkd."""
     val_fraction: float = 0.2
+    """Share of each class held out for validation (model selection). With a carried or
+    official split that gives no validation rows: share of the non-test rows."""
     test_fraction: float = 0.2
-    split: Literal["stratified", "official"] = "stratified"
-    """'official' keeps a source's published test split (FSDD: takes 0-4)."""
+    """Share of each class held out for the test score (stratified split only)."""
+    split: Literal["auto", "stratified", "official"] = "auto"
+    """stratified: per-class random split by val_fraction and test_fraction, fixed by the seed.
+    official: the split the data comes with: an npz that carries its own (arrays
+    x_<modality>_test + y_test, optionally _val, or a `split` array of train/val/test), or a
+    source's published test split (FSDD: takes 0-4). auto: official for an npz that carries
+    a split, stratified otherwise."""
     train_per_class: int | None = None
     """Keep only this many training samples per class (a label-scarce student); val and test
     are unchanged."""
     batch_size: int = 64
     augment: bool = False
     """Random flips and 90-degree rotations of the trained model's images (never the teacher's)."""
+    standardize: bool = True
+    """Standardise every input channel with training-split statistics (stored in the
+    checkpoint). false: the network takes the inputs as they are (for data already
+    normalised your own way); it still carries an identity standardisation, so checkpoints
+    keep one shape."""
 
 
 @dataclass
@@ -53,11 +65,17 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
+    """The optimiser and its schedule."""
+
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
     epochs: int = 30
     scheduler: Literal["none", "cosine"] = "none"
+    momentum: float = 0.9
+    """SGD only: momentum factor (0 for plain SGD)."""
+    nesterov: bool = False
+    """SGD only: Nesterov momentum (needs momentum > 0)."""
 
 
 @dataclass

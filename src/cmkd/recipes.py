@@ -34,10 +34,12 @@ from cmkd.errors import CmkdError
 from cmkd.methods.classifier import ClassifierModule
 from cmkd.methods.distill import DistillModule
 from cmkd.methods.quality import save_teacher_quality
+from cmkd.models.model import rebuild_spec
 from cmkd.pairing import PairList, build_pairing, match
 from cmkd.pairing.dynamic import schedule_from
 from cmkd.pairing.rematch import DynamicMatching
 from cmkd.pairing.strategies import IdentityPairing
+from cmkd.preflight import check_output_dir, check_settings, check_terms
 from cmkd.training import check_run, fit_and_test, is_global_zero, open_run_dir, plain_trainer
 
 
@@ -57,6 +59,13 @@ def network_spec(model: ModelConfig, data: PreparedData, modality: str) -> dict[
 def module_args(model, optim, data_cfg, data: PreparedData, modality, seed) -> dict[str, Any]:
     """The arguments every task module shares (ClassifierModule's constructor)."""
     train_x = torch.as_tensor(data.rows(modality, "train").x).float()
+    # Without standardisation the network still carries one (the identity), so every
+    # checkpoint has the same shape.
+    normalize = (
+        Standardize.fit(train_x)
+        if data_cfg.standardize
+        else Standardize.identity(int(train_x.shape[1]))
+    )
     return dict(
         network=network_spec(model, data, modality),
         modality=modality,
@@ -65,7 +74,7 @@ def module_args(model, optim, data_cfg, data: PreparedData, modality, seed) -> d
         augment=data_cfg.augment,
         data=asdict(data_cfg),
         seed=seed,
-        normalize=Standardize.fit(train_x),
+        normalize=normalize,
     )
 
 
@@ -77,6 +86,20 @@ def _resolved(command: str, modality: str, seed: int, **sections) -> dict[str, A
         "seed": seed,
         **{name: asdict(section) for name, section in sections.items()},
     }
+
+
+def _keep_rebuild_spec(module: ClassifierModule) -> None:
+    """The checkpoint's network spec says what rebuilds the network, not where its initial
+    weights came from (`model.options.checkpoint_path`, `pretrained`): a teacher keeps
+    loading after that file moves. The run's config.yaml keeps them for the record."""
+    module.hparams["network"] = rebuild_spec(module.hparams["network"])
+
+
+def _open_run(run: RunConfig, default_name: str, seed: int, config: dict[str, Any]):
+    """The run folder, once every check has passed; its path is checked first (a file in the
+    way is a one-line error, not a traceback with half a folder)."""
+    check_output_dir(Path(run.output_dir) / (run.name or default_name) / f"seed{seed}")
+    return open_run_dir(run, default_name, seed, config)
 
 
 def _check_module(module: ClassifierModule, dm: ModalityDataModule) -> None:
@@ -99,12 +122,14 @@ def train_classifier(
 ) -> dict[str, Any]:
     """Train one network on one modality with cross-entropy (a teacher, or the no-KD student)."""
     check_run(run, optim, data)
+    check_settings(run, optim)
     prepared = prepared or prepare_data(data, seed)
     module = ClassifierModule(**module_args(model, optim, data, prepared, modality, seed))
+    _keep_rebuild_spec(module)
     dm = ModalityDataModule(prepared, modality, data.batch_size, seed)
     _check_module(module, dm)
     config = _resolved("train", modality, seed, data=data, model=model, optim=optim, run=run)
-    run_dir, resume = open_run_dir(run, f"{data.source}-{modality}-{model.backbone}", seed, config)
+    run_dir, resume = _open_run(run, f"{data.source}-{modality}-{model.backbone}", seed, config)
     return fit_and_test(module, dm, run_dir, run, optim.epochs, resume, callbacks)
 
 
@@ -164,6 +189,8 @@ def distill_student(
     if not distill.teacher:
         raise CmkdError("no teacher checkpoint: set --distill.teacher PATH (a .ckpt or run folder)")
     check_run(run, optim, data)
+    check_settings(run, optim)
+    check_terms(distill)
     prepared = prepared or prepare_data(data, seed)
     teacher, t_hp, teacher_train = _teacher_bank(distill, data, seed, prepared)
     check_no_leak(teacher_train.ids, prepared, modality)
@@ -189,6 +216,7 @@ def distill_student(
         num_train=len(student_train),
         quality=asdict(distill.quality),
     )
+    _keep_rebuild_spec(module)
     dm = ModalityDataModule(prepared, modality, data.batch_size, seed)
     _check_module(module, dm)
     # The saved config names the teacher by its absolute path: a rerun from another folder
@@ -199,7 +227,7 @@ def distill_student(
     )
     names = "+".join(t.name for t in distill.terms) or "ce"
     default_name = f"{data.source}-{t_hp['modality']}-to-{modality}-{names}"
-    run_dir, resume = open_run_dir(run, default_name, seed, config)
+    run_dir, resume = _open_run(run, default_name, seed, config)
     if distill.pairing.dynamic:
         epochs = schedule_from(distill.pairing, optim.epochs)
         dynm = DynamicMatching(
@@ -237,7 +265,7 @@ def evaluate_checkpoint(
     data = DataConfig(**{**hp["data"], **({"root": root} if root else {})})
     prepared = prepare_data(data, hp["seed"])
     module = ClassifierModule(
-        hp["network"], hp["modality"], hp["classes"], hp["optim"], seed=hp["seed"]
+        rebuild_spec(hp["network"]), hp["modality"], hp["classes"], hp["optim"], seed=hp["seed"]
     )
     module.model = model
     dm = ModalityDataModule(prepared, hp["modality"], data.batch_size, hp["seed"])
@@ -269,6 +297,7 @@ def match_pairs(
     teacher_embedding, class_random)."""
     cfg = MatchConfig(method, pseudo_view, backbone, epochs, batch_size)
     run = run or RunConfig(progress_bar=progress)
+    check_output_dir(Path(output).parent)
     t_model, t_hp = load_model(teacher_checkpoint)
     prepared = prepare_data(data, seed)
     teacher = _teacher_data(t_hp, data, seed, prepared).rows(t_hp["modality"], "train")
@@ -296,6 +325,7 @@ def predict_checkpoint(
     from cmkd.models.inference import predict
     from cmkd.training import device_of
 
+    check_output_dir(Path(output).parent)
     model, hp = load_model(checkpoint)
     if data is None:
         from cmkd.data.datamodule import SPLITS

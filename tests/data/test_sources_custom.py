@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmkd.data.sources.custom import load_folders, load_npz
+from cmkd.data.sources.custom import load_folders
+from cmkd.data.sources.npz import load_npz
 from cmkd.errors import CmkdError
 
 NAMES = {"Forest": ["Forest_1010", "Forest_1031"], "River": ["River_112", "River_1237"]}

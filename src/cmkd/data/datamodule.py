@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from cmkd.config import DataConfig
 from cmkd.data.root import resolve_data_root
 from cmkd.data.samples import Samples
-from cmkd.data.splits import stratified_split
+from cmkd.data.splits import carried_split, stratified_split
 from cmkd.errors import CmkdError
 
 SPLITS = ("train", "val", "test")
@@ -99,20 +99,67 @@ def prepare_data(cfg: DataConfig, seed: int) -> PreparedData:
     """Load the configured source and split every modality with the same seed.
 
     Modalities of a paired source have the same labels in the same order, so they get the
-    same split and their rows stay aligned.
+    same split and their rows stay aligned. Every class must keep a training sample.
     """
-    from cmkd.data.sources import load_source, official_test_mask
+    from cmkd.data.sources import load_source
 
     samples = load_source(cfg.source, resolve_data_root(cfg.root), **cfg.options)
     split = {}
     for modality, s in samples.items():
-        mask = official_test_mask(cfg.source, s.ids) if cfg.split == "official" else None
-        split[modality] = stratified_split(s.y, cfg.val_fraction, cfg.test_fraction, seed, mask)
+        split[modality] = _split_rows(cfg, s, seed)
         if cfg.train_per_class is not None:
             split[modality]["train"] = _per_class(
                 s.y, split[modality]["train"], cfg.train_per_class, seed
             )
+        _check_train_split(cfg, modality, s, split[modality]["train"])
     return PreparedData(samples, split)
+
+
+def _split_rows(cfg: DataConfig, samples: Samples, seed: int) -> dict[str, np.ndarray]:
+    """auto: the split the data carries (an npz with test arrays or a split array), else
+    stratified; official: the carried split or the source's published one (FSDD)."""
+    from cmkd.data.sources import official_test_mask
+
+    mode = cfg.split
+    if mode == "auto":
+        mode = "official" if samples.split is not None else "stratified"
+    if mode == "stratified":
+        return stratified_split(
+            samples.y, cfg.val_fraction, cfg.test_fraction, seed, classes=samples.classes
+        )
+    if samples.split is not None:
+        trained = np.bincount(samples.y[samples.split == "train"], minlength=len(samples.classes))
+        if (trained == 0).any():
+            name = samples.classes[int(np.flatnonzero(trained == 0)[0])]
+            raise CmkdError(
+                f"class {name!r} has no training sample in {_where(cfg)}: the split it carries "
+                "puts all of them in val or test; every class needs one"
+            )
+        return carried_split(samples.y, samples.split, cfg.val_fraction, seed, samples.classes)
+    mask = official_test_mask(cfg.source, samples.ids)
+    return stratified_split(
+        samples.y, cfg.val_fraction, cfg.test_fraction, seed, mask, classes=samples.classes
+    )
+
+
+def _check_train_split(cfg: DataConfig, modality: str, samples: Samples, rows: np.ndarray) -> None:
+    """A class with no training sample would be a class the model never sees, scored as
+    errors (or absent from every split): refused, naming it."""
+    counts = np.bincount(samples.y[rows], minlength=len(samples.classes))
+    if not len(rows):
+        raise CmkdError(f"the train split of {_where(cfg)} ({modality}) is empty")
+    if (counts == 0).any():
+        name = samples.classes[int(np.flatnonzero(counts == 0)[0])]
+        raise CmkdError(
+            f"class {name!r} has no training sample in {_where(cfg)} ({modality}, split "
+            f"{cfg.split}); every class needs one: add samples or drop the class"
+        )
+
+
+def _where(cfg: DataConfig) -> str:
+    """The data in an error message: the user's file where there is one."""
+    path = cfg.options.get("path")
+    return f"npz file {path}" if cfg.source == "npz" and path else f"data source {cfg.source!r}"
 
 
 def _per_class(y: np.ndarray, rows: np.ndarray, k: int, seed: int) -> np.ndarray:

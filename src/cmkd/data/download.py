@@ -7,7 +7,6 @@ import hashlib
 import os
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -15,6 +14,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from cmkd.errors import CmkdError
+from cmkd.io import atomic_path
 
 _ALGORITHMS = ("md5", "sha256")
 
@@ -38,23 +38,22 @@ def download_and_verify(
     target = dest_dir / filename
 
     digest = hashlib.new(algorithm or "sha256")
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=filename, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url) as response:
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
-    except (urllib.error.URLError, OSError) as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise CmkdError(f"cannot download {url}: {err}") from err
-    actual = digest.hexdigest()
-    if expected is not None and actual != expected:
-        Path(tmp).unlink(missing_ok=True)
-        raise CmkdError(
-            f"checksum mismatch for {filename} from {url}: expected {algorithm}:{expected}, "
-            f"got {algorithm}:{actual}; the file was removed"
-        )
-    os.replace(tmp, target)
+    # Through cmkd.io's temp file: renamed into place only when whole and verified, removed
+    # otherwise, and created with the umask's permissions like any other file.
+    with atomic_path(target, suffix=".part") as tmp:
+        try:
+            with open(tmp, "wb") as out, urllib.request.urlopen(url) as response:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except (urllib.error.URLError, OSError) as err:
+            raise CmkdError(f"cannot download {url}: {err}") from err
+        actual = digest.hexdigest()
+        if expected is not None and actual != expected:
+            raise CmkdError(
+                f"checksum mismatch for {filename} from {url}: expected {algorithm}:{expected}, "
+                f"got {algorithm}:{actual}; the file was removed"
+            )
     return _extract(target, dest_dir) if extract else target
 
 

@@ -157,7 +157,9 @@ class ClassifierModule(L.LightningModule):
         cfg = self.hparams.optim
         params = [p for p in self.parameters() if p.requires_grad]
         kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-        extra = {"momentum": 0.9} if cfg["optimizer"] == "sgd" else {}
+        extra = {}
+        if cfg["optimizer"] == "sgd":  # checkpoints from before these options: momentum 0.9
+            extra = {"momentum": cfg.get("momentum", 0.9), "nesterov": cfg.get("nesterov", False)}
         opt = kinds[cfg["optimizer"]](
             params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], **extra
         )

@@ -23,6 +23,15 @@ class StandardizedNetwork(nn.Module):
         return self.network(self.normalize(x))
 
 
+def rebuild_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec without where the initial weights came from (`pretrained`, the options'
+    `checkpoint_path`): what a checkpoint keeps, since it carries its own trained weights, so
+    a model loads after the file it started from has moved or gone. The run's config.yaml
+    keeps them for the record."""
+    options = {k: v for k, v in spec.get("options", {}).items() if k != "checkpoint_path"}
+    return {**spec, "pretrained": False, "options": options}
+
+
 def build_model(spec: dict[str, Any], normalize: Standardize | None = None) -> StandardizedNetwork:
     """Build from a network spec (backbone, in_chans, num_classes, pretrained, embedding_dim,
     options); without statistics the buffers are placeholders that a checkpoint fills."""

@@ -204,7 +204,12 @@ class FixedPairing(_TablePairing):
 
         if not cfg.pairs:
             raise CmkdError("pairing strategy 'matched' needs a pair list: set pairing.pairs")
-        return cls(PairList.load(cfg.pairs).to_table(student.ids, teacher.ids))
+        try:
+            return cls(PairList.load(cfg.pairs).to_table(student.ids, teacher.ids))
+        except CmkdError as err:  # name the file whatever went wrong with it
+            if str(cfg.pairs) in str(err):
+                raise
+            raise CmkdError(f"pair list {cfg.pairs}: {err}") from None
 
     def table_for(self, epoch: int) -> np.ndarray:
         return self._table.copy()

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from cmkd.data.samples import Samples
-from cmkd.data.sources.custom import load_folders, load_npz
+from cmkd.data.sources.custom import load_folders
 from cmkd.data.sources.digits import fsdd_official_test_mask, load_fsdd, load_mnist
 from cmkd.data.sources.eurosat import load_eurosat_ms, load_eurosat_paired, load_eurosat_rgb
 from cmkd.data.sources.mfeat import load_mfeat
+from cmkd.data.sources.npz import load_npz
 from cmkd.errors import CmkdError
 
 Source = Callable[..., dict[str, Samples]]
@@ -67,7 +68,25 @@ def load_source(name: str, root: Path, **options) -> dict[str, Samples]:
     missing = [k for k, p in valid.items() if p.default is p.empty and k not in options]
     if missing:
         raise CmkdError(f"data source {name!r} needs option {missing[0]!r}")
-    return SOURCES[name](Path(root), **options)
+    samples = SOURCES[name](Path(root), **options)
+    for modality, s in samples.items():
+        _check_values(name, modality, s)
+    return samples
+
+
+def _check_values(name: str, modality: str, samples: Samples) -> None:
+    """Features must be finite numbers: a NaN or Inf would train into NaN weights silently."""
+    x = samples.x
+    if x.dtype.kind not in "biuf":
+        raise CmkdError(f"data source {name!r} ({modality}) gives {x.dtype} features, not numbers")
+    if x.dtype.kind == "f" and len(x):
+        finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if not finite.all():
+            first = samples.ids[int(np.flatnonzero(~finite)[0])]
+            raise CmkdError(
+                f"data source {name!r} ({modality}) has NaN or Inf values in "
+                f"{int((~finite).sum())} samples (first: {first}); fill or drop them"
+            )
 
 
 # Sources whose publishers define a test set, as a function of the sample ids.
@@ -78,8 +97,9 @@ def official_test_mask(name: str, ids: Sequence[str] | np.ndarray) -> np.ndarray
     """Boolean mask of the rows in source `name`'s official test set."""
     if name not in OFFICIAL_TEST:
         raise CmkdError(
-            f"data source {name!r} has no official test split (only {sorted(OFFICIAL_TEST)}); "
-            "use a random split"
+            f"data source {name!r} has no official test split: sources with one are "
+            f"{', '.join(sorted(OFFICIAL_TEST))} and an npz file that carries its own "
+            "(x_<modality>_test + y_test, or a split array); use data.split stratified or auto"
         )
     return OFFICIAL_TEST[name](ids)
 

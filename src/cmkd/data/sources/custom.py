@@ -1,8 +1,8 @@
-"""The user's own data: image folders (one subfolder per class) or one .npz file."""
+"""The user's own images: one folder per modality, one subfolder per class (an .npz file of
+arrays is `cmkd.data.sources.npz`)."""
 
 from __future__ import annotations
 
-import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +16,6 @@ from cmkd.data.sources._files import (
     read_pil,
     read_tif,
     require_dir,
-    require_file,
     sample_id,
 )
 from cmkd.errors import CmkdError
@@ -70,45 +69,3 @@ def _load_folder(folder: Path) -> Samples:
 
 def _read_image(path: Path) -> np.ndarray:
     return read_tif(path) if path.suffix.lower() in (".tif", ".tiff") else read_pil(path)
-
-
-def load_npz(path: str | Path) -> dict[str, Samples]:
-    """Arrays x_<modality> (one or more, rows aligned), y, optional ids and classes.
-
-    Without `classes` the names are "0".."max(y)"; without `ids`, "<row>".
-    """
-    path = require_file(Path(path).expanduser(), "npz")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise CmkdError(f"cannot read npz file {path}: {err}") from err
-    xs = {k[2:]: v for k, v in arrays.items() if k.startswith("x_") and len(k) > 2}
-    unexpected = set(arrays) - {f"x_{m}" for m in xs} - {"y", "ids", "classes"}
-    if unexpected:
-        raise CmkdError(
-            f"npz file {path} has unexpected array {sorted(unexpected)[0]!r}; "
-            "expected x_<modality>, y, ids, classes"
-        )
-    if not xs or "y" not in arrays:
-        raise CmkdError(f"npz file {path} needs at least one x_<modality> array and y")
-    y = arrays["y"]
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise CmkdError(f"npz file {path}: y must be a 1-D integer array, got {y.dtype} {y.shape}")
-    n = len(y)
-    ids = arrays["ids"].astype(str) if "ids" in arrays else np.array([str(i) for i in range(n)])
-    for name, arr in [*((f"x_{m}", v) for m, v in xs.items()), ("ids", ids)]:
-        if arr.ndim == 0 or len(arr) != n:
-            rows = len(np.atleast_1d(arr))
-            raise CmkdError(f"npz file {path}: {name} has {rows} rows but y has {n}")
-    if len(set(ids.tolist())) != n:
-        raise CmkdError(f"npz file {path}: ids are not unique")
-    if "classes" in arrays:
-        classes = [str(c) for c in arrays["classes"]]
-    else:
-        classes = [str(i) for i in range(int(y.max(initial=-1)) + 1)]
-    bad = y[(y < 0) | (y >= len(classes))]
-    if len(bad):
-        raise CmkdError(f"npz file {path}: label {int(bad[0])} is an unknown class "
-                        f"(classes are {classes})")  # fmt: skip
-    return {m: Samples(x, y, ids, list(classes)) for m, x in xs.items()}
