@@ -12,7 +12,17 @@ import logging
 import sys
 import warnings
 
-from cmkd.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, RunConfig
+# Only the standard library and cmkd.config here: `cmkd --help` and `cmkd SUBCOMMAND --help`
+# must answer without importing torch or Lightning (every function imports what it runs).
+from cmkd.config import (
+    DataConfig,
+    DisComConfig,
+    DistillConfig,
+    ModalitySpec,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+)
 from cmkd.errors import CmkdError
 
 
@@ -165,6 +175,41 @@ def match(
     print(pairs.summary() + f"\nSaved {output}")
 
 
+def discomkd(
+    modalities: list[ModalitySpec],
+    discomkd: DisComConfig = DisComConfig(),  # noqa: B008  (jsonargparse reads defaults here)
+    optim: OptimConfig = OptimConfig(lr=1e-4, epochs=300),  # noqa: B008
+    run: RunConfig = RunConfig(),  # noqa: B008
+    seed: int = 0,
+) -> None:
+    """DisCoM-KD: one joint training of a classifier per modality (no teacher, no pairs); tests
+    every modality's best-on-validation and last-epoch student and exports the best ones
+    (run_dir/students/<modality>.safetensors + .json, loadable with
+    cmkd.models.discomkd.load_student).
+
+    Args:
+        modalities: Two or more modalities, each with its data source and backbone.
+        discomkd: Latent width, batch size, epoch length, gradient reversal, term weights,
+            selection score, reproduction switch.
+        optim: Optimiser and epochs (the paper: Adam, lr 1e-4, 300 epochs).
+        run: Output folder, devices.
+        seed: Seeds the splits, the initialisation and every modality's batch order.
+    """
+    from cmkd.methods.discomkd import train_discomkd
+
+    result = train_discomkd(modalities, discomkd, optim, run, seed)
+    for name, r in result["modalities"].items():
+        best, last = r["best"]["test"], r["last"]["test"]
+        size, single = r["parameters"], r["single_backbone_parameters"]
+        print(
+            f"{name:8s} test acc {100 * best['acc']:5.1f}, weighted F1 "
+            f"{100 * best['f1_weighted']:5.1f} (best-on-val epoch {r['best']['epoch']}); "
+            f"last epoch acc {100 * last['acc']:5.1f}; {size:,} parameters "
+            f"(single backbone {single:,})"
+        )
+    print(f"Results and exported students in {result['run_dir']}")
+
+
 def show_pairs(path: str) -> None:
     """Summarise a pair list: coverage, reuse of teacher samples, per-class counts.
 
@@ -269,7 +314,6 @@ def main(argv: list[str] | None = None) -> int:
     from cmkd.bench.report import report_command
     from cmkd.bench.softcmkd import softcmkd_grid
     from cmkd.data.root import set_cli_root
-    from cmkd.methods.discomkd import discomkd_command
 
     # Lightning's start-up banners and tips drown the results; warnings still show, except a
     # deprecation inside Lightning itself that users can do nothing about.
@@ -290,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                 "pairings": pairings,
                 "matchers": matchers,
                 "match": match,
-                "discomkd": discomkd_command,
+                "discomkd": discomkd,
                 "pairs": {"show": show_pairs},
                 "report": report_command,
                 "bench": {
