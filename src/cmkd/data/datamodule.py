@@ -304,13 +304,15 @@ class ModalityDataModule(L.LightningDataModule):
         batch_size: int | None = None,
     ) -> ModalityDataModule:
         """The data, modality and split a cmkd checkpoint (or run folder) was trained on: its
-        test split is the one the run never selected on."""
+        test split is the one the run never selected on. `root`: where the data is on this
+        machine, if not where the run found it."""
         from cmkd.checkpoints import read_checkpoint, resolve_checkpoint
 
         hparams = read_checkpoint(resolve_checkpoint(checkpoint, weights)).get("hyper_parameters")
         if not isinstance(hparams, dict) or "modality" not in hparams:
             raise CmkdError(f"{checkpoint} was not written by cmkd train or distill")
-        config = checkpoint_data_config(hparams, root=None if root is None else str(root))
+        # The recorded root unless another is given (as `cmkd evaluate --data-root`).
+        config = checkpoint_data_config(hparams, **({} if root is None else {"root": str(root)}))
         if batch_size is not None:
             config = DataConfig(**{**asdict(config), "batch_size": batch_size})
         return cls.from_config(config, hparams["modality"], hparams["seed"])
