@@ -340,7 +340,7 @@ def test_your_module_as_student_and_teacher_and_loaded_back(data_root, tmp_path)
     # Data handed in from Python records no source: the CLI's evaluate says so in one line
     arrays = cmkd.DataModule.from_arrays(ms.sets["train"].x.float().numpy(), ms.sets["train"].y)
     task = cmkd.ClassifierTask.for_data(arrays, "small_cnn")
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer = _trainer(1)
     trainer.fit(task, arrays)
     trainer.save_checkpoint(tmp_path / "arrays.ckpt")
     assert task.hparams.data is None
