@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch import nn
 
+from cmkd.data.normalize import Standardize
 from cmkd.errors import CmkdError
 from cmkd.models.model import StandardizedNetwork, build_model, rebuild_spec
 
@@ -63,22 +65,33 @@ def _first(err: BaseException) -> str:
 
 
 def load_model(
-    checkpoint: str | Path, weights: Literal["best", "last"] = "best"
+    checkpoint: str | Path,
+    weights: Literal["best", "last"] = "best",
+    network: nn.Module | None = None,
 ) -> tuple[StandardizedNetwork, dict[str, Any]]:
     """The trained network of a cmkd checkpoint or run folder (teacher or student), in eval
-    mode, and its hyperparameters."""
+    mode, and its hyperparameters. A network of your own (trained through `cmkd.adapt_network`)
+    is never rebuilt from a name: pass a fresh one as `network` and the weights load into it."""
     path = resolve_checkpoint(checkpoint, weights)
     ckpt = read_checkpoint(path)
     hparams = ckpt.get("hyper_parameters")
     if not isinstance(hparams, dict) or "network" not in hparams:
         raise CmkdError(f"{path} has no cmkd network spec (not written by cmkd train/distill?)")
-    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     spec = hparams["network"]
     if not isinstance(spec, dict):
         raise CmkdError(f"{path}: its network spec is not a mapping")
+    if spec.get("custom") and network is None:
+        raise CmkdError(
+            f"{path} holds the weights of your own network ({spec['backbone']}): build it as "
+            "for training and pass it, load_model(path, network=module)"
+        )
+    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     try:
         # Rebuilt without where its initial weights came from: the checkpoint has its own.
-        model = build_model(rebuild_spec(spec))
+        if network is None:
+            model = build_model(rebuild_spec(spec))
+        else:
+            model = StandardizedNetwork(network, Standardize.identity(spec["in_chans"]))
     except CmkdError as err:
         raise CmkdError(f"{path}: {err}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as err:

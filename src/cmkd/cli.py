@@ -12,8 +12,19 @@ import logging
 import sys
 import warnings
 
+# Only the standard library, cmkd.config and the light cmkd.bench.commands here: `cmkd --help`
+# and `cmkd SUBCOMMAND --help` must answer without importing torch or Lightning (every
+# function imports what it runs).
 from cmkd.bench.commands import BENCH_COMMANDS, demo, report
-from cmkd.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, RunConfig
+from cmkd.config import (
+    DataConfig,
+    DisComConfig,
+    DistillConfig,
+    ModalitySpec,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+)
 from cmkd.errors import CmkdError
 
 
@@ -150,6 +161,41 @@ def match(
     print(pairs.summary() + f"\nSaved {output}")
 
 
+def discomkd(
+    modalities: list[ModalitySpec],
+    discomkd: DisComConfig = DisComConfig(),  # noqa: B008  (jsonargparse reads defaults here)
+    optim: OptimConfig = OptimConfig(lr=1e-4, epochs=300),  # noqa: B008
+    run: RunConfig = RunConfig(),  # noqa: B008
+    seed: int = 0,
+) -> None:
+    """DisCoM-KD: one joint training of a classifier per modality (no teacher, no pairs); tests
+    every modality's best-on-validation and last-epoch student and exports the best ones
+    (run_dir/students/<modality>.safetensors + .json, loadable with
+    cmkd.models.discomkd.load_student).
+
+    Args:
+        modalities: Two or more modalities, each with its data source and backbone.
+        discomkd: Latent width, batch size, epoch length, gradient reversal, term weights,
+            selection score, reproduction switch.
+        optim: Optimiser and epochs (the paper: Adam, lr 1e-4, 300 epochs).
+        run: Output folder, devices.
+        seed: Seeds the splits, the initialisation and every modality's batch order.
+    """
+    from cmkd.methods.discomkd import train_discomkd
+
+    result = train_discomkd(modalities, discomkd, optim, run, seed)
+    for name, r in result["modalities"].items():
+        best, last = r["best"]["test"], r["last"]["test"]
+        size, single = r["parameters"], r["single_backbone_parameters"]
+        print(
+            f"{name:8s} test acc {100 * best['acc']:5.1f}, weighted F1 "
+            f"{100 * best['f1_weighted']:5.1f} (best-on-val epoch {r['best']['epoch']}); "
+            f"last epoch acc {100 * last['acc']:5.1f}; {size:,} parameters "
+            f"(single backbone {single:,})"
+        )
+    print(f"Results and exported students in {result['run_dir']}")
+
+
 def show_pairs(path: str) -> None:
     """Summarise a pair list: coverage, reuse of teacher samples, per-class counts.
 
@@ -246,7 +292,6 @@ def _positional_to_option(argv: list[str]) -> list[str]:
 
 def commands() -> dict:
     """Every subcommand and the function behind it (nested: `cmkd bench grid`)."""
-    from cmkd.methods.discomkd import discomkd_command
 
     return {
         "train": train,
@@ -258,7 +303,7 @@ def commands() -> dict:
         "pairings": pairings,
         "matchers": matchers,
         "match": match,
-        "discomkd": discomkd_command,
+        "discomkd": discomkd,
         "pairs": {"show": show_pairs},
         "report": report,
         **BENCH_COMMANDS,
@@ -271,15 +316,21 @@ def main(argv: list[str] | None = None) -> int:
     from cmkd.cli_input import CommandLine, check_configs, lock_down_parsing, parse_error_line
     from cmkd.data.root import set_cli_root
 
-    table = commands()  # imports Lightning, which sets its own log level: quieten it after
-    # Lightning's start-up banners and tips drown the results; warnings still show, except a
-    # deprecation inside Lightning itself that users can do nothing about.
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    table = commands()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not {"-h", "--help", "--print_config"} & set(argv):
+        # Lightning sets its logger to INFO when imported, so import it (the command will
+        # anyway) before quietening its start-up banners and tips, which drown the results;
+        # warnings still show. A help request imports nothing heavy and answers at once.
+        import lightning.pytorch  # noqa: F401
+
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    # A deprecation inside Lightning itself that users can do nothing about.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     lock_down_parsing(table)
     line = CommandLine([], "")
     try:
-        args, root = _pop_data_root(list(sys.argv[1:] if argv is None else argv))
+        args, root = _pop_data_root(argv)
         set_cli_root(root)
         line = check_configs(_positional_to_option(args), table)
         # exit_on_error=False: a parser error comes back here as one line, not 30 of usage.

@@ -37,7 +37,13 @@ def lock_down_parsing(commands: dict) -> None:
     (tests/test_cli_input.py walks them)."""
     from jsonargparse import set_parsing_settings
 
-    allowed = sorted(f"{c.__module__}.{c.__qualname__}" for c in config_dataclasses(commands))
+    # The parser may name a dataclass by its module (cmkd.config.TermConfig) or, since the
+    # public API re-exports it, by the package (cmkd.TermConfig): both, and nothing else.
+    classes = config_dataclasses(commands)
+    allowed = sorted(
+        {f"{c.__module__}.{c.__qualname__}" for c in classes}
+        | {f"cmkd.{c.__qualname__}" for c in classes}
+    )
     set_parsing_settings(
         instantiate_subclass_spec_in_any=False,
         import_path_denylist=["*"],

@@ -218,3 +218,48 @@ class DistillConfig:
     """The bank of teacher-modality samples to pair with (its train split, same seed as the
     student's); default: the data the teacher was trained on. E.g. the true twins of the
     student's samples for an oracle row."""
+
+
+@dataclass
+class ModalitySpec:
+    """One modality of a multi-modal run (DisCoM-KD): where its samples come from and its
+    backbone."""
+
+    name: str
+    """The modality within its source (e.g. fou for mfeat, ms for eurosat_paired, audio for
+    fsdd, image for mnist); it names the modality everywhere (batches, metrics, exports)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Source and split of this modality (batch_size is ignored: the run sets one for all)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Backbone of this modality's two encoders (embedding_dim is ignored)."""
+
+
+DISCOMKD_TERMS = ("cl", "aux", "mod", "adv", "orth")
+
+
+@dataclass
+class DisComConfig:
+    """DisCoM-KD's own settings (the paper's defaults)."""
+
+    latent_dim: int | None = None
+    """Width of z_inv, z_inf and z_irr; default half the specific encoder's pooled width (the
+    paper: ResNet-18, 512 -> 256). Modalities must agree: Cl_aux is shared."""
+    batch_size: int = 128
+    """Per modality and step."""
+    epoch_length: Literal["largest", "smallest"] = "largest"
+    """An epoch walks through the largest training set (smaller ones cycle, reshuffled) or the
+    smallest (larger ones give a fresh random subset each epoch)."""
+    grl_factor: float = 1.0
+    """Gradient reversal factor in front of the discriminator."""
+    grl_schedule: Literal["constant", "dann"] = "constant"
+    """constant: grl_factor throughout; dann: grl_factor * (2 / (1 + exp(-10 p)) - 1), p the
+    training progress in [0, 1] (Ganin & Lempitsky 2015)."""
+    weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(DISCOMKD_TERMS, 1.0))
+    """Weight of each term: cl, aux, mod, adv, orth."""
+    authors_soft_targets: bool = False
+    """Reproduce the authors' bug: modality targets all-ones (first modality) / all-zeros
+    (others) soft targets instead of integer labels."""
+    select_on: Literal["f1_weighted", "acc"] = "f1_weighted"
+    """Validation score that picks each modality's best epoch."""
+    augment: bool = True
+    """Random flips and 90-degree rotations of square image modalities (the paper's)."""

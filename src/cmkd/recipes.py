@@ -28,10 +28,17 @@ from cmkd.config import (
     RunConfig,
 )
 from cmkd.data.corruption import corrupt_teacher_inputs
-from cmkd.data.datamodule import ModalityDataModule, ModalityDataset, PreparedData, prepare_data
-from cmkd.data.normalize import Standardize
+from cmkd.data.datamodule import (
+    ModalityDataModule,
+    ModalityDataset,
+    PreparedData,
+    check_no_leak,
+    checkpoint_data_config,
+    prepare_data,
+    trained_on,
+)
 from cmkd.errors import CmkdError
-from cmkd.methods.classifier import ClassifierModule
+from cmkd.methods.classifier import ClassifierModule, module_args
 from cmkd.methods.distill import DistillModule
 from cmkd.methods.quality import save_teacher_quality
 from cmkd.models.model import rebuild_spec
@@ -41,41 +48,6 @@ from cmkd.pairing.rematch import DynamicMatching
 from cmkd.pairing.strategies import IdentityPairing
 from cmkd.preflight import check_output_dir, check_settings, check_terms
 from cmkd.training import check_run, fit_and_test, is_global_zero, open_run_dir, plain_trainer
-
-
-def network_spec(model: ModelConfig, data: PreparedData, modality: str) -> dict[str, Any]:
-    """What rebuilds the network: backbone, input channels, classes and options."""
-    x = data.samples[modality].x
-    return {
-        "backbone": model.backbone,
-        "in_chans": int(x.shape[1]),
-        "num_classes": len(data.classes),
-        "pretrained": model.pretrained,
-        "embedding_dim": model.embedding_dim,
-        "options": dict(model.options),
-    }
-
-
-def module_args(model, optim, data_cfg, data: PreparedData, modality, seed) -> dict[str, Any]:
-    """The arguments every task module shares (ClassifierModule's constructor)."""
-    train_x = torch.as_tensor(data.rows(modality, "train").x).float()
-    # Without standardisation the network still carries one (the identity), so every
-    # checkpoint has the same shape.
-    normalize = (
-        Standardize.fit(train_x)
-        if data_cfg.standardize
-        else Standardize.identity(int(train_x.shape[1]))
-    )
-    return dict(
-        network=network_spec(model, data, modality),
-        modality=modality,
-        classes=data.classes,
-        optim=asdict(optim),
-        augment=data_cfg.augment,
-        data=asdict(data_cfg),
-        seed=seed,
-        normalize=normalize,
-    )
 
 
 def _resolved(command: str, modality: str, seed: int, **sections) -> dict[str, Any]:
@@ -133,27 +105,6 @@ def train_classifier(
     return fit_and_test(module, dm, run_dir, run, optim.epochs, resume, callbacks)
 
 
-def _teacher_data(t_hp: dict[str, Any], data: DataConfig, seed: int, prepared: PreparedData):
-    """The teacher's own data (source, split, seed from its checkpoint), which is the student's
-    when both come from one paired source; the data root is resolved here, not remembered."""
-    t_cfg = DataConfig(**{**t_hp["data"], "root": data.root})
-    split_keys = ("source", "options", "val_fraction", "test_fraction", "split")
-    if t_hp["seed"] == seed and all(getattr(t_cfg, k) == getattr(data, k) for k in split_keys):
-        return prepared
-    return prepare_data(t_cfg, t_hp["seed"])
-
-
-def check_no_leak(teacher_train_ids: np.ndarray, student: PreparedData, modality: str) -> None:
-    """A teacher trained on any of the student's validation or test samples (same id, any
-    modality) would inflate the student's score: refused."""
-    leak = student.scored_overlap(modality, teacher_train_ids)
-    if leak:
-        raise CmkdError(
-            f"the teacher was trained on {leak[1]} samples of the student's {leak[0]} split "
-            "(same ids): train it with the same split and seed, or on disjoint samples"
-        )
-
-
 def _teacher_bank(distill: DistillConfig, data: DataConfig, seed: int, prepared: PreparedData):
     """(frozen teacher, its hyperparameters, the teacher-modality training samples it teaches
     from), checked: same classes, no leak into the student's scored splits."""
@@ -163,7 +114,7 @@ def _teacher_bank(distill: DistillConfig, data: DataConfig, seed: int, prepared:
             f"teacher classes {t_hp['classes']} differ from the data's {prepared.classes}"
         )
     t_mod = t_hp["modality"]
-    bank = _teacher_data(t_hp, data, seed, prepared).rows(t_mod, "train")
+    bank = trained_on(t_hp, data, seed, prepared).rows(t_mod, "train")
     if distill.teacher_data is not None:
         # Another bank of teacher-modality samples, e.g. the true twins for an oracle row.
         other = DataConfig(**{**asdict(distill.teacher_data), "root": data.root})
@@ -262,7 +213,7 @@ def evaluate_checkpoint(
     if split not in SPLITS:
         raise CmkdError(f"unknown split '{split}'; choose train, val or test")
     model, hp = load_model(checkpoint)
-    data = DataConfig(**{**hp["data"], **({"root": root} if root else {})})
+    data = checkpoint_data_config(hp, **({"root": root} if root else {}))
     prepared = prepare_data(data, hp["seed"])
     module = ClassifierModule(
         rebuild_spec(hp["network"]), hp["modality"], hp["classes"], hp["optim"], seed=hp["seed"]
@@ -300,7 +251,7 @@ def match_pairs(
     check_output_dir(Path(output).parent)
     t_model, t_hp = load_model(teacher_checkpoint)
     prepared = prepare_data(data, seed)
-    teacher = _teacher_data(t_hp, data, seed, prepared).rows(t_hp["modality"], "train")
+    teacher = trained_on(t_hp, data, seed, prepared).rows(t_hp["modality"], "train")
     student = prepared.rows(modality, "train")
     check_no_leak(teacher.ids, prepared, modality)
     pairs = match(method, t_model, teacher, student, cfg, seed, run)
@@ -332,7 +283,7 @@ def predict_checkpoint(
 
         if split not in SPLITS:
             raise CmkdError(f"unknown split '{split}'; choose train, val or test")
-        samples = prepare_data(DataConfig(**hp["data"]), hp["seed"]).rows(hp["modality"], split)
+        samples = prepare_data(checkpoint_data_config(hp), hp["seed"]).rows(hp["modality"], split)
     else:
         prepared = prepare_data(data, hp["seed"])
         prepared._check(hp["modality"])

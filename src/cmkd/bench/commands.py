@@ -57,6 +57,9 @@ def bench_grid(
     report: bool = True,
     page: str | None = None,
     plots: bool = True,
+    seeds: list[int] | None = None,
+    epochs: int | None = None,
+    matcher_epochs: int | None = None,
 ) -> None:
     """Run a benchmark grid cell by cell; cells already in its results store with the same
     config are reused, so an interrupted grid continues where it stopped. Then write its page
@@ -70,11 +73,15 @@ def bench_grid(
         page: The page (default <output_dir>/<grid name>.md; its store <name>.json and its
             plots <name>/ beside it), e.g. benchmarks/<grid name>.md.
         plots: Also draw the plots (false: the page alone, the same text, much faster).
+        seeds: Run only these seeds (no extra seeds), e.g. [0] for a quick look at a grid.
+        epochs: Train every model this many epochs instead of the grid's.
+        matcher_epochs: Train SSM matchers this many epochs instead of the grid's.
     """
     command = command_line("bench grid", bench_grid, dict(locals()), positional=("grid",))
     from cmkd.bench.grid import run_grid
 
-    page_path = run_grid(grid, output_dir, fresh, report, page, plots, command)
+    budget = {"seeds": seeds, "epochs": epochs, "matcher_epochs": matcher_epochs}
+    page_path = run_grid(grid, output_dir, fresh, report, page, plots, command, budget)
     if page_path is not None:
         print(f"Saved {page_path}")
 

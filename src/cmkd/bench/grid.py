@@ -445,12 +445,18 @@ def run_grid(
     page: str | Path | None = None,
     plots: bool = True,
     command: str = "",
+    budget: dict[str, Any] | None = None,
 ) -> Path | None:
     """Run a grid file into its store (default runs/bench/<grid name>), then write its page
-    (default <store>/<grid name>.md; see cmkd.bench.report.page) unless `report` is false."""
+    (default <store>/<grid name>.md; see cmkd.bench.report.page) unless `report` is false.
+    `budget` overrides the grid's seeds (extra seeds dropped), epochs and matcher epochs."""
     from cmkd.bench.report.page import write_report
 
     spec = load_grid(grid)
+    over = {k: v for k, v in (budget or {}).items() if v is not None}
+    if "seeds" in over:
+        over["extra_seeds"] = {}
+    spec = replace(spec, **over)
     out = Path(output_dir or f"runs/bench/{spec.name}")
     runner = GridRunner(spec, out)
     if fresh:

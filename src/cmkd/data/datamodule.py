@@ -4,11 +4,18 @@ Everything here is in memory: the datasets of this field are small once decoded,
 a tensor beats per-file I/O in the training loop. Batches are dicts keyed by modality name:
 {modality: x, "label": y, "index": row within the split}. "index" is what a pairing maps to a
 teacher sample.
+
+`ModalityDataModule` (public name `cmkd.DataModule`) is built from a configured source
+(`from_source`, `from_config`), the data a checkpoint was trained on (`from_checkpoint`), or the
+user's own arrays or torch Dataset (`from_arrays`, `from_dataset`, see `cmkd.data.memory`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -16,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cmkd.config import DataConfig
+from cmkd.data.memory import ArrayLike, columns_of_datasets, explicit_split, samples_from_arrays
 from cmkd.data.root import resolve_data_root
 from cmkd.data.samples import Samples
 from cmkd.data.splits import carried_split, stratified_split
@@ -172,14 +180,204 @@ def _per_class(y: np.ndarray, rows: np.ndarray, k: int, seed: int) -> np.ndarray
     return np.sort(np.concatenate(keep))
 
 
+def check_no_leak(teacher_train_ids: np.ndarray, student: PreparedData, modality: str) -> None:
+    """A teacher trained on any of the student's validation or test samples (same id, any
+    modality) would inflate the student's score: refused."""
+    leak = student.scored_overlap(modality, teacher_train_ids)
+    if leak:
+        raise CmkdError(
+            f"the teacher was trained on {leak[1]} samples of the student's {leak[0]} split "
+            "(same ids): train it with the same split and seed, or on disjoint samples"
+        )
+
+
+def checkpoint_data_config(hparams: dict[str, Any], **overrides: Any) -> DataConfig:
+    """The data config a cmkd checkpoint was trained with (source, options, split), with
+    `overrides` (e.g. the root, resolved on this machine). A network trained on data handed in
+    from Python records none: a CmkdError says so."""
+    if hparams.get("data") is None:
+        raise CmkdError(
+            "this checkpoint was trained on data given from Python (arrays or a Dataset) and "
+            "records no source to rebuild it from; pass that data yourself"
+        )
+    return DataConfig(**{**hparams["data"], **overrides})
+
+
+def trained_on(
+    hparams: dict[str, Any], data: DataConfig | None, seed: int, prepared: PreparedData | None
+) -> PreparedData:
+    """The data a checkpoint's network was trained on (source, split, seed from its
+    hyperparameters), with the data root of `data` (resolved here, not remembered): `prepared`
+    itself when it is the same source, split and seed (one paired source)."""
+    config = checkpoint_data_config(hparams, root=data.root if data is not None else None)
+    split_keys = ("source", "options", "val_fraction", "test_fraction", "split")
+    same = data is not None and all(getattr(config, k) == getattr(data, k) for k in split_keys)
+    if same and prepared is not None and hparams["seed"] == seed:
+        return prepared
+    return prepare_data(config, hparams["seed"])
+
+
 class ModalityDataModule(L.LightningDataModule):
     """Train/val/test loaders of one modality; the training order is seeded per epoch."""
 
-    def __init__(self, data: PreparedData, modality: str, batch_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        data: PreparedData,
+        modality: str,
+        batch_size: int,
+        seed: int,
+        config: DataConfig | None = None,
+    ) -> None:
         super().__init__()
         data._check(modality)
+        if batch_size < 1:
+            raise CmkdError(f"batch_size must be >= 1, got {batch_size}")
         self.modality, self.batch_size, self.seed = modality, batch_size, seed
+        # Every modality and split, for a teacher on another modality of the same samples
+        # (`with_modality`) and for the pairing; `config` rebuilds them (None: from Python).
+        self.prepared, self.config = data, config
         self.sets = {name: ModalityDataset(data.rows(modality, name), modality) for name in SPLITS}
+
+    @classmethod
+    def from_config(cls, config: DataConfig, modality: str, seed: int = 0) -> ModalityDataModule:
+        """`modality` of a configured source, split by `seed` (what `cmkd train` does)."""
+        return cls(prepare_data(config, seed), modality, config.batch_size, seed, config)
+
+    @classmethod
+    def from_source(
+        cls,
+        source: str,
+        modality: str,
+        *,
+        options: Mapping[str, Any] | None = None,
+        root: str | Path | None = None,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        split: Literal["auto", "stratified", "official"] = "auto",
+        train_per_class: int | None = None,
+        batch_size: int = 64,
+        augment: bool = False,
+        standardize: bool = True,
+        seed: int = 0,
+    ) -> ModalityDataModule:
+        """`modality` of a built-in source (eurosat_paired, eurosat_ms, eurosat_rgb, fsdd,
+        mnist, mfeat, folder, npz; the fields are `cmkd.DataConfig`'s), split by `seed`.
+        Another modality of the same samples and split: `.with_modality(name)`."""
+        config = DataConfig(
+            source=source,
+            options=dict(options or {}),
+            root=None if root is None else str(root),
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            split=split,
+            train_per_class=train_per_class,
+            batch_size=batch_size,
+            augment=augment,
+            standardize=standardize,
+        )
+        return cls.from_config(config, modality, seed)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        x: ArrayLike | Mapping[str, ArrayLike],
+        y: ArrayLike,
+        *,
+        modality: str | None = None,
+        ids: ArrayLike | None = None,
+        classes: Sequence[str] | None = None,
+        splits: Mapping[str, ArrayLike] | None = None,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        batch_size: int = 64,
+        seed: int = 0,
+    ) -> ModalityDataModule:
+        """Your arrays (numpy or torch): `x` N x D or N x C x H x W, or {modality: x} for
+        several row-aligned modalities (`modality` picks this module's); `y` integer labels
+        0..K-1 named by `classes`. `splits` gives the train/val/test rows; else a stratified
+        split by `seed` and the fractions. `ids` name the samples (see `cmkd.data.memory`)."""
+        if modality is None:
+            modality = _only_modality(x)
+        samples = samples_from_arrays(x, y, modality=modality, ids=ids, classes=classes)
+        labels = next(iter(samples.values())).y
+        if splits is not None:
+            rows = explicit_split(len(labels), splits)
+        else:
+            rows = stratified_split(labels, val_fraction, test_fraction, seed)
+        prepared = PreparedData(samples, {name: rows for name in samples})
+        return cls(prepared, modality, batch_size, seed)
+
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset: Dataset,
+        *,
+        val: Dataset | None = None,
+        test: Dataset | None = None,
+        modality: str | None = None,
+        classes: Sequence[str] | None = None,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        batch_size: int = 64,
+        seed: int = 0,
+    ) -> ModalityDataModule:
+        """Your torch Dataset(s), read once into memory. Items are (x, y) tuples (the modality
+        is then named `modality`, default "x") or dicts {modality: x, ..., "label": y, "id":
+        optional id}. A split not given as a Dataset (`val`, `test`) is drawn from `dataset`
+        (stratified by `seed`, with its fraction)."""
+        xs, y, ids, rows = columns_of_datasets(
+            {"train": dataset, "val": val, "test": test},
+            modality or "x",
+            val_fraction,
+            test_fraction,
+            seed,
+        )
+        return cls.from_arrays(
+            xs,
+            y,
+            modality=modality or _only_modality(xs),
+            ids=ids,
+            classes=classes,
+            splits=rows,
+            batch_size=batch_size,
+            seed=seed,
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path,
+        *,
+        weights: Literal["best", "last"] = "best",
+        root: str | Path | None = None,
+        batch_size: int | None = None,
+    ) -> ModalityDataModule:
+        """The data, modality and split a cmkd checkpoint (or run folder) was trained on: its
+        test split is the one the run never selected on. `root`: where the data is on this
+        machine, if not where the run found it."""
+        from cmkd.checkpoints import read_checkpoint, resolve_checkpoint
+
+        hparams = read_checkpoint(resolve_checkpoint(checkpoint, weights)).get("hyper_parameters")
+        if not isinstance(hparams, dict) or "modality" not in hparams:
+            raise CmkdError(f"{checkpoint} was not written by cmkd train or distill")
+        # The recorded root unless another is given (as `cmkd evaluate --data-root`).
+        config = checkpoint_data_config(hparams, **({} if root is None else {"root": str(root)}))
+        if batch_size is not None:
+            config = DataConfig(**{**asdict(config), "batch_size": batch_size})
+        return cls.from_config(config, hparams["modality"], hparams["seed"])
+
+    def with_modality(self, modality: str) -> ModalityDataModule:
+        """Another modality of the same samples, split the same way (a paired source)."""
+        return type(self)(self.prepared, modality, self.batch_size, self.seed, self.config)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.prepared.classes
+
+    def __repr__(self) -> str:
+        source = self.config.source if self.config is not None else "python"
+        sizes = ", ".join(f"{name} {len(self.sets[name])}" for name in SPLITS)
+        return f"{type(self).__name__}({source}: {self.modality!r}, {sizes}, seed {self.seed})"
 
     def train_dataloader(self) -> DataLoader:
         train = self.sets["train"]
@@ -190,3 +388,16 @@ class ModalityDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.sets["test"], self.batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split, in order (`trainer.predict(task, datamodule=dm)`)."""
+        # batch_size by name: Lightning rebuilds prediction loaders from their arguments.
+        return DataLoader(self.sets["test"], batch_size=self.batch_size)
+
+
+def _only_modality(x: Any) -> str:
+    if not isinstance(x, Mapping):
+        return "x"
+    if len(x) != 1:
+        raise CmkdError(f"several modalities {sorted(x)}: choose this module's with modality=")
+    return next(iter(x))

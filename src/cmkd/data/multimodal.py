@@ -11,7 +11,6 @@ and another's validation or test rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal
 
 import lightning as L
@@ -20,23 +19,10 @@ import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Sampler
 
-from cmkd.config import DataConfig, ModelConfig
+from cmkd.config import DataConfig, ModalitySpec
 from cmkd.data.datamodule import ModalityDataset, PreparedData, prepare_data
 from cmkd.data.samples import Samples
 from cmkd.errors import CmkdError
-
-
-@dataclass
-class ModalitySpec:
-    """One modality of a multi-modal run: where its samples come from and its backbone."""
-
-    name: str
-    """The modality within its source (e.g. fou for mfeat, ms for eurosat_paired, audio for
-    fsdd, image for mnist); it names the modality everywhere (batches, metrics, exports)."""
-    data: DataConfig = field(default_factory=DataConfig)
-    """Source and split of this modality (batch_size is ignored: the run sets one for all)."""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """Backbone of this modality's two encoders (embedding_dim is ignored)."""
 
 
 class CyclingShuffle(Sampler[int]):

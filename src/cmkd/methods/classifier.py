@@ -1,23 +1,32 @@
 """Supervised training of one network on one modality: the teacher and the no-KD student.
 
 `ClassifierModule` is also the base of every distillation recipe: they share the student's
-metrics, evaluation and optimiser, and add terms to the training loss.
+metrics, evaluation and optimiser, and add terms to the training loss. From Python it is
+`cmkd.ClassifierTask`, built from a data module with `for_data`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from cmkd.config import DataConfig, ModelConfig, OptimConfig
 from cmkd.data.normalize import Standardize
 from cmkd.errors import CmkdError
-from cmkd.models.model import build_model
+from cmkd.models.adapter import AdaptedNetwork, as_network
+from cmkd.models.model import StandardizedNetwork, build_model
+from cmkd.models.outputs import ModelOutput
 from cmkd.seeding import seeded
+
+if TYPE_CHECKING:
+    from cmkd.data.datamodule import ModalityDataModule, PreparedData
 
 
 def _first_line(err: BaseException) -> str:
@@ -47,11 +56,82 @@ def random_flips_and_rotations(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def network_spec(model: ModelConfig, data: PreparedData, modality: str) -> dict[str, Any]:
+    """What rebuilds the network: backbone, input channels, classes and options."""
+    x = data.samples[modality].x
+    return {
+        "backbone": model.backbone,
+        "in_chans": int(x.shape[1]),
+        "num_classes": len(data.classes),
+        "pretrained": model.pretrained,
+        "embedding_dim": model.embedding_dim,
+        "options": dict(model.options),
+    }
+
+
+def module_args(
+    model: ModelConfig,
+    optim: OptimConfig,
+    data_cfg: DataConfig | None,
+    data: PreparedData,
+    modality: str,
+    seed: int,
+) -> dict[str, Any]:
+    """The arguments every task module shares (ClassifierModule's constructor). Without a data
+    config (data handed in from Python) the checkpoint records no data to rebuild."""
+    train_x = torch.as_tensor(data.rows(modality, "train").x).float()
+    # Without standardisation the network still carries one (the identity), so every
+    # checkpoint has the same shape.
+    standardize = data_cfg is None or data_cfg.standardize
+    normalize = (
+        Standardize.fit(train_x) if standardize else Standardize.identity(int(train_x.shape[1]))
+    )
+    return dict(
+        network=network_spec(model, data, modality),
+        modality=modality,
+        classes=data.classes,
+        optim=asdict(optim),
+        augment=data_cfg.augment if data_cfg is not None else False,
+        data=asdict(data_cfg) if data_cfg is not None else None,
+        seed=seed,
+        normalize=normalize,
+    )
+
+
+def task_args(
+    data: ModalityDataModule,
+    model: ModelConfig | str | nn.Module,
+    optim: OptimConfig | None,
+    seed: int | None,
+    augment: bool | None,
+) -> dict[str, Any]:
+    """`module_args` for a data module, with the network given by config, backbone name or as
+    your own module (a cmkd network or `cmkd.adapt_network(...)`)."""
+    seed = data.seed if seed is None else seed
+    optim = optim or OptimConfig()
+    custom = model if isinstance(model, nn.Module) else None
+    if isinstance(model, str):
+        model = ModelConfig(backbone=model)
+    elif custom is not None:
+        # The spec names the class; a checkpoint of it loads into your module
+        # (`cmkd.load_model(path, network=module)`), never by rebuilding it from a name.
+        inner = custom.module if isinstance(custom, AdaptedNetwork) else custom
+        model = ModelConfig(backbone=f"custom:{type(inner).__name__}")
+    args = module_args(model, optim, data.config, data.prepared, data.modality, seed)
+    if custom is not None:
+        args["network"]["custom"] = True
+        example = args["normalize"](data.sets["train"].x[:2])
+        args["custom_network"] = as_network(custom, example, len(data.classes))
+    if augment is not None:
+        args["augment"] = augment
+    return args
+
+
 class ClassifierModule(L.LightningModule):
     """A network on `modality` trained with cross-entropy; scored by overall accuracy, macro F1
     and per-class accuracy."""
 
-    not_hyperparameters: tuple[str, ...] = ("normalize",)
+    not_hyperparameters: tuple[str, ...] = ("normalize", "custom_network")
 
     def __init__(
         self,
@@ -63,6 +143,7 @@ class ClassifierModule(L.LightningModule):
         data: dict[str, Any] | None = None,
         seed: int = 0,
         normalize: Standardize | None = None,
+        custom_network: nn.Module | None = None,
     ) -> None:
         super().__init__()
         # The spec, classes and data config are saved so a checkpoint rebuilds itself; this
@@ -71,7 +152,11 @@ class ClassifierModule(L.LightningModule):
         # Seeded by (seed, role), not by whatever was built before: for one seed the network
         # starts from the same weights in every recipe and method (paired comparisons).
         with seeded(seed, "network"):
-            self.model = build_model(network, normalize)
+            if custom_network is None:
+                self.model = build_model(network, normalize)
+            else:  # the user's own network, built (and initialised) by the user
+                standardize = normalize or Standardize.identity(network["in_chans"])
+                self.model = StandardizedNetwork(custom_network, standardize)
         self.modality, self.classes, self.augment = modality, list(classes), augment
         k = len(classes)
         self.metrics = torch.nn.ModuleDict(
@@ -87,6 +172,49 @@ class ClassifierModule(L.LightningModule):
             }
         )
         self.per_class = MulticlassAccuracy(k, average=None)
+
+    @classmethod
+    def for_data(
+        cls,
+        data: ModalityDataModule,
+        model: ModelConfig | str | nn.Module = "small_cnn",
+        optim: OptimConfig | None = None,
+        *,
+        seed: int | None = None,
+        augment: bool | None = None,
+    ) -> ClassifierModule:
+        """A network trained with cross-entropy on `data`'s modality (a teacher, or a student
+        without KD), for any `lightning.Trainer`.
+
+        Args:
+            data: The data module (`cmkd.DataModule.from_source(...)`, `from_arrays`, ...);
+                its classes, input channels and training statistics size the network.
+            model: A `ModelConfig`, a backbone name ("small_cnn", "resnet18", any timm name),
+                or your own module: a cmkd network or `cmkd.adapt_network(module, ...)`.
+            optim: Optimiser, learning rate and epochs (the cosine schedule's length; give
+                the Trainer the same max_epochs). Default `OptimConfig()`.
+            seed: Initialises the network by (seed, "network"), as `cmkd train` does: for
+                one seed every task starts from the same weights. Default: the data's seed.
+            augment: Random flips and 90-degree rotations of square images; default the data
+                config's `augment` (False for data from Python).
+        """
+        module = cls(**task_args(data, model, optim, seed, augment))
+        module.check_batch(data.sets["train"].batch(range(min(2, len(data.sets["train"])))))
+        return module
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        """The network on raw inputs (standardised inside): logits, embedding, feature map."""
+        return self.model(x)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        """Class probabilities of a batch: a cmkd batch dict, an (x, ...) tuple or a tensor."""
+        if isinstance(batch, dict):
+            x = batch[self.modality]
+        elif isinstance(batch, tuple | list):
+            x = batch[0]
+        else:
+            x = batch
+        return self.model(x).logits.float().softmax(dim=1)
 
     def student_input(self, batch: dict, train: bool) -> torch.Tensor:
         x = batch[self.modality]

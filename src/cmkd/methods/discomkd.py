@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,8 +37,8 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
-from cmkd.config import OptimConfig, RunConfig
-from cmkd.data.multimodal import ModalitySpec, MultiModalDataModule, prepare_modalities
+from cmkd.config import DISCOMKD_TERMS, DisComConfig, ModalitySpec, OptimConfig, RunConfig
+from cmkd.data.multimodal import MultiModalDataModule, prepare_modalities
 from cmkd.data.normalize import Standardize
 from cmkd.errors import CmkdError
 from cmkd.io import write_json
@@ -53,35 +53,8 @@ from cmkd.models.discomkd import (
 from cmkd.models.inference import predict
 from cmkd.training import open_run_dir
 
-TERMS = ("cl", "aux", "mod", "adv", "orth")
-
-
-@dataclass
-class DisComConfig:
-    """DisCoM-KD's own settings (the paper's defaults)."""
-
-    latent_dim: int | None = None
-    """Width of z_inv, z_inf and z_irr; default half the specific encoder's pooled width (the
-    paper: ResNet-18, 512 -> 256). Modalities must agree: Cl_aux is shared."""
-    batch_size: int = 128
-    """Per modality and step."""
-    epoch_length: Literal["largest", "smallest"] = "largest"
-    """An epoch walks through the largest training set (smaller ones cycle, reshuffled) or the
-    smallest (larger ones give a fresh random subset each epoch)."""
-    grl_factor: float = 1.0
-    """Gradient reversal factor in front of the discriminator."""
-    grl_schedule: Literal["constant", "dann"] = "constant"
-    """constant: grl_factor throughout; dann: grl_factor * (2 / (1 + exp(-10 p)) - 1), p the
-    training progress in [0, 1] (Ganin & Lempitsky 2015)."""
-    weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TERMS, 1.0))
-    """Weight of each term: cl, aux, mod, adv, orth."""
-    authors_soft_targets: bool = False
-    """Reproduce the authors' bug: modality targets all-ones (first modality) / all-zeros
-    (others) soft targets instead of integer labels."""
-    select_on: Literal["f1_weighted", "acc"] = "f1_weighted"
-    """Validation score that picks each modality's best epoch."""
-    augment: bool = True
-    """Random flips and 90-degree rotations of square image modalities (the paper's)."""
+# The run settings live in cmkd.config (the CLI reads them without importing this module).
+TERMS = DISCOMKD_TERMS
 
 
 def modality_targets(
@@ -371,36 +344,3 @@ def train_discomkd(
     }
     write_json(Path(run_dir) / "results.json", results)
     return results
-
-
-def discomkd_command(
-    modalities: list[ModalitySpec],
-    discomkd: DisComConfig = DisComConfig(),  # noqa: B008  (jsonargparse reads defaults here)
-    optim: OptimConfig = OptimConfig(lr=1e-4, epochs=300),  # noqa: B008
-    run: RunConfig = RunConfig(),  # noqa: B008
-    seed: int = 0,
-) -> None:
-    """DisCoM-KD: one joint training of a classifier per modality (no teacher, no pairs); tests
-    every modality's best-on-validation and last-epoch student and exports the best ones
-    (run_dir/students/<modality>.safetensors + .json, loadable with
-    cmkd.models.discomkd.load_student).
-
-    Args:
-        modalities: Two or more modalities, each with its data source and backbone.
-        discomkd: Latent width, batch size, epoch length, gradient reversal, term weights,
-            selection score, reproduction switch.
-        optim: Optimiser and epochs (the paper: Adam, lr 1e-4, 300 epochs).
-        run: Output folder, devices.
-        seed: Seeds the splits, the initialisation and every modality's batch order.
-    """
-    result = train_discomkd(modalities, discomkd, optim, run, seed)
-    for name, r in result["modalities"].items():
-        best, last = r["best"]["test"], r["last"]["test"]
-        size, single = r["parameters"], r["single_backbone_parameters"]
-        print(
-            f"{name:8s} test acc {100 * best['acc']:5.1f}, weighted F1 "
-            f"{100 * best['f1_weighted']:5.1f} (best-on-val epoch {r['best']['epoch']}); "
-            f"last epoch acc {100 * last['acc']:5.1f}; {size:,} parameters "
-            f"(single backbone {single:,})"
-        )
-    print(f"Results and exported students in {result['run_dir']}")

@@ -9,6 +9,9 @@ With quality weights (`quality.source`, see `cmkd.methods.quality`) the weighted
 mean_i w_i * term_i, w the per-sample weights of the batch's teacher samples (mean 1, detached);
 their distribution is logged (summary statistics every epoch, a TensorBoard histogram) and
 the mean weight each teacher sample received is kept for `quality_record`.
+
+From Python it is `cmkd.DistillTask`, built with `for_data` from the student's data module, the
+teacher (a module, a task or a checkpoint), a list of terms and a pairing.
 """
 
 from __future__ import annotations
@@ -16,28 +19,49 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from cmkd.config import ModelConfig, OptimConfig, PairingConfig, QualityConfig, TermConfig
+from cmkd.data.datamodule import ModalityDataModule, ModalityDataset, check_no_leak
 from cmkd.errors import CmkdError
 from cmkd.losses import TermContext, build_term
-from cmkd.methods.classifier import ClassifierModule
+from cmkd.methods.classifier import ClassifierModule, task_args
 from cmkd.methods.quality import batch_weights, teacher_quality
+from cmkd.methods.teacher import Teacher, resolve_teacher
 from cmkd.models.inference import predict
 from cmkd.models.model import StandardizedNetwork
 from cmkd.models.outputs import ModelOutput
+from cmkd.pairing import build_pairing
 from cmkd.pairing.base import Pairing
+from cmkd.pairing.dynamic import schedule_from
+from cmkd.pairing.rematch import DynamicMatching
 from cmkd.seeding import seeded
+
+if TYPE_CHECKING:
+    from lightning.pytorch.callbacks import Callback
+
+
+Term = str | TermConfig | Mapping[str, Any]
 
 # The frozen teacher is in eval mode on purpose; Lightning warns about it at every fit.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 
 
 class DistillModule(ClassifierModule):
-    not_hyperparameters = ("normalize", "teacher", "teacher_inputs", "teacher_labels", "pairing")
+    not_hyperparameters = (
+        *ClassifierModule.not_hyperparameters,
+        "teacher",
+        "teacher_inputs",
+        "teacher_labels",
+        "pairing",
+    )
 
     def __init__(
         self,
@@ -88,6 +112,91 @@ class DistillModule(ClassifierModule):
             raise CmkdError("quality weights weight teacher samples; use teacher_target 'sample'")
         self.quality_table: dict[str, torch.Tensor] | None = None
         self._epoch_weights: list[torch.Tensor] = []
+
+    @classmethod
+    def for_data(
+        cls,
+        data: ModalityDataModule,
+        teacher: Teacher,
+        teacher_data: ModalityDataModule | None = None,
+        *,
+        terms: Sequence[Term] = ("kd",),
+        pairing: str | PairingConfig | Pairing = "paired",
+        model: ModelConfig | str | nn.Module = "small_cnn",
+        optim: OptimConfig | None = None,
+        ce_weight: float = 0.5,
+        cache_teacher: bool = True,
+        teacher_target: Literal["sample", "class_mean", "teacher_free"] = "sample",
+        teacher_free_confidence: float = 0.9,
+        quality: QualityConfig | None = None,
+        teacher_weights: Literal["best", "last"] = "best",
+        seed: int | None = None,
+        augment: bool | None = None,
+    ) -> DistillModule:
+        """A student on `data`'s modality taught by a frozen teacher, for any
+        `lightning.Trainer`: loss = ce_weight * CE + sum of the weighted terms.
+
+        Args:
+            data: The student's data module.
+            teacher: A checkpoint or run folder of `cmkd train`, a trained `ClassifierTask`, or
+                a module: a cmkd network or `cmkd.adapt_network(...)` (it gets the teacher
+                data's raw inputs; a cmkd task's network standardises them inside).
+            teacher_data: The teacher-modality samples it teaches from (their train split),
+                e.g. `data.with_modality("ms")`; default for a checkpoint: the data it was
+                trained on. Refused if they include the student's validation or test samples.
+            terms: Distillation terms: registered names ("kd", `cmkd.LOSSES`), `TermConfig`s
+                or {"name", "weight", "params"} dicts (weight 1 unless given).
+            pairing: Which teacher sample teaches each student sample: a registered strategy
+                ("paired", "class_random", `cmkd.PAIRINGS`), a `PairingConfig` (DynM with
+                `dynamic=True`: its callback comes with the task) or a `Pairing` instance.
+            model, optim, seed, augment: The student, as `ClassifierTask.for_data`.
+            ce_weight, cache_teacher, teacher_target, teacher_free_confidence, quality: As the
+                fields of `cmkd.DistillConfig`.
+            teacher_weights: For a run folder, its best-on-validation or last weights.
+        """
+        args = task_args(data, model, optim, seed, augment)
+        network, bank, source = resolve_teacher(teacher, teacher_data, data, teacher_weights)
+        check_no_leak(bank.ids, data.prepared, data.modality)
+        student_train = data.prepared.rows(data.modality, "train")
+        dynamic = None
+        if isinstance(pairing, Pairing):
+            table = pairing.table_for(0)
+            if len(table) != len(student_train) or len(table) and table.max() >= len(bank):
+                raise CmkdError(
+                    f"the pairing maps {len(table)} student rows into a bank of {len(bank)}; "
+                    f"this student has {len(student_train)} training rows"
+                )
+        else:
+            cfg = PairingConfig(strategy=pairing) if isinstance(pairing, str) else pairing
+            epochs = args["optim"]["epochs"]
+            dynamic = (
+                DynamicMatching(schedule_from(cfg, epochs), cfg.temperature)
+                if cfg.dynamic
+                else None
+            )
+            pairing = build_pairing(cfg, student_train, bank, args["seed"])
+        module = cls(
+            **args,
+            teacher=network,
+            teacher_inputs=ModalityDataset(bank, "teacher").x,
+            teacher_labels=torch.from_numpy(bank.y),
+            pairing=pairing,
+            terms=[_term(t) for t in terms],
+            ce_weight=ce_weight,
+            cache_teacher=cache_teacher,
+            teacher_target=teacher_target,
+            teacher_free_confidence=teacher_free_confidence,
+            teacher_checkpoint=source,
+            num_train=len(student_train),
+            quality=asdict(quality or QualityConfig()),
+        )
+        module.task_callbacks = [dynamic] if dynamic is not None else []
+        module.check_batch(data.sets["train"].batch(range(min(2, len(data.sets["train"])))))
+        return module
+
+    def configure_callbacks(self) -> list[Callback]:
+        # What `for_data` set up for a plain Trainer (DynM); the recipes pass their own.
+        return list(getattr(self, "task_callbacks", []))
 
     def _weighted_terms(self) -> set[str]:
         """The terms quality weights apply to; each must have a per-sample form."""
@@ -307,3 +416,16 @@ class DistillModule(ClassifierModule):
             for key, v in term.diagnostics().items():
                 self.log(f"train/{name}/{key}", v, on_step=False, on_epoch=True)
         return losses
+
+
+def _term(term: Term) -> dict[str, Any]:
+    if isinstance(term, str):
+        return {"name": term, "weight": 1.0, "params": {}}
+    if isinstance(term, TermConfig):
+        return asdict(term)
+    if isinstance(term, Mapping) and "name" in term:
+        unknown = set(term) - {"name", "weight", "params"}
+        if unknown:
+            raise CmkdError(f"term {term['name']!r}: unknown keys {sorted(unknown)}")
+        return {"weight": 1.0, "params": {}, **term}
+    raise CmkdError(f"a term is a name, a TermConfig or a dict with a 'name', got {term!r}")
