@@ -34,7 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 
 
-
 def fenced_blocks(text: str, language: str) -> list[str]:
     """The bodies of the ```language blocks of a markdown text, in order."""
     return re.findall(rf"^```{language}[ \t]*\n(.*?)^```", text, flags=re.M | re.S)
