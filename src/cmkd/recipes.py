@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cmkd.checkpoints import load_model
+from cmkd.checkpointing import file_sha256
+from cmkd.checkpoints import load_model, resolve_checkpoint
 from cmkd.config import (
     DataConfig,
     DistillConfig,
@@ -174,6 +175,9 @@ def distill_student(
         ModalityDataset(teacher_train, t_hp["modality"]).x, distill.corruption
     )
     teacher_path = str(Path(distill.teacher).expanduser().resolve())
+    # The student's checkpoints name the teacher's file and its hash instead of copying its
+    # weights; a resume rebuilds the teacher from the config and refuses a changed file.
+    teacher_file = resolve_checkpoint(distill.teacher, distill.teacher_weights)
     module = DistillModule(
         **module_args(model, optim, data, prepared, modality, seed),
         teacher=teacher,
@@ -185,7 +189,8 @@ def distill_student(
         cache_teacher=distill.cache_teacher,
         teacher_target=distill.teacher_target,
         teacher_free_confidence=distill.teacher_free_confidence,
-        teacher_checkpoint=teacher_path,
+        teacher_checkpoint=str(teacher_file),
+        teacher_sha256=file_sha256(teacher_file),
         num_train=len(student_train),
         quality=asdict(distill.quality),
     )
