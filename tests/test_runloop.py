@@ -17,7 +17,6 @@ from cmkd.checkpointing import AtomicCheckpointIO, file_sha256
 from cmkd.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, RunConfig
 from cmkd.epochs import default_interval, plan_epochs
 from cmkd.errors import CmkdError
-from cmkd.methods.classifier import ClassifierModule
 from cmkd.recipes import distill_student, train_classifier
 
 MFEAT = DataConfig(source="mfeat", options={"views": ["fac", "pix"]}, batch_size=64)
@@ -66,22 +65,21 @@ def test_default_interval_leaves_short_runs_alone_and_caps_long_ones() -> None:
 # --- blocks of data epochs --------------------------------------------------------------------
 
 
-def _train_twice(run: RunConfig, optim: OptimConfig, monkeypatch, data=MFEAT) -> tuple:
+def _train_twice(run: RunConfig, optim: OptimConfig, data=MFEAT) -> tuple:
     blocked = train_classifier(data, MLP, optim, replace(run, name="blocks"), "fac", 0)
-    monkeypatch.setattr(ClassifierModule, "supports_epoch_blocks", False)
-    single = train_classifier(data, MLP, optim, replace(run, name="single"), "fac", 0)
-    monkeypatch.undo()
+    single_run = replace(run, name="single", epoch_blocks=False)
+    single = train_classifier(data, MLP, optim, single_run, "fac", 0)
     return blocked, single
 
 
 def test_blocks_of_data_epochs_train_bit_equal_to_one_lightning_epoch_each(
-    quiet_run, data_root, monkeypatch, one_thread
+    quiet_run, data_root, one_thread
 ) -> None:
     # 1,200 training rows in batches of 64 (a short last batch), Adam with a cosine schedule:
     # the order, the steps and the schedule must be the same, bit for bit.
     optim = OptimConfig(epochs=10, scheduler="cosine")
     run = replace(quiet_run, val_every=4, checkpoint_every=4)
-    blocked, single = _train_twice(run, optim, monkeypatch)
+    blocked, single = _train_twice(run, optim)
     assert blocked["run"]["epochs_per_lightning_epoch"] == 4
     assert single["run"]["epochs_per_lightning_epoch"] == 1
     a = _ckpt(_run_dir(run, "blocks") / "checkpoints" / "last.ckpt")

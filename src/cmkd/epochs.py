@@ -113,6 +113,23 @@ class EpochBlock:
             yield {k: v.to(device, non_blocking=True) for k, v in batch.items()} if move else batch
 
 
+class InOrder:
+    """A split's batches in row order, gathered by slicing (what a DataLoader without shuffling
+    collates, without its per-sample calls and iterator set-up): validation in a run of blocks."""
+
+    def __init__(self, dataset: ModalityDataset, batch_size: int) -> None:
+        self.dataset, self.batch_size = dataset, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        x, y, name = self.dataset.x, self.dataset.y, self.dataset.modality
+        for start in range(0, len(self.dataset), self.batch_size):
+            stop = min(start + self.batch_size, len(self.dataset))
+            yield {name: x[start:stop], "label": y[start:stop], "index": torch.arange(start, stop)}
+
+
 class EpochBlockLoader:
     """What Lightning iterates instead of the training DataLoader: one EpochBlock per
     Lightning epoch. Lightning calls `sampler.set_epoch` before each epoch (as for any

@@ -27,7 +27,7 @@ from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
 from cmkd.checkpointing import AtomicCheckpointIO, RunCheckpoints, check_resume_checkpoint
 from cmkd.config import DataConfig, OptimConfig, RunConfig
-from cmkd.epochs import EpochBlockLoader, EpochPlan, plan_epochs
+from cmkd.epochs import EpochBlockLoader, EpochPlan, InOrder, plan_epochs
 from cmkd.errors import CmkdError
 from cmkd.io import write_atomic, write_json
 from cmkd.paths import child_path
@@ -244,7 +244,8 @@ def fit_and_test(
         check_resume_checkpoint(resume_from)
     sizes = {split: _split_size(datamodule, split) for split in ("train", "val", "test")}
     blocks = (
-        getattr(module, "supports_epoch_blocks", False)
+        run.epoch_blocks
+        and getattr(module, "supports_epoch_blocks", False)
         and sizes["train"] is not None
         and _one_process(run)
     )
@@ -262,7 +263,8 @@ def fit_and_test(
         module.automatic_optimization = False  # the module steps through each EpochBlock
         train = datamodule.sets["train"]
         loader = EpochBlockLoader(train, datamodule.batch_size, datamodule.seed, plan)
-        data = {"train_dataloaders": loader, "val_dataloaders": datamodule.val_dataloader()}
+        val = InOrder(datamodule.sets["val"], datamodule.batch_size)
+        data = {"train_dataloaders": loader, "val_dataloaders": val}
     else:
         data = {"datamodule": datamodule}
     # Dropout and augmentation draw from a stream fixed by (seed, "fit"), whatever was built
@@ -290,6 +292,7 @@ def fit_and_test(
             "val_every": plan.val_every if plan.validation else None,
             "checkpoint_every": plan.checkpoint_every,
             "epochs_per_lightning_epoch": plan.block,
+            "checkpoint_seconds": round(checkpoints.save_seconds, 3),
         },
         **(
             {"teacher_seconds": round(module.teacher_seconds, 3)}
