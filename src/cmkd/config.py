@@ -84,7 +84,7 @@ class RunConfig:
     channels_last: bool | Literal["auto"] = False
     """Channels-last memory layout for convolutional networks; auto: for every network with
     feature maps. results.json records whether it was used."""
-    threads: int | Literal["auto"] | None = None
+    threads: int | Literal["auto"] | None = "auto"
     """CPU threads for training: N, auto (the cores not busy at start, from the load average,
     at least 1 and at most torch's default), or None to leave torch's setting alone."""
     val_every: int | None = None

@@ -24,9 +24,8 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -35,75 +34,26 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
 
-from cmkd.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, RunConfig, TermConfig
+from cmkd.bench.perf_runloop_distill import checkpoint_costs, precision_steps
+from cmkd.bench.runloop_timing import Phases, load, quiet, ratios, spread, work_folder
+from cmkd.config import DataConfig, ModelConfig, OptimConfig, RunConfig
+from cmkd.threads import training_threads
 
-EUROSAT = DataConfig(source="eurosat_paired", batch_size=64)
-KD_SKA = [TermConfig("kd", 0.5, {"temperature": 4.0}), TermConfig("ska", 0.3)]
-
-
-def _load() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
-def _spread(values: list[float]) -> dict[str, float]:
-    return {
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "n": len(values),
-    }
-
-
-@contextmanager
-def _folder(path: str | Path | None) -> Iterator[Path]:
-    if path is not None:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        yield Path(path)
-        return
-    with tempfile.TemporaryDirectory(prefix="cmkd-runloop-") as tmp:
-        yield Path(tmp)
-
-
-def _quiet() -> None:
-    import logging
-    import warnings
-
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
-
-
-class _Phases(Callback):
-    """Seconds in training steps, validation and whole training epochs."""
-
-    def __init__(self) -> None:
-        self.seconds = {"steps": 0.0, "validation": 0.0}
-        self.epochs: list[float] = []
-
-    def on_train_epoch_start(self, trainer, module) -> None:
-        self._epoch = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, module) -> None:
-        self.epochs.append(time.perf_counter() - self._epoch)
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self._step = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.seconds["steps"] += time.perf_counter() - self._step
-
-    def on_validation_start(self, trainer, module) -> None:
-        self._val = time.perf_counter()
-
-    def on_validation_end(self, trainer, module) -> None:
-        self.seconds["validation"] += time.perf_counter() - self._val
-
+__all__ = [
+    "checkpoint_costs",
+    "fit_vs_plain",
+    "main",
+    "precision_steps",
+    "render_runloop",
+    "runloop_report",
+    "threads_under_load",
+]
 
 # --- (a) a tiny fit against a plain loop -------------------------------------------------------
 
 
-def tiny_npz(folder: Path, rows_per_class: int = 30, features: int = 50) -> Path:
+def tiny_npz(where: Path, rows_per_class: int = 30, features: int = 50) -> Path:
     """Real rows of mfeat's Karhunen-Loeve view (the first `rows_per_class` of each digit, the
     first `features` coefficients) as an npz source: with 1/6 each for validation and test,
     200 training rows of 50 features."""
@@ -113,7 +63,7 @@ def tiny_npz(folder: Path, rows_per_class: int = 30, features: int = 50) -> Path
     kar = load_mfeat(resolve_data_root(), ["kar"])["kar"]
     rows = np.concatenate([np.arange(c * ROWS_PER_CLASS, c * ROWS_PER_CLASS + rows_per_class)
                            for c in range(10)])  # fmt: skip
-    path = folder / "mfeat-kar-tiny.npz"
+    path = where / "mfeat-kar-tiny.npz"
     np.savez(path, x_kar=kar.x[rows, :features], y=kar.y[rows], ids=kar.ids[rows])
     return path
 
@@ -138,25 +88,45 @@ def _plain_fit(x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float) -> floa
     return time.perf_counter() - start
 
 
+def _cmkd_fit(data, optim, run: RunConfig) -> dict[str, Any]:
+    from cmkd.recipes import train_classifier
+
+    phases = Phases()
+    start = time.perf_counter()
+    result = train_classifier(
+        data, ModelConfig(backbone="linear"), optim, run, "kar", 0, callbacks=(phases,)
+    )
+    assert result["train_samples"] == 200
+    return {
+        "seconds": time.perf_counter() - start,
+        "fit": result["fit_seconds"],
+        "steps": phases.seconds["steps"],
+        "validation": phases.seconds["validation"],
+        "checkpoint": result["run"]["checkpoint_seconds"],
+        "blocks": result["run"]["epochs_per_lightning_epoch"],
+        "test_acc": result["best"]["test"]["acc"],
+    }
+
+
+PLAIN = "plain PyTorch loop"
+
+
 def fit_vs_plain(
     repeats: int = 5, epochs: int = 1000, output_dir: str | Path | None = None
 ) -> dict[str, Any]:
     """Wall time of `train_classifier` (data preparation, module, Trainer, fit, both test
     passes, results.json) for a full-batch linear model, per run-loop variant, against the
-    plain loop; variants rotate order every repeat."""
+    plain loop; the variants' order rotates every repeat."""
     from cmkd.data.datamodule import prepare_data
-    from cmkd.recipes import train_classifier
 
-    _quiet()
+    quiet()
     lr = 0.01
-    with _folder(output_dir) as folder:
-        data = DataConfig(
-            source="npz",
-            options={"path": str(tiny_npz(folder))},
-            val_fraction=1 / 6,
-            test_fraction=1 / 6,
-            batch_size=200,
-        )
+    optim = OptimConfig(optimizer="sgd", lr=lr, epochs=epochs)
+    runs: dict[str, list[dict[str, Any]]] = {PLAIN: []}
+    with work_folder(output_dir) as folder:
+        path = tiny_npz(folder)
+        data = DataConfig(source="npz", options={"path": str(path)}, batch_size=200,
+                          val_fraction=1 / 6, test_fraction=1 / 6)  # fmt: skip
         train = prepare_data(data, 0).rows("kar", "train")
         x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
         base = RunConfig(str(folder / "runs"), accelerator="cpu", progress_bar=False)
@@ -169,41 +139,23 @@ def fit_vs_plain(
                 base, epoch_blocks=False, val_every=1, checkpoint_every=1, durable_checkpoints=True
             ),
         }
-        optim = OptimConfig(optimizer="sgd", lr=lr, epochs=epochs)
-        model = ModelConfig(backbone="linear")
-        runs: dict[str, list[dict[str, Any]]] = {"plain PyTorch loop": []}
         names = list(variants)
-        for rep in range(repeats):
-            order = names[rep % len(names) :] + names[: rep % len(names)]
-            for name in ["plain PyTorch loop", *order]:
-                load = _load()
-                if name == "plain PyTorch loop":
-                    runs[name].append({"seconds": _plain_fit(x, y, epochs, lr), "load": load})
-                    continue
-                phases = _Phases()
-                run = replace(variants[name], name=f"v{names.index(name)}")
-                start = time.perf_counter()
-                result = train_classifier(data, model, optim, run, "kar", 0, callbacks=(phases,))
-                total = time.perf_counter() - start
-                assert result["train_samples"] == len(x) == 200
-                runs.setdefault(name, []).append(
-                    {
-                        "seconds": total,
-                        "load": load,
-                        "fit": result["fit_seconds"],
-                        "steps": phases.seconds["steps"],
-                        "validation": phases.seconds["validation"],
-                        "checkpoint": result["run"]["checkpoint_seconds"],
-                        "blocks": result["run"]["epochs_per_lightning_epoch"],
-                        "test_acc": result["best"]["test"]["acc"],
-                    }
-                )
-    plain = [r["seconds"] for r in runs["plain PyTorch loop"]]
-    summary = {}
+        # Both sides with the threads a cmkd run takes here (run.threads: auto).
+        with training_threads("auto") as threads:
+            for rep in range(repeats):
+                for name in [PLAIN, *names[rep % len(names) :], *names[: rep % len(names)]]:
+                    at = load()
+                    if name == PLAIN:
+                        record = {"seconds": _plain_fit(x, y, epochs, lr)}
+                    else:
+                        run = replace(variants[name], name=f"v{names.index(name)}")
+                        record = _cmkd_fit(data, optim, run)
+                    runs.setdefault(name, []).append({**record, "load": at})
+    plain = [r["seconds"] for r in runs[PLAIN]]
+    summary: dict[str, Any] = {}
     for name, records in runs.items():
         seconds = [r["seconds"] for r in records]
-        paired = [s / p for s, p in zip(seconds, plain, strict=True)]
-        entry = {"seconds": _spread(seconds), "ratio": _spread(paired)}
+        entry = {"seconds": spread(seconds), "ratio": ratios(seconds, plain)}
         entry["load"] = [r["load"] for r in records]
         for part in ("fit", "steps", "validation", "checkpoint"):
             if part in records[0]:
@@ -212,224 +164,8 @@ def fit_vs_plain(
             entry["epochs_per_lightning_epoch"] = records[0]["blocks"]
             entry["test_acc"] = records[0]["test_acc"]
         summary[name] = entry
-    return {"epochs": epochs, "train_rows": 200, "features": 50, "repeats": repeats, **summary}
-
-
-# --- (b) checkpoint share of an epoch ---------------------------------------------------------
-
-
-def _teacher(folder: Path, backbone: str = "resnet18", epochs: int = 1) -> str:
-    """A 13-band EuroSAT MS teacher trained `epochs` epochs (its quality is irrelevant to
-    costs); reused when the folder already has it."""
-    from cmkd.recipes import train_classifier
-
-    run = RunConfig(str(folder), name=f"teacher-{backbone}", accelerator="cpu", progress_bar=False)
-    best = folder / f"teacher-{backbone}" / "seed0" / "checkpoints" / "best.ckpt"
-    if best.is_file():
-        return str(best)
-    model = ModelConfig(backbone=backbone)
-    return train_classifier(replace(EUROSAT, batch_size=32), model, OptimConfig(epochs=epochs),
-                            run, "ms", 0)["checkpoint"]  # fmt: skip
-
-
-class _OldCheckpoints(Callback):
-    """What the checkpoints of cmkd 0.1 cost, written beside the run at each epoch end: the
-    full state with the teacher's weights to last.ckpt every epoch and to best.ckpt when
-    validation improved, both fsynced."""
-
-    def __init__(self, folder: Path) -> None:
-        from cmkd.checkpointing import AtomicCheckpointIO
-
-        self.folder, self.writer = folder, AtomicCheckpointIO(durable=True)
-        self.seconds: list[float] = []
-        self.best: float | None = None
-
-    def on_train_epoch_end(self, trainer, module) -> None:
-        start = time.perf_counter()
-        payload = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-        teacher = {f"teacher.{k}": v for k, v in module.teacher.state_dict().items()}
-        payload["state_dict"].update(teacher)
-        self.writer.save_checkpoint(payload, self.folder / "last.ckpt")
-        score = trainer.callback_metrics.get("val/acc")
-        if score is not None and (self.best is None or float(score) > self.best):
-            self.best = float(score)
-            self.writer.save_checkpoint(payload, self.folder / "best.ckpt")
-        self.seconds.append(time.perf_counter() - start)
-
-
-def checkpoint_costs(
-    students: tuple[str, ...] = ("small_cnn", "resnet18"),
-    teacher: str = "resnet18",
-    epochs: int = 3,
-    output_dir: str | Path | None = None,
-) -> dict[str, Any]:
-    """Per student: the median epoch (training and validation), the checkpoint seconds on the
-    training thread now (synchronous and with async_checkpoints) and as before, and the
-    sizes of best.ckpt and last.ckpt now and before."""
-    from cmkd.recipes import distill_student
-
-    _quiet()
-    out: dict[str, Any] = {"teacher": teacher, "epochs": epochs}
-    with _folder(output_dir) as folder:
-        distill = DistillConfig(teacher=_teacher(folder, teacher), terms=[KD_SKA[0]])
-        for student in students:
-            entry: dict[str, Any] = {}
-            for mode in ("sync", "async"):
-                old_folder = folder / f"old-{student}-{mode}"
-                old, phases = _OldCheckpoints(old_folder), _Phases()
-                run = RunConfig(
-                    str(folder),
-                    name=f"{student}-{mode}",
-                    accelerator="cpu",
-                    progress_bar=False,
-                    overwrite=True,
-                    async_checkpoints=mode == "async",
-                )
-                load = _load()
-                result = distill_student(
-                    EUROSAT,
-                    ModelConfig(backbone=student),
-                    OptimConfig(epochs=epochs),
-                    run,
-                    distill,
-                    "rgb",
-                    0,
-                    callbacks=(phases, old),
-                )
-                ckpt = folder / f"{student}-{mode}" / "seed0" / "checkpoints"
-                epoch = statistics.median(phases.epochs)
-                new = result["run"]["checkpoint_seconds"] / epochs
-                before = statistics.median(old.seconds)
-                entry[mode] = {
-                    "load": load,
-                    "epoch_seconds": epoch,
-                    "checkpoint_seconds_per_epoch": new,
-                    "share": new / (epoch + new),
-                }
-                if mode == "sync":
-                    entry["before"] = {
-                        "checkpoint_seconds_per_epoch": before,
-                        "share": before / (epoch + before),
-                        "best_mb": (old_folder / "best.ckpt").stat().st_size / 2**20,
-                        "last_mb": (old_folder / "last.ckpt").stat().st_size / 2**20,
-                    }
-                    entry["best_mb"] = (ckpt / "best.ckpt").stat().st_size / 2**20
-                    entry["last_mb"] = (ckpt / "last.ckpt").stat().st_size / 2**20
-            out[student] = entry
-    return out
-
-
-# --- (c) precision and layout ------------------------------------------------------------------
-
-
-def _kd_ska_module(teacher_backbone: str, student_backbone: str):
-    """A KD+SKA DistillModule on EuroSAT paired (MS teacher, RGB student), untrained teacher:
-    the cost of a step does not depend on what the weights hold."""
-    from cmkd.data.datamodule import ModalityDataModule, ModalityDataset, prepare_data
-    from cmkd.data.normalize import Standardize
-    from cmkd.methods.distill import DistillModule
-    from cmkd.models.model import build_model
-    from cmkd.pairing.strategies import IdentityPairing
-    from cmkd.recipes import module_args
-    from cmkd.seeding import seeded
-
-    prepared = prepare_data(EUROSAT, 0)
-    t_rows, s_rows = prepared.rows("ms", "train"), prepared.rows("rgb", "train")
-    t_x = ModalityDataset(t_rows, "ms").x
-    spec = {"backbone": teacher_backbone, "in_chans": 13, "num_classes": 10}
-    with seeded(0, "teacher"):
-        teacher = build_model(spec, Standardize.fit(t_x.float())).eval()
-    model = ModelConfig(backbone=student_backbone)
-    module = DistillModule(
-        **module_args(model, OptimConfig(), EUROSAT, prepared, "rgb", 0),
-        teacher=teacher,
-        teacher_inputs=t_x,
-        teacher_labels=torch.from_numpy(t_rows.y),
-        pairing=IdentityPairing(s_rows.ids, t_rows.ids),
-        terms=[{"name": t.name, "weight": t.weight, "params": t.params} for t in KD_SKA],
-        num_train=len(s_rows),
-    )
-    module.on_fit_start()  # the teacher cache, as at the start of a fit
-    dm = ModalityDataModule(prepared, "rgb", EUROSAT.batch_size, 0)
-    return module, dm
-
-
-def _step_timer(module, batch: dict, bf16: bool, channels_last: bool) -> Callable[[], float]:
-    optimizer = module.configure_optimizers()
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    module.to(memory_format=layout)
-    batch = {k: v.contiguous(memory_format=layout) if v.ndim == 4 else v for k, v in batch.items()}
-
-    def step() -> float:
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = sum(module.training_losses(batch).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return time.perf_counter() - start
-
-    return step
-
-
-def precision_steps(
-    pairs: tuple[tuple[str, str], ...] = (("resnet18", "resnet18"), ("resnet18", "small_cnn")),
-    repeats: int = 5,
-    steps: int = 2,
-    epoch_repeats: int = 1,
-    output_dir: str | Path | None = None,
-) -> dict[str, Any]:
-    """Per teacher/student pair: one KD+SKA training step (batch 64) at fp32 and bf16
-    autocast (what bf16-mixed runs), each with and without channels-last, interleaved; then
-    one epoch through the Trainer at 32-true and `auto`."""
-    from cmkd.precision import resolve_precision
-    from cmkd.recipes import distill_student
-
-    _quiet()
-    auto = resolve_precision("auto", "cpu")
-    out: dict[str, Any] = {"auto_is": auto}
-    variants = {"fp32": (False, False), "fp32 channels-last": (False, True),
-                "bf16": (True, False), "bf16 channels-last": (True, True)}  # fmt: skip
-    with _folder(output_dir) as folder:
-        for teacher, student in pairs:
-            module, dm = _kd_ska_module(teacher, student)
-            batch = dm.sets["train"].batch(range(EUROSAT.batch_size))
-            times: dict[str, list[float]] = {name: [] for name in variants}
-            loads = []
-            for _ in range(repeats):
-                loads.append(_load())
-                for name, (bf16, cl) in variants.items():
-                    step = _step_timer(module, batch, bf16, cl)
-                    step()  # warm-up: kernels chosen, buffers allocated
-                    times[name].append(statistics.median(step() for _ in range(steps)))
-            fp32 = times["fp32"]
-            entry = {
-                name: {
-                    "seconds": _spread(v),
-                    "vs_fp32": _spread([a / b for a, b in zip(v, fp32, strict=True)]),
-                }
-                for name, v in times.items()
-            }
-            entry["load"] = loads
-            # One epoch through the Trainer (teacher cache, logging, validation included).
-            teacher_ckpt = _teacher(folder, teacher)
-            distill = DistillConfig(teacher=teacher_ckpt, terms=KD_SKA)
-            epochs: dict[str, list[float]] = {"32-true": [], "auto": []}
-            for _ in range(epoch_repeats):
-                for precision in epochs:
-                    phases = _Phases()
-                    run = RunConfig(str(folder), name=f"{teacher}-{student}-{precision}",
-                                    accelerator="cpu", progress_bar=False, overwrite=True,
-                                    precision=precision)  # fmt: skip
-                    distill_student(EUROSAT, ModelConfig(backbone=student), OptimConfig(epochs=1),
-                                    run, distill, "rgb", 0, callbacks=(phases,))  # fmt: skip
-                    epochs[precision].append(phases.epochs[0])
-            entry["epoch_seconds"] = {k: _spread(v) for k, v in epochs.items()}
-            entry["epoch_auto_vs_fp32"] = _spread(
-                [a / b for a, b in zip(epochs["auto"], epochs["32-true"], strict=True)]
-            )
-            out[f"{teacher} -> {student}"] = entry
-    return out
+    return {"epochs": epochs, "train_rows": 200, "features": 50, "repeats": repeats,
+            "threads": threads, **summary}  # fmt: skip
 
 
 # --- (d) threads on shared cores --------------------------------------------------------------
@@ -505,8 +241,8 @@ def threads_under_load(busy: int = 4, repeats: int = 5, steps: int = 3) -> dict[
                 "load": [round(v, 2) for v in got["loads"]],
                 **{
                     f"threads {k}": {
-                        "seconds": _spread(v),
-                        "vs_1": _spread([a / b for a, b in zip(v, one, strict=True)]),
+                        "seconds": spread(v),
+                        "vs_1": spread([a / b for a, b in zip(v, one, strict=True)]),
                     }
                     for k, v in got["times"].items()
                 },
@@ -522,7 +258,7 @@ def runloop_report(quick: bool = False) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": _machine()}
     report["fit_vs_plain"] = fit_vs_plain(repeats=2 if quick else 5)
     report["threads"] = threads_under_load(repeats=2 if quick else 5)
-    with _folder(None) as folder:  # one trained teacher for both distillation measurements
+    with work_folder(None) as folder:  # one trained teacher for both distillation measurements
         report["precision"] = precision_steps(repeats=2 if quick else 5, output_dir=folder)
         report["checkpoints"] = checkpoint_costs(epochs=2 if quick else 3, output_dir=folder)
     return report
@@ -617,20 +353,21 @@ def render_runloop(report: dict[str, Any]) -> list[str]:
             f"### Checkpoints: distillation from a {ckpt['teacher']} MS teacher, per epoch",
             "",
             "| student | epoch | before: s, share | now: s, share | async: s, share |"
-            " best MB before / now | last MB before / now |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            " best MB before / now | last MB before / now | load |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, e in ckpt.items():
             if not isinstance(e, dict):
                 continue
-            b, s, a = e["before"], e["sync"], e["async"]
+            b, n, a = e["before"], e["now"], e["async"]
             lines.append(
-                f"| {name} | {s['epoch_seconds']:.2f} s | "
-                f"{b['checkpoint_seconds_per_epoch']:.3f}, {100 * b['share']:.1f} % | "
-                f"{s['checkpoint_seconds_per_epoch']:.3f}, {100 * s['share']:.1f} % | "
-                f"{a['checkpoint_seconds_per_epoch']:.3f}, {100 * a['share']:.1f} % | "
-                f"{b['best_mb']:.1f} / {e['best_mb']:.1f} | "
-                f"{b['last_mb']:.1f} / {e['last_mb']:.1f} |"
+                f"| {name} | {e['epoch_seconds']:.2f} s | "
+                f"{b['seconds']:.3f}, {100 * b['share']:.1f} % | "
+                f"{n['seconds']:.3f}, {100 * n['share']:.1f} % | "
+                f"{a['seconds']:.3f}, {100 * a['share']:.1f} % | "
+                f"{b['best_mb']:.1f} / {n['best_mb']:.1f} | "
+                f"{b['last_mb']:.1f} / {n['last_mb']:.1f} | "
+                f"{e['load']} |"
             )
         lines.append("")
     return lines
@@ -639,9 +376,13 @@ def render_runloop(report: dict[str, Any]) -> list[str]:
 def main() -> None:
     """Run every measurement, print the markdown section, and keep the numbers as JSON
     (`CMKD_RUNLOOP_JSON`, default runs/perf-runloop.json). CMKD_RUNLOOP_QUICK=1: fewer
-    repeats."""
+    repeats. Runs with OMP_WAIT_POLICY=PASSIVE, as the `cmkd` command does: `python -m`
+    imports torch (through cmkd.bench) before this runs, so it restarts itself with it."""
     from cmkd.io import write_json
 
+    if "OMP_WAIT_POLICY" not in os.environ:
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+        os.execve(sys.executable, [sys.executable, "-m", "cmkd.bench.perf_runloop"], env)
     report = runloop_report(quick=os.environ.get("CMKD_RUNLOOP_QUICK") == "1")
     write_json(os.environ.get("CMKD_RUNLOOP_JSON", "runs/perf-runloop.json"), report)
     print("\n".join(render_runloop(report)))
