@@ -120,6 +120,11 @@ def test_a_run_in_blocks_resumes_to_the_uninterrupted_result(
         train_classifier(MFEAT, MLP, optim, crashed, "fac", 0, callbacks=(_CrashAt(2),))
     last = _run_dir(run, "crashed") / "checkpoints" / "last.ckpt"
     assert _ckpt(last)["epoch"] == 1  # the second block (data epochs 3-5) is the resume point
+    # Lightning's epoch 1 means data epochs 3-5 only in blocks of 3: counted another way, the
+    # resume would shift every schedule, so it is refused.
+    other = replace(crashed, resume=True, epoch_blocks=False)
+    with pytest.raises(CmkdError, match="3 data epochs per Lightning epoch, this run would use 1"):
+        train_classifier(MFEAT, MLP, optim, other, "fac", 0)
     resumed = train_classifier(MFEAT, MLP, optim, replace(crashed, resume=True), "fac", 0)
     a, b = _ckpt(_run_dir(run, "full") / "checkpoints" / "last.ckpt"), _ckpt(last)
     for key, value in a["state_dict"].items():

@@ -99,17 +99,21 @@ class RunCheckpoints(Checkpoint):
             self._save(trainer, "last.ckpt", weights_only=False)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_score": self.best_score, "best_epoch": self.best_epoch}
+        # The block size says what Lightning's epoch counter means in data epochs: a resume
+        # must count the same way (check_resume_checkpoint).
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch,
+                "epochs_per_lightning_epoch": self.plan.block}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_score = state_dict.get("best_score")
         self.best_epoch = state_dict.get("best_epoch")
 
 
-def check_resume_checkpoint(path: str | Path) -> None:
-    """A checkpoint to resume from must load (weights only, no code run) and hold training
-    state: a truncated or tampered file, or a weights-only best.ckpt, is a CmkdError naming
-    it, not a traceback from deep inside Lightning."""
+def check_resume_checkpoint(path: str | Path, plan: EpochPlan | None = None) -> None:
+    """A checkpoint to resume from must load (weights only, no code run), hold training state
+    and count epochs the way `plan` does: a truncated or tampered file, a weights-only
+    best.ckpt or another grouping of data epochs is a CmkdError naming it, not a traceback
+    from deep inside Lightning (or a silently shifted schedule)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         ok = isinstance(ckpt, dict) and "state_dict" in ckpt and "epoch" in ckpt
@@ -119,6 +123,14 @@ def check_resume_checkpoint(path: str | Path) -> None:
         raise CmkdError(f"cannot resume: {path} is not a Lightning checkpoint")
     if "optimizer_states" not in ckpt:
         raise CmkdError(f"cannot resume: {path} holds weights only, no training state")
+    state = (ckpt.get("callbacks") or {}).get(RunCheckpoints.__qualname__) or {}
+    saved = state.get("epochs_per_lightning_epoch", 1)  # 1: checkpoints before blocks
+    if plan is not None and saved != plan.block:
+        raise CmkdError(
+            f"cannot resume: {path} was written with {saved} data epochs per Lightning epoch, "
+            f"this run would use {plan.block}; resume with the options the run started with "
+            "(optim.epochs, run.val_every, run.checkpoint_every, run.epoch_blocks)"
+        )
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

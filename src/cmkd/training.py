@@ -27,6 +27,7 @@ from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
 from cmkd.checkpointing import AtomicCheckpointIO, RunCheckpoints, check_resume_checkpoint
 from cmkd.config import DataConfig, OptimConfig, RunConfig
+from cmkd.data.datamodule import ModalityDataModule
 from cmkd.epochs import EpochBlockLoader, EpochPlan, InOrder, plan_epochs
 from cmkd.errors import CmkdError
 from cmkd.io import write_atomic, write_json
@@ -240,18 +241,18 @@ def fit_and_test(
     Where the module supports it (one process, a `ModalityDataModule`), a Lightning epoch
     covers the data epochs between two validations (`cmkd.epochs`): callbacks then see one
     training batch per block of data epochs."""
-    if resume_from is not None:
-        check_resume_checkpoint(resume_from)
     sizes = {split: _split_size(datamodule, split) for split in ("train", "val", "test")}
     blocks = (
         run.epoch_blocks
         and getattr(module, "supports_epoch_blocks", False)
-        and sizes["train"] is not None
+        and isinstance(datamodule, ModalityDataModule)
         and _one_process(run)
     )
     plan = plan_epochs(
         epochs, run.val_every, run.checkpoint_every, bool(blocks), validation=sizes["val"] != 0
     )
+    if resume_from is not None:
+        check_resume_checkpoint(resume_from, plan)
     precision = resolve_precision(run.precision, run.accelerator)
     channels_last = resolve_channels_last(run.channels_last, module)
     if channels_last:
