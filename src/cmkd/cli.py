@@ -16,8 +16,8 @@ from cmkd.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, Run
 from cmkd.errors import CmkdError
 from cmkd.threads import passive_openmp_wait
 
-# Before anything imports torch: OpenMP reads its waiting policy once, when it loads. Spinning
-# idle threads cost 4-7x per step on a loaded machine (cmkd.bench.perf_runloop).
+# Before anything imports torch: OpenMP reads its waiting policy once, when it loads. Idle
+# threads spinning on shared cores made a 2-thread step 9-15x slower (cmkd.bench.perf_runloop).
 passive_openmp_wait()
 
 

@@ -133,6 +133,7 @@ def fit_vs_plain(
         base = replace(base, overwrite=True)
         variants = {
             "cmkd (defaults)": base,
+            "cmkd, validate and checkpoint every 20 epochs": replace(base, val_every=20),
             "cmkd, validate and checkpoint every 50 epochs": replace(base, val_every=50),
             "cmkd, one Lightning epoch per data epoch": replace(base, epoch_blocks=False),
             "cmkd, validate and checkpoint every epoch (fsync)": replace(
@@ -288,9 +289,9 @@ def _s(spread: dict[str, float], scale: float = 1.0, unit: str = "s") -> str:
 def render_runloop(report: dict[str, Any]) -> list[str]:
     """The report as markdown lines (medians, [min-max] over repeats, load averages)."""
     lines = ["## Run loop (issues #16, #19)", ""]
-    m = report.get("machine", {})
-    lines += [f"{m.get('cpus')} CPUs, bf16 flags {m.get('bf16_flags')}, torch {m.get('torch')}.",
-              ""]  # fmt: skip
+    if m := report.get("machine"):
+        lines += [f"{m['cpus']} CPUs, bf16 flags {m['bf16_flags']}, torch {m['torch']}, "
+                  f"OMP_WAIT_POLICY {m['omp_wait_policy']}.", ""]  # fmt: skip
     fit = report.get("fit_vs_plain")
     if fit:
         lines += [
