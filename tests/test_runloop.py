@@ -145,6 +145,10 @@ def test_no_validation_split_keeps_the_last_epoch_and_says_so(quiet_run, data_ro
     assert result["checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
     assert not (run_dir / "checkpoints" / "best.ckpt").exists()
     assert json.loads((run_dir / "results.json").read_text()) == result
+    # As a teacher, its folder points to the weights it kept.
+    with pytest.raises(CmkdError, match="no best.ckpt .*teacher_weights last"):
+        distill_student(MFEAT, MLP, OptimConfig(epochs=1), quiet_run,
+                        DistillConfig(teacher=str(run_dir)), "pix", 0)  # fmt: skip
 
 
 def test_no_test_split_trains_and_scores_nothing(quiet_run, data_root) -> None:
