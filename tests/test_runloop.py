@@ -20,6 +20,8 @@ from cmkd.errors import CmkdError
 from cmkd.recipes import distill_student, train_classifier
 
 MFEAT = DataConfig(source="mfeat", options={"views": ["fac", "pix"]}, batch_size=64)
+# 1,200 training rows in 10 batches of 128 (the last one short): a "tiny" epoch, run in blocks.
+MFEAT_128 = replace(MFEAT, batch_size=128)
 KAR = DataConfig(source="mfeat", options={"views": ["kar"]}, batch_size=128)
 MLP = ModelConfig(backbone="mlp", options={"hidden": [16]})
 
@@ -65,7 +67,7 @@ def test_default_interval_leaves_short_runs_alone_and_caps_long_ones() -> None:
 # --- blocks of data epochs --------------------------------------------------------------------
 
 
-def _train_twice(run: RunConfig, optim: OptimConfig, data=MFEAT) -> tuple:
+def _train_twice(run: RunConfig, optim: OptimConfig, data=MFEAT_128) -> tuple:
     blocked = train_classifier(data, MLP, optim, replace(run, name="blocks"), "fac", 0)
     single_run = replace(run, name="single", epoch_blocks=False)
     single = train_classifier(data, MLP, optim, single_run, "fac", 0)
@@ -75,7 +77,7 @@ def _train_twice(run: RunConfig, optim: OptimConfig, data=MFEAT) -> tuple:
 def test_blocks_of_data_epochs_train_bit_equal_to_one_lightning_epoch_each(
     quiet_run, data_root, one_thread
 ) -> None:
-    # 1,200 training rows in batches of 64 (a short last batch), Adam with a cosine schedule:
+    # 1,200 training rows in batches of 128 (a short last batch), Adam with a cosine schedule:
     # the order, the steps and the schedule must be the same, bit for bit.
     optim = OptimConfig(epochs=10, scheduler="cosine")
     run = replace(quiet_run, val_every=4, checkpoint_every=4)
@@ -100,6 +102,13 @@ def test_blocks_of_data_epochs_train_bit_equal_to_one_lightning_epoch_each(
         assert sum(1 for r in rows if r["train/loss"]) == (3 if name == "blocks" else 10)
 
 
+def test_epochs_of_many_steps_keep_one_lightning_epoch_each(quiet_run, data_root) -> None:
+    # 19 batches of 64 per epoch: per-step progress is worth more than the blocks would save.
+    run = replace(quiet_run, val_every=2)
+    result = train_classifier(MFEAT, MLP, OptimConfig(epochs=4), run, "fac", 0)
+    assert result["run"]["epochs_per_lightning_epoch"] == 1 and result["run"]["val_every"] == 2
+
+
 class _CrashAt(Callback):
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
@@ -114,18 +123,18 @@ def test_a_run_in_blocks_resumes_to_the_uninterrupted_result(
 ) -> None:
     optim = OptimConfig(epochs=9, scheduler="cosine", optimizer="sgd", lr=0.05)
     run = replace(quiet_run, val_every=3)
-    full = train_classifier(MFEAT, MLP, optim, replace(run, name="full"), "fac", 0)
+    full = train_classifier(MFEAT_128, MLP, optim, replace(run, name="full"), "fac", 0)
     crashed = replace(run, name="crashed")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train_classifier(MFEAT, MLP, optim, crashed, "fac", 0, callbacks=(_CrashAt(2),))
+        train_classifier(MFEAT_128, MLP, optim, crashed, "fac", 0, callbacks=(_CrashAt(2),))
     last = _run_dir(run, "crashed") / "checkpoints" / "last.ckpt"
     assert _ckpt(last)["epoch"] == 1  # the second block (data epochs 3-5) is the resume point
     # Lightning's epoch 1 means data epochs 3-5 only in blocks of 3: counted another way, the
     # resume would shift every schedule, so it is refused.
     other = replace(crashed, resume=True, epoch_blocks=False)
     with pytest.raises(CmkdError, match="3 data epochs per Lightning epoch, this run would use 1"):
-        train_classifier(MFEAT, MLP, optim, other, "fac", 0)
-    resumed = train_classifier(MFEAT, MLP, optim, replace(crashed, resume=True), "fac", 0)
+        train_classifier(MFEAT_128, MLP, optim, other, "fac", 0)
+    resumed = train_classifier(MFEAT_128, MLP, optim, replace(crashed, resume=True), "fac", 0)
     a, b = _ckpt(_run_dir(run, "full") / "checkpoints" / "last.ckpt"), _ckpt(last)
     for key, value in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0)

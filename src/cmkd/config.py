@@ -95,10 +95,11 @@ class RunConfig:
     """Write last.ckpt (the resume point) every N epochs and after the last; default: at every
     validation. A resume restarts from the last one written."""
     epoch_blocks: bool = True
-    """Where the module allows it (supervised training on one device), let one Lightning epoch
-    cover the data epochs between two validations: the same updates, without Lightning's
-    per-epoch and per-step cost (1 ms and more; a full-batch step of a small model is less).
-    Callbacks then see one training batch per block; false gives them every step."""
+    """Where the module allows it (supervised training on one device) and a data epoch is at
+    most 16 steps, let one Lightning epoch cover the data epochs between two validations: the
+    same updates, without Lightning's per-epoch and per-step cost (1 ms and more; a
+    full-batch step of a small model is less). Callbacks then see one training batch per
+    block; false gives them every step."""
     durable_checkpoints: bool = False
     """fsync every checkpoint. Not needed against a killed process (checkpoints are written to
     a temp file and renamed, so a kill never leaves half a file); only against power loss."""

@@ -8,12 +8,13 @@ validates and selects at the same epochs.
 
 Lightning itself costs about a millisecond per step and a few per epoch (hooks, loop
 bookkeeping, the loader's iterator): more than a full-batch step of a linear model. Where a
-module can take it (`supports_epoch_blocks`: the supervised `ClassifierModule`, on one device),
-one Lightning epoch therefore covers a block of data epochs (as many as lie between two
-validations or checkpoints) and arrives as one `EpochBlock` that the module trains through
-with manual optimisation. Each data epoch keeps its own seeded order (the order
-`SeededShuffle` gives the DataLoader), so the updates are the same as one Lightning epoch per
-data epoch, and a resume restarts at a block boundary, which is a checkpoint.
+module can take it (`supports_epoch_blocks`: the supervised `ClassifierModule`, on one device)
+and data epochs are tiny (at most BLOCK_MAX_STEPS steps), one Lightning epoch therefore covers
+a block of data epochs (as many as lie between two validations or checkpoints) and arrives as
+one `EpochBlock` that the module trains through with manual optimisation. Each data epoch
+keeps its own seeded order (the order `SeededShuffle` gives the DataLoader), so the updates are
+the same as one Lightning epoch per data epoch, and a resume restarts at a block boundary,
+which is a checkpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from cmkd.errors import CmkdError
 
 # Validations (and checkpoints) per run that the defaults aim at, at most.
 OCCASIONS_PER_RUN = 100
+# Blocks only for data epochs of at most this many steps ("tiny" epochs, counted from the data
+# and batch sizes, never timed): there Lightning's per-epoch cost is what blocks save, and a
+# progress bar that moves once per block loses nothing. Longer epochs keep per-step progress.
+BLOCK_MAX_STEPS = 16
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,11 @@ def default_interval(epochs: int) -> int:
     return max(1, math.ceil(epochs / OCCASIONS_PER_RUN))
 
 
+def tiny_epochs(train_size: int, batch_size: int) -> bool:
+    """Whether a data epoch is short enough to run in blocks (BLOCK_MAX_STEPS)."""
+    return math.ceil(train_size / batch_size) <= BLOCK_MAX_STEPS
+
+
 def plan_epochs(
     epochs: int,
     val_every: int | None = None,
@@ -78,8 +88,9 @@ def plan_epochs(
     blocks: bool = False,
     validation: bool = True,
 ) -> EpochPlan:
-    """The plan for a run; `blocks`: whether the module and devices allow blocks of data
-    epochs per Lightning epoch (then a block is every data epoch between two occasions)."""
+    """The plan for a run; `blocks`: whether the module, the devices and the epoch length
+    allow blocks of data epochs per Lightning epoch (then a block is every data epoch between
+    two occasions)."""
     for name, value in (("val_every", val_every), ("checkpoint_every", checkpoint_every)):
         if value is not None and (isinstance(value, bool) or value < 1):
             raise CmkdError(f"run.{name} must be an integer >= 1, got {value}")

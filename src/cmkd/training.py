@@ -28,7 +28,7 @@ from lightning.pytorch.plugins.io import AsyncCheckpointIO
 from cmkd.checkpointing import AtomicCheckpointIO, RunCheckpoints, check_resume_checkpoint
 from cmkd.config import DataConfig, OptimConfig, RunConfig
 from cmkd.data.datamodule import ModalityDataModule
-from cmkd.epochs import EpochBlockLoader, EpochPlan, InOrder, plan_epochs
+from cmkd.epochs import EpochBlockLoader, EpochPlan, InOrder, plan_epochs, tiny_epochs
 from cmkd.errors import CmkdError
 from cmkd.io import write_atomic, write_json
 from cmkd.paths import child_path
@@ -238,14 +238,15 @@ def fit_and_test(
     """Train, then score the last-epoch and the best-on-validation weights on the test split.
     Writes results.json (with `extra` fields) in the run folder and returns the same record.
 
-    Where the module supports it (one process, a `ModalityDataModule`), a Lightning epoch
-    covers the data epochs between two validations (`cmkd.epochs`): callbacks then see one
-    training batch per block of data epochs."""
+    Where the module supports it (one process, a `ModalityDataModule`, data epochs of a few
+    steps), a Lightning epoch covers the data epochs between two validations (`cmkd.epochs`):
+    callbacks then see one training batch per block of data epochs."""
     sizes = {split: _split_size(datamodule, split) for split in ("train", "val", "test")}
     blocks = (
         run.epoch_blocks
         and getattr(module, "supports_epoch_blocks", False)
         and isinstance(datamodule, ModalityDataModule)
+        and tiny_epochs(len(datamodule.sets["train"]), datamodule.batch_size)
         and _one_process(run)
     )
     plan = plan_epochs(
