@@ -104,6 +104,7 @@ class ClassifierModule(L.LightningModule):
         self.losses = torch.nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
         self.per_class = MulticlassAccuracy(k, average=None, **checks)
         self._epoch_logs: dict[str, list[tuple[torch.Tensor, int]]] = {}
+        self._block_epoch: int | None = None  # the data epoch last trained in a block
 
     def student_input(self, batch: dict, train: bool) -> torch.Tensor:
         x = batch[self.modality]
@@ -153,7 +154,7 @@ class ClassifierModule(L.LightningModule):
         optimizer = self.optimizers(use_pl_optimizer=scaled)
         scheduler = self.lr_schedulers()
         for epoch in block.epochs:
-            self.data_epoch = epoch
+            self._block_epoch = epoch
             for step, batch in enumerate(block.batches(epoch, self.device)):
                 terms = self.training_losses(batch)
                 loss = self._total(terms)
@@ -196,7 +197,14 @@ class ClassifierModule(L.LightningModule):
         value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
         self._epoch_logs.setdefault(name, []).append((value, size))
 
+    def _log_data_epoch(self) -> None:
+        """In a run of blocks, Lightning's epoch counts blocks: the logs carry the data epoch
+        instead (loggers take a logged `epoch` over Lightning's own)."""
+        if self._block_epoch is not None:
+            self.log("epoch", float(self._block_epoch), on_step=False, on_epoch=True)
+
     def on_train_epoch_end(self) -> None:
+        self._log_data_epoch()
         for name, entries in self._epoch_logs.items():
             device = entries[0][0].device
             values = torch.stack([v.float().to(device) for v, _ in entries])
@@ -228,6 +236,7 @@ class ClassifierModule(L.LightningModule):
         return metrics
 
     def on_validation_epoch_end(self) -> None:
+        self._log_data_epoch()
         self.log_dict(self._stage_metrics("val"), prog_bar=True, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
