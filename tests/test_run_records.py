@@ -71,9 +71,13 @@ def test_teacher_is_recorded_by_its_absolute_path(runs) -> None:
     hparams = torch.load(
         student / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True
     )["hyper_parameters"]
-    recorded = [config["distill"]["teacher"], _results(student)["teacher_checkpoint"]]
-    recorded.append(hparams["teacher_checkpoint"])
-    assert recorded == [teacher] * 3, recorded
+    # config.yaml keeps what was given (a run folder here), made absolute; results.json and the
+    # checkpoint name the very file the weights came from (its SHA-256 sits beside it).
+    assert config["distill"]["teacher"] == teacher
+    best = str(Path(teacher) / "checkpoints" / "best.ckpt")
+    recorded = [_results(student)["teacher_checkpoint"], hparams["teacher_checkpoint"]]
+    assert recorded == [best] * 2, recorded
+    assert len(hparams["teacher_sha256"]) == 64
 
 
 def test_every_file_honours_the_umask(data_root, tmp_path) -> None:

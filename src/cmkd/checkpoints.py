@@ -24,6 +24,11 @@ def resolve_checkpoint(path: str | Path, weights: Literal["best", "last"] = "bes
     path = Path(path).expanduser()
     if path.is_dir():
         found = path / "checkpoints" / f"{weights}.ckpt"
+        if weights == "best" and not found.is_file() and found.with_name("last.ckpt").is_file():
+            raise CmkdError(
+                f"{path} has no best.ckpt (a run without a validation split keeps only its last "
+                "epoch); use its last.ckpt (--distill.teacher_weights last)"
+            )
         if not found.is_file():
             raise CmkdError(
                 f"{path} is a folder without checkpoints/{weights}.ckpt (not a run folder?)"

@@ -26,6 +26,11 @@ from cmkd.config import (
     RunConfig,
 )
 from cmkd.errors import CmkdError
+from cmkd.threads import passive_openmp_wait
+
+# Before anything imports torch: OpenMP reads its waiting policy once, when it loads. Idle
+# threads spinning on shared cores made a 2-thread step 9-15x slower (cmkd.bench.perf_runloop).
+passive_openmp_wait()
 
 
 def train(
@@ -244,13 +249,21 @@ def _print_result(result: dict) -> None:
 
     if not is_global_zero():  # every DDP rank holds the same result: print it once
         return
-    best, last = result["best"], result["last"]
-    print(
-        f"test acc {100 * best['test']['acc']:.1f} % (best on validation, epoch {best['epoch']}), "
-        f"{100 * last['test']['acc']:.1f} % (last epoch); "
-        f"macro F1 {100 * best['test']['f1_macro']:.1f}\n"
-        f"checkpoint: {result['checkpoint']}"
-    )
+    best, last = result.get("best"), result["last"]
+    if "test" not in last:
+        print(f"trained; {result['evaluation']}; kept: {result['selection']}")
+    elif best is None:
+        print(
+            f"test acc {100 * last['test']['acc']:.1f} % (last epoch: {result['selection']}); "
+            f"macro F1 {100 * last['test']['f1_macro']:.1f}"
+        )
+    else:
+        print(
+            f"test acc {100 * best['test']['acc']:.1f} % (best on validation, epoch "
+            f"{best['epoch']}), {100 * last['test']['acc']:.1f} % (last epoch); "
+            f"macro F1 {100 * best['test']['f1_macro']:.1f}"
+        )
+    print(f"checkpoint: {result['checkpoint']}")
 
 
 def _pop_data_root(argv: list[str]) -> tuple[list[str], str | None]:

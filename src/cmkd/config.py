@@ -56,7 +56,8 @@ class ModelConfig:
     """The trained network."""
 
     backbone: str = "small_cnn"
-    """small_cnn, mlp, resnet18, resnet34, mobilenetv2_100, shufflenet_v2_x0_5, or any timm name."""
+    """small_cnn, mlp, linear (one Linear layer on vectors), resnet18, resnet34, mobilenetv2_100,
+    shufflenet_v2_x0_5, or any timm name."""
     pretrained: bool = False
     embedding_dim: int | None = None
     """Optional linear projection of the pooled features to this width."""
@@ -84,7 +85,8 @@ class RunConfig:
 
     output_dir: str = "runs"
     name: str | None = None
-    """Run folder name under output_dir (default: derived from the command and modality)."""
+    """Run folder name under output_dir (default: derived from the command and modality); a
+    relative path that stays inside output_dir."""
     accelerator: str = "auto"
     devices: int | str = 1
     """Devices per node: 4, "auto", or a list like "0,1"; several run one process each."""
@@ -94,6 +96,36 @@ class RunConfig:
     num_nodes: int = 1
     """Machines taking part in DDP (launched by torchrun or SLURM, one per node)."""
     precision: str = "32-true"
+    """A Lightning precision (32-true, bf16-mixed, 16-mixed, ...) or auto: bf16-mixed where the
+    device computes bfloat16 natively (CUDA capability >= 8.0; a CPU with AVX512-BF16 or AMX),
+    else 32-true. results.json records the one used."""
+    channels_last: bool | Literal["auto"] = False
+    """Channels-last memory layout for convolutional networks; auto: for every network with
+    feature maps. results.json records whether it was used."""
+    threads: int | Literal["auto"] | None = None
+    """CPU threads for training: None leaves torch's setting (every core; the `cmkd` command
+    makes idle OpenMP threads wait passively, so extra threads on a busy machine cost little),
+    N, or auto (the cores not busy at start, from the load average, at least 1: faster on a
+    busy machine, but then the thread count, and the last bits of results, depend on it)."""
+    val_every: int | None = None
+    """Validate every N epochs (and always after the last); default ceil(epochs / 50), so a
+    long run of tiny epochs is not dominated by validation. Only validated epochs can be
+    chosen as best."""
+    checkpoint_every: int | None = None
+    """Write last.ckpt (the resume point) every N epochs and after the last; default: at every
+    validation. A resume restarts from the last one written."""
+    epoch_blocks: bool = True
+    """Where the module allows it (supervised training on one device) and a data epoch is at
+    most 16 steps, let one Lightning epoch cover the data epochs between two validations: the
+    same updates, without Lightning's per-epoch and per-step cost (1 ms and more; a
+    full-batch step of a small model is less). Callbacks then see one training batch per
+    block; false gives them every step."""
+    durable_checkpoints: bool = False
+    """fsync every checkpoint. Not needed against a killed process (checkpoints are written to
+    a temp file and renamed, so a kill never leaves half a file); only against power loss."""
+    async_checkpoints: bool = False
+    """Write checkpoints on a background thread (the weights are copied on the training
+    thread first)."""
     progress_bar: bool = True
     resume: bool = False
     """Continue an interrupted run from its last.ckpt."""

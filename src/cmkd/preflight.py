@@ -40,13 +40,15 @@ def check_trainer(run: RunConfig) -> None:
     import lightning as L
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    from cmkd.precision import resolve_precision
+
     try:
         L.Trainer(
             accelerator=run.accelerator,
             devices=run.devices,
             strategy=run.strategy,
             num_nodes=run.num_nodes,
-            precision=run.precision,
+            precision=resolve_precision(run.precision, run.accelerator),
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cmkd.checkpoints import load_model
+from cmkd.checkpointing import file_sha256
+from cmkd.checkpoints import load_model, resolve_checkpoint
 from cmkd.config import (
     DataConfig,
     DistillConfig,
@@ -152,6 +153,9 @@ def distill_student(
         ModalityDataset(teacher_train, t_hp["modality"]).x, distill.corruption
     )
     teacher_path = str(Path(distill.teacher).expanduser().resolve())
+    # The student's checkpoints name the teacher's file and its hash instead of copying its
+    # weights; a resume rebuilds the teacher from the config and refuses a changed file.
+    teacher_file = resolve_checkpoint(distill.teacher, distill.teacher_weights)
     module = DistillModule(
         **module_args(model, optim, data, prepared, modality, seed),
         teacher=teacher,
@@ -163,7 +167,8 @@ def distill_student(
         cache_teacher=distill.cache_teacher,
         teacher_target=distill.teacher_target,
         teacher_free_confidence=distill.teacher_free_confidence,
-        teacher_checkpoint=teacher_path,
+        teacher_checkpoint=str(teacher_file),
+        teacher_sha256=file_sha256(teacher_file),
         num_train=len(student_train),
         quality=asdict(distill.quality),
     )
@@ -185,7 +190,7 @@ def distill_student(
             epochs, distill.pairing.temperature, audit_dir=run_dir / "pairs-digests"
         )
         callbacks = (*callbacks, dynm)
-    extra = {"teacher_checkpoint": teacher_path, "pairing": _pairing_name(distill.pairing)}
+    extra = {"teacher_checkpoint": str(teacher_file), "pairing": _pairing_name(distill.pairing)}
     result = fit_and_test(module, dm, run_dir, run, optim.epochs, resume, callbacks, extra)
     save_teacher_quality(run_dir, module, teacher_train.ids, corrupted)
     final = pairing.table_for(optim.epochs - 1)

@@ -3,46 +3,53 @@
 A run lives in one folder: config.yaml (resolved), checkpoints/{best,last}.ckpt, tensorboard/,
 csv/metrics.csv and results.json. The checkpoint is chosen on validation accuracy; the test
 split is scored twice, for the best-on-validation and the last-epoch weights, and never used
-for any choice.
+for any choice. Without a validation split the last epoch's weights are kept (nothing to
+choose with); without a test split nothing is scored. results.json says which.
+
+When validation and checkpoints happen, and how data epochs map onto Lightning epochs, is
+`cmkd.epochs`; what a checkpoint holds and how it is written, `cmkd.checkpointing`.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
+from cmkd.checkpointing import AtomicCheckpointIO, RunCheckpoints, check_resume_checkpoint
 from cmkd.config import DataConfig, OptimConfig, RunConfig
+from cmkd.data.datamodule import ModalityDataModule
+from cmkd.epochs import EpochBlockLoader, EpochPlan, InOrder, plan_epochs, tiny_epochs
 from cmkd.errors import CmkdError
-from cmkd.io import write_atomic, write_json, write_with
+from cmkd.io import write_atomic, write_json
+from cmkd.paths import child_path
+from cmkd.precision import resolve_channels_last, resolve_precision
 from cmkd.seeding import seed_for
+from cmkd.threads import choose_threads, training_threads
 
+__all__ = [
+    "AtomicCheckpointIO",
+    "build_trainer",
+    "check_run",
+    "device_of",
+    "fit_and_test",
+    "is_global_zero",
+    "open_run_dir",
+    "plain_trainer",
+]
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temp file in the checkpoint's own folder, flushed to disk, then
-    renamed over the target (os.replace): a process killed mid-write (SIGKILL, power loss)
-    leaves the previous complete file, never a truncated one. Lightning's own writer goes
-    through fsspec, whose temp file lies in the system temp folder: when that is another
-    filesystem (a tmpfs /tmp) the final move is a copy, written in place. Local paths only;
-    anything with a URL scheme goes to Lightning's writer."""
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
-    ) -> None:
-        if storage_options is not None or "://" in str(path):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer
-            stale.unlink(missing_ok=True)
-        write_with(path, lambda f: torch.save(checkpoint, f), durable=True)
+# What a run folder holds before its first checkpoint: a start that failed there left
+# nothing worth keeping, and must not block the rerun.
+_BEFORE_FIRST_CHECKPOINT = {"config.yaml", "tensorboard", "csv", "checkpoints"}
 
 
 def global_rank() -> int:
@@ -59,14 +66,32 @@ def is_global_zero() -> bool:
     return global_rank() == 0
 
 
+def run_path(run: RunConfig, default_name: str, seed: int) -> Path:
+    """The run folder `output_dir / name / seed<K>`; a name that would leave output_dir is a
+    CmkdError (`cmkd.paths.child_path`)."""
+    name = run.name if run.name is not None else default_name
+    return child_path(run.output_dir, name, "run.name") / f"seed{int(seed)}"
+
+
+def _holds_run(path: Path) -> bool:
+    """Whether the folder holds something a new run must not silently replace: a checkpoint,
+    results, or files cmkd did not write."""
+    if (path / "results.json").exists():
+        return True
+    if any((path / "checkpoints").glob("*.ckpt")):
+        return True
+    return any(entry.name not in _BEFORE_FIRST_CHECKPOINT for entry in path.iterdir())
+
+
 def open_run_dir(
     run: RunConfig, default_name: str, seed: int, config: dict
 ) -> tuple[Path, str | None]:
     """Create (or reopen, when resuming) the run folder; return it and the checkpoint to
-    resume from. Refuses to mix a new run into an old one's folder. Only rank 0 checks and
+    resume from. Refuses to mix a new run into an old one's folder; a folder left by a start
+    that failed before its first checkpoint is cleared instead. Only rank 0 checks and
     writes: under DDP the other ranks start once rank 0 has set the folder up, and would
     otherwise find it taken (or, with overwrite, delete it)."""
-    path = Path(run.output_dir) / (run.name or default_name) / f"seed{seed}"
+    path = run_path(run, default_name, seed)
     last = path / "checkpoints" / "last.ckpt"
     if not is_global_zero():
         return path, str(last) if run.resume else None
@@ -74,13 +99,13 @@ def open_run_dir(
         if not last.exists():
             raise CmkdError(f"nothing to resume: {last} does not exist")
         return path, str(last)
-    if path.exists() and any(path.iterdir()):
-        if not run.overwrite:
+    if path.is_dir() and any(path.iterdir()):
+        if _holds_run(path) and not run.overwrite:
             raise CmkdError(
                 f"run folder {path} already holds a run; pass --run.resume true to continue it "
                 "or --run.overwrite true to replace it"
             )
-        shutil.rmtree(path)
+        shutil.rmtree(path)  # inside output_dir: run_path checked it
     write_atomic(path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     return path, None
 
@@ -94,6 +119,12 @@ def check_run(run: RunConfig, optim: OptimConfig, data: DataConfig) -> None:
         raise CmkdError(f"data.batch_size must be >= 1, got {data.batch_size}")
     if not optim.lr > 0 or optim.lr != optim.lr or optim.lr == float("inf"):
         raise CmkdError(f"optim.lr must be a positive finite number, got {optim.lr}")
+    if run.name is not None:
+        child_path(run.output_dir, run.name, "run.name")
+    choose_threads(run.threads, 1)
+    plan_epochs(optim.epochs, run.val_every, run.checkpoint_every)
+    if run.channels_last not in (True, False, "auto"):
+        raise CmkdError(f"run.channels_last must be true, false or auto, got {run.channels_last}")
     accelerator = str(run.accelerator).lower()
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise CmkdError(
@@ -121,7 +152,7 @@ def plain_trainer(run: RunConfig | None, max_epochs: int | None = None) -> L.Tra
         max_epochs=max_epochs,
         accelerator=run.accelerator,
         devices=1,
-        precision=run.precision,
+        precision=resolve_precision(run.precision, run.accelerator),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=run.progress_bar,
@@ -130,53 +161,51 @@ def plain_trainer(run: RunConfig | None, max_epochs: int | None = None) -> L.Tra
     )
 
 
+class _ValidationSchedule(Callback):
+    """Validation at the Lightning epochs the plan says (Lightning's own
+    check_val_every_n_epoch cannot also validate the last epoch)."""
+
+    def __init__(self, plan: EpochPlan) -> None:
+        self.plan = plan
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        due = self.plan.validates(trainer.current_epoch)
+        trainer.check_val_every_n_epoch = 1 if due else trainer.max_epochs + 1
+
+
 def build_trainer(
-    run_dir: Path, run: RunConfig, epochs: int, callbacks: list[Callback] | tuple = ()
-) -> tuple[L.Trainer, ModelCheckpoint]:
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor="val/acc",
-        mode="max",
-        enable_version_counter=False,
-    )
-    # Its own callback: Lightning's save_last only copies a checkpoint when the monitored one
-    # is saved, so last.ckpt would hold the best epoch and a resume would start from there.
-    last = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False
-    )
+    run_dir: Path,
+    run: RunConfig,
+    plan: EpochPlan | int,
+    callbacks: list[Callback] | tuple = (),
+) -> tuple[L.Trainer, RunCheckpoints]:
+    """The run's Trainer and its checkpoint callback. `plan` may be a number of epochs (the
+    default plan for it)."""
+    if isinstance(plan, int):
+        plan = plan_epochs(plan, run.val_every, run.checkpoint_every)
+    checkpoints = RunCheckpoints(run_dir / "checkpoints", plan)
+    writer = AtomicCheckpointIO(durable=run.durable_checkpoints)
     trainer = L.Trainer(
-        max_epochs=epochs,
+        max_epochs=plan.lightning_epochs,
         accelerator=run.accelerator,
         devices=run.devices,
         strategy=run.strategy,
         num_nodes=run.num_nodes,
-        precision=run.precision,
+        precision=resolve_precision(run.precision, run.accelerator),
         default_root_dir=run_dir,
         logger=[
             TensorBoardLogger(run_dir, name="tensorboard", version=""),
             CSVLogger(run_dir, name="csv", version=""),
         ],
-        callbacks=[checkpoint, last, *callbacks],
-        plugins=[AtomicCheckpointIO()],
+        callbacks=[checkpoints, _ValidationSchedule(plan), *callbacks],
+        plugins=[AsyncCheckpointIO(writer) if run.async_checkpoints else writer],
+        limit_val_batches=None if plan.validation else 0,
         enable_progress_bar=run.progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
     )
-    return trainer, checkpoint
-
-
-def _check_checkpoint(path: str) -> None:
-    """A checkpoint to resume from must load (weights only, no code run): a truncated or
-    tampered file is a CmkdError naming it, not a traceback from deep inside Lightning."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        ok = isinstance(ckpt, dict) and "state_dict" in ckpt and "epoch" in ckpt
-    except Exception as err:  # torch raises many types on a damaged file
-        raise CmkdError(f"cannot resume: {path} is not a readable checkpoint ({err})") from None
-    if not ok:
-        raise CmkdError(f"cannot resume: {path} is not a Lightning checkpoint")
+    return trainer, checkpoints
 
 
 def _test_scores(metrics: dict[str, float], classes: list[str]) -> dict[str, Any]:
@@ -185,6 +214,15 @@ def _test_scores(metrics: dict[str, float], classes: list[str]) -> dict[str, Any
         "f1_macro": metrics["test/f1"],
         "acc_per_class": {c: metrics[f"test/acc_class/{c}"] for c in classes},
     }
+
+
+def _split_size(datamodule: L.LightningDataModule, split: str) -> int | None:
+    sets = getattr(datamodule, "sets", None)
+    return len(sets[split]) if isinstance(sets, dict) and split in sets else None
+
+
+def _one_process(run: RunConfig) -> bool:
+    return str(run.devices) == "1" and int(run.num_nodes) == 1
 
 
 def fit_and_test(
@@ -198,38 +236,66 @@ def fit_and_test(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train, then score the last-epoch and the best-on-validation weights on the test split.
-    Writes results.json (with `extra` fields) in the run folder and returns the same record."""
+    Writes results.json (with `extra` fields) in the run folder and returns the same record.
+
+    Where the module supports it (one process, a `ModalityDataModule`, data epochs of a few
+    steps), a Lightning epoch covers the data epochs between two validations (`cmkd.epochs`):
+    callbacks then see one training batch per block of data epochs."""
+    sizes = {split: _split_size(datamodule, split) for split in ("train", "val", "test")}
+    blocks = (
+        run.epoch_blocks
+        and getattr(module, "supports_epoch_blocks", False)
+        and isinstance(datamodule, ModalityDataModule)
+        and tiny_epochs(len(datamodule.sets["train"]), datamodule.batch_size)
+        and _one_process(run)
+    )
+    plan = plan_epochs(
+        epochs, run.val_every, run.checkpoint_every, bool(blocks), validation=sizes["val"] != 0
+    )
     if resume_from is not None:
-        _check_checkpoint(resume_from)
-    trainer, checkpoint = build_trainer(run_dir, run, epochs, callbacks)
+        check_resume_checkpoint(resume_from, plan)
+    precision = resolve_precision(run.precision, run.accelerator)
+    channels_last = resolve_channels_last(run.channels_last, module)
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+    trainer, checkpoints = build_trainer(
+        run_dir, replace(run, precision=precision), plan, callbacks
+    )
+    if plan.block > 1:
+        module.automatic_optimization = False  # the module steps through each EpochBlock
+        train = datamodule.sets["train"]
+        loader = EpochBlockLoader(train, datamodule.batch_size, datamodule.seed, plan)
+        val = InOrder(datamodule.sets["val"], datamodule.batch_size)
+        data = {"train_dataloaders": loader, "val_dataloaders": val}
+    else:
+        data = {"datamodule": datamodule}
     # Dropout and augmentation draw from a stream fixed by (seed, "fit"), whatever was built
     # before: the same for every method of one seed.
     L.seed_everything(seed_for(module.hparams.seed, "fit"), verbose=False)
-    start = time.perf_counter()
-    # weights_only everywhere a checkpoint is read: loading one must never execute code.
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-    fit_s = time.perf_counter() - start
-    if trainer.interrupted:
-        raise CmkdError(f"training was interrupted; resume with --run.resume true ({run_dir})")
-    classes = module.classes
-    last = _test_scores(trainer.test(module, datamodule=datamodule, verbose=False)[0], classes)
-    best_path = checkpoint.best_model_path
-    best = _test_scores(
-        trainer.test(
-            module, datamodule=datamodule, ckpt_path=best_path, verbose=False, weights_only=True
-        )[0],
-        classes,
-    )
-    best_epoch = torch.load(best_path, map_location="cpu", weights_only=True)["epoch"]
+    with training_threads(run.threads) as threads:
+        start = time.perf_counter()
+        # weights_only everywhere a checkpoint is read: loading one must never execute code.
+        trainer.fit(module, **data, ckpt_path=resume_from, weights_only=True)
+        fit_s = time.perf_counter() - start
+        if trainer.interrupted:
+            raise CmkdError(f"training was interrupted; resume with --run.resume true ({run_dir})")
+        scores = _score(trainer, module, datamodule, checkpoints, sizes["test"] != 0)
     results = {
         "modality": module.modality,
         "seed": module.hparams.seed,
         "epochs": epochs,
-        "best": {"epoch": best_epoch, "val_acc": float(checkpoint.best_model_score), "test": best},
-        "last": {"epoch": epochs - 1, "test": last},
-        "checkpoint": str(best_path),
+        **scores,
         "fit_seconds": round(fit_s, 2),
-        "train_samples": len(datamodule.sets["train"]) if hasattr(datamodule, "sets") else None,
+        "train_samples": sizes["train"],
+        "run": {
+            "precision": precision,
+            "channels_last": channels_last,
+            "threads": threads,
+            "val_every": plan.val_every if plan.validation else None,
+            "checkpoint_every": plan.checkpoint_every,
+            "epochs_per_lightning_epoch": plan.block,
+            "checkpoint_seconds": round(checkpoints.save_seconds, 3),
+        },
         **(
             {"teacher_seconds": round(module.teacher_seconds, 3)}
             if hasattr(module, "teacher_seconds")
@@ -240,3 +306,42 @@ def fit_and_test(
     if trainer.is_global_zero:
         write_json(run_dir / "results.json", results)
     return results
+
+
+def _score(
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    checkpoints: RunCheckpoints,
+    test: bool,
+) -> dict[str, Any]:
+    """The selection and the test scores of the last-epoch and best-on-validation weights."""
+    classes = module.classes
+    epochs = checkpoints.plan.epochs
+
+    def scored(**kwargs: Any) -> dict[str, Any]:
+        if not test:
+            return {}
+        metrics = trainer.test(module, datamodule=datamodule, verbose=False, **kwargs)[0]
+        return {"test": _test_scores(metrics, classes)}
+
+    last = {"epoch": epochs - 1, **scored()}
+    evaluation = "test split" if test else "none (no test split)"
+    if checkpoints.best_path is None:
+        why = "no validation score" if checkpoints.plan.validation else "no validation split"
+        return {
+            "selection": f"last epoch ({why})",
+            "evaluation": evaluation,
+            "last": last,
+            "checkpoint": str(checkpoints.last_path),
+        }
+    best = scored(ckpt_path=str(checkpoints.best_path), weights_only=True)
+    every = checkpoints.plan.val_every
+    return {
+        "selection": "best validation accuracy"
+        + (f" (validated every {every} epochs and after the last)" if every > 1 else ""),
+        "evaluation": evaluation,
+        "best": {"epoch": checkpoints.best_epoch, "val_acc": checkpoints.best_score, **best},
+        "last": last,
+        "checkpoint": str(checkpoints.best_path),
+    }

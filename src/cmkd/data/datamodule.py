@@ -42,8 +42,12 @@ class SeededShuffle(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def permutation(self) -> np.ndarray:
+        """This epoch's order as an array (what iterating gives)."""
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+
     def __iter__(self):
-        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+        return iter(self.permutation().tolist())
 
     def __len__(self) -> int:
         return self.n

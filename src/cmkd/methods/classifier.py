@@ -7,6 +7,7 @@ metrics, evaluation and optimiser, and add terms to the training loss. From Pyth
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -14,11 +15,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from cmkd.config import DataConfig, ModelConfig, OptimConfig
 from cmkd.data.normalize import Standardize
+from cmkd.epochs import EpochBlock
 from cmkd.errors import CmkdError
 from cmkd.models.adapter import AdaptedNetwork, as_network
 from cmkd.models.model import StandardizedNetwork, build_model
@@ -35,7 +37,7 @@ def _first_line(err: BaseException) -> str:
 
 
 def _hint(backbone: str, x: torch.Tensor) -> str:
-    if x.ndim == 2 and backbone != "mlp":
+    if x.ndim == 2 and backbone not in ("mlp", "linear"):
         return "; these are vectors: use model.backbone mlp (or linear)"
     if x.ndim == 4 and backbone == "mlp":
         return "; these are images: use a convolutional backbone such as small_cnn"
@@ -129,9 +131,17 @@ def task_args(
 
 class ClassifierModule(L.LightningModule):
     """A network on `modality` trained with cross-entropy; scored by overall accuracy, macro F1
-    and per-class accuracy."""
+    and per-class accuracy.
+
+    Training metrics are logged once per epoch (the mean over its samples): `self.log` on every
+    step costs Lightning about 0.1 ms of bookkeeping, more than a small model's step. A
+    non-finite training loss stops the run at once (`CmkdError`), before any checkpoint holds
+    the diverged weights."""
 
     not_hyperparameters: tuple[str, ...] = ("normalize", "custom_network")
+    # training_step can take a cmkd.epochs.EpochBlock (several data epochs, manual
+    # optimisation). A subclass whose loss depends on the epoch (pairings, warm-ups) sets False.
+    supports_epoch_blocks: bool = True
 
     def __init__(
         self,
@@ -159,19 +169,27 @@ class ClassifierModule(L.LightningModule):
                 self.model = StandardizedNetwork(custom_network, standardize)
         self.modality, self.classes, self.augment = modality, list(classes), augment
         k = len(classes)
+        # Labels are checked when the data is loaded (cmkd.data.samples): torchmetrics' own
+        # per-update argument checks would only cost time at every evaluation.
+        checks = {"validate_args": False}
         self.metrics = torch.nn.ModuleDict(
             {
                 stage: MetricCollection(
                     {
-                        "acc": MulticlassAccuracy(k, average="micro"),
-                        "f1": MulticlassF1Score(k, average="macro"),
+                        "acc": MulticlassAccuracy(k, average="micro", **checks),
+                        "f1": MulticlassF1Score(k, average="macro", **checks),
                     },
                     prefix=f"{stage}/",
                 )
                 for stage in ("val", "test")
             }
         )
-        self.per_class = MulticlassAccuracy(k, average=None)
+        # The evaluation loss as a metric too: one log call per evaluation, not one per batch,
+        # and its compute() weighs every rank's samples like the accuracy does.
+        self.losses = torch.nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
+        self.per_class = MulticlassAccuracy(k, average=None, **checks)
+        self._epoch_logs: dict[str, list[tuple[torch.Tensor, int]]] = {}
+        self._block_epoch: int | None = None  # the data epoch last trained in a block
 
     @classmethod
     def for_data(
@@ -245,19 +263,88 @@ class ClassifierModule(L.LightningModule):
         out = self.model(self.student_input(batch, train=True))
         return {"ce": F.cross_entropy(out.logits, batch["label"])}
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict | EpochBlock, batch_idx: int) -> torch.Tensor | None:
+        if isinstance(batch, EpochBlock):
+            self._train_block(batch)
+            return None
         terms = self.training_losses(batch)
-        loss = torch.stack(list(terms.values())).sum()
-        size = len(batch["label"])
-        for name, value in terms.items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=size)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
+        loss = self._total(terms)
+        self._check_finite(loss, self.current_epoch, batch_idx)
+        self._log_terms(terms, loss, len(batch["label"]))
         return loss
+
+    def _train_block(self, block: EpochBlock) -> None:
+        """Several data epochs in one Lightning step: per batch what automatic optimisation
+        does (forward, zero_grad, backward, step), the scheduler stepped after each epoch.
+        Without a gradient scaler (32-true, bf16) the step is plain torch: Lightning's
+        per-step optimiser hooks are not called inside a block."""
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        optimizer = self.optimizers(use_pl_optimizer=scaled)
+        scheduler = self.lr_schedulers()
+        for epoch in block.epochs:
+            self._block_epoch = epoch
+            for step, batch in enumerate(block.batches(epoch, self.device)):
+                terms = self.training_losses(batch)
+                loss = self._total(terms)
+                self._check_finite(loss, epoch, step)
+                optimizer.zero_grad()
+                if scaled:
+                    self.manual_backward(loss)
+                else:
+                    loss.backward()
+                optimizer.step()
+                self._log_terms(terms, loss, len(batch["label"]))
+            if scheduler is not None:
+                scheduler.step()
+
+    @staticmethod
+    def _total(terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        values = list(terms.values())
+        return values[0] if len(values) == 1 else torch.stack(values).sum()
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        value = loss.item()  # one host sync per step; on the CPU, ~1 us
+        if not math.isfinite(value):
+            raise CmkdError(
+                f"the training loss is {value} at epoch {epoch}, step {step}: training "
+                f"diverged (optim.lr {self.hparams.optim['lr']:g}); stopped before any "
+                "checkpoint saved it, the last one is kept. Lower --optim.lr and start again "
+                "(--run.overwrite true) or resume from the last checkpoint (--run.resume true)"
+            )
+
+    def _log_terms(self, terms: dict[str, torch.Tensor], loss: torch.Tensor, size: int) -> None:
+        if len(terms) > 1:  # a single term is the loss: Lightning charges ~1 ms per key logged
+            for name, value in terms.items():
+                self.log_epoch_mean(f"train/{name}", value, size)
+        self.log_epoch_mean("train/loss", loss, size)
+
+    def log_epoch_mean(self, name: str, value: torch.Tensor | float, size: int) -> None:
+        """Log `name` at the end of the epoch as its mean over the epoch's samples (what
+        `self.log(..., on_step=False, on_epoch=True, batch_size=size)` logs), without
+        Lightning's per-call cost."""
+        value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+        self._epoch_logs.setdefault(name, []).append((value, size))
+
+    def _log_data_epoch(self) -> None:
+        """In a run of blocks, Lightning's epoch counts blocks: the logs carry the data epoch
+        instead (loggers take a logged `epoch` over Lightning's own)."""
+        if self._block_epoch is not None:
+            self.log("epoch", float(self._block_epoch), on_step=False, on_epoch=True)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_data_epoch()
+        for name, entries in self._epoch_logs.items():
+            device = entries[0][0].device
+            values = torch.stack([v.float().to(device) for v, _ in entries])
+            sizes = torch.tensor([n for _, n in entries], dtype=values.dtype, device=values.device)
+            mean = (values * sizes).sum() / sizes.sum()
+            self.log(name, mean, on_step=False, on_epoch=True, prog_bar=name == "train/loss")
+        self._epoch_logs = {}
 
     def _evaluate(self, batch: dict, stage: str) -> None:
         logits = self.model(batch[self.modality]).logits
         loss = F.cross_entropy(logits, batch["label"])
-        self.log(f"{stage}/loss", loss, batch_size=len(logits), sync_dist=True)
+        self.losses[stage].update(loss, len(logits))
         self.metrics[stage].update(logits, batch["label"])
         if stage == "test":
             self.per_class.update(logits, batch["label"])
@@ -270,16 +357,22 @@ class ClassifierModule(L.LightningModule):
 
     # torchmetrics' compute() already gathers every DDP rank's counts, so each rank logs the
     # same global value; sync_dist=True only says so to Lightning (a mean of equal values).
+    def _stage_metrics(self, stage: str) -> dict[str, torch.Tensor]:
+        metrics = {**self.metrics[stage].compute(), f"{stage}/loss": self.losses[stage].compute()}
+        self.metrics[stage].reset()
+        self.losses[stage].reset()
+        return metrics
+
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.metrics["val"].compute(), prog_bar=True, sync_dist=True)
-        self.metrics["val"].reset()
+        self._log_data_epoch()
+        self.log_dict(self._stage_metrics("val"), prog_bar=True, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.metrics["test"].compute(), sync_dist=True)
-        self.metrics["test"].reset()
+        metrics = self._stage_metrics("test")
         for name, acc in zip(self.classes, self.per_class.compute(), strict=True):
-            self.log(f"test/acc_class/{name}", acc, sync_dist=True)
+            metrics[f"test/acc_class/{name}"] = acc
         self.per_class.reset()
+        self.log_dict(metrics, sync_dist=True)
 
     def configure_optimizers(self):
         cfg = self.hparams.optim

@@ -51,6 +51,7 @@ from cmkd.models.discomkd import (
     single_backbone_parameters,
 )
 from cmkd.models.inference import predict
+from cmkd.precision import resolve_precision
 from cmkd.training import open_run_dir
 
 # The run settings live in cmkd.config (the CLI reads them without importing this module).
@@ -291,7 +292,7 @@ def train_discomkd(
         max_epochs=optim.epochs,
         accelerator=run.accelerator,
         devices=run.devices,
-        precision=run.precision,
+        precision=resolve_precision(run.precision, run.accelerator),
         default_root_dir=run_dir,
         logger=CSVLogger(run_dir, name="csv", version=""),
         enable_checkpointing=False,

@@ -55,6 +55,11 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 
 
 class DistillModule(ClassifierModule):
+    """The student, its distillation terms and the frozen teacher. The teacher's weights are
+    never saved in the student's checkpoints: the hyperparameters name its checkpoint file
+    (`teacher_checkpoint`) and that file's SHA-256 (`teacher_sha256`); loading a checkpoint
+    into a module whose teacher came from a different file is a CmkdError."""
+
     not_hyperparameters = (
         *ClassifierModule.not_hyperparameters,
         "teacher",
@@ -62,6 +67,8 @@ class DistillModule(ClassifierModule):
         "teacher_labels",
         "pairing",
     )
+    # The pairing, the terms' schedules and DynM follow Lightning's epoch.
+    supports_epoch_blocks = False
 
     def __init__(
         self,
@@ -74,6 +81,7 @@ class DistillModule(ClassifierModule):
         ce_weight: float = 0.5,
         cache_teacher: bool = True,
         teacher_checkpoint: str = "",
+        teacher_sha256: str = "",
         num_train: int = 0,
         teacher_target: str = "sample",
         teacher_free_confidence: float = 0.9,
@@ -308,8 +316,24 @@ class DistillModule(ClassifierModule):
         # What the pairing learnt (a DynM table) is training state: a resumed run continues
         # from it.
         checkpoint["pairing"] = self.pairing.state_dict()
+        # The frozen teacher is already on disk in its own checkpoint (named and hashed in the
+        # hyperparameters): a copy in every student checkpoint only costs time and space.
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("teacher.")]:
+            del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = (checkpoint.get("hyper_parameters") or {}).get("teacher_sha256")
+        mine = self.hparams.get("teacher_sha256")
+        if saved and mine and saved != mine:
+            raise CmkdError(
+                f"the teacher checkpoint changed since this checkpoint was written: its SHA-256 "
+                f"was {saved[:12]}..., {self.hparams.teacher_checkpoint} now has {mine[:12]}...; "
+                "restore the original teacher file or start the run again"
+            )
+        state = checkpoint["state_dict"]
+        if not any(k.startswith("teacher.") for k in state):  # the teacher is not saved
+            state.update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
         state = checkpoint.get("pairing")
         if state is None and "pairing_table" in checkpoint:  # checkpoints before 0.2
             state = {"table": checkpoint["pairing_table"]}
@@ -378,10 +402,11 @@ class DistillModule(ClassifierModule):
         stats = {"min": w.min(), "max": w.max(), "std": w.std(unbiased=False)}
         stats["below_0.5"] = (w < 0.5).float().mean()
         for key, v in stats.items():
-            self.log(f"train/quality/{key}", v, on_step=False, on_epoch=True, batch_size=size)
+            self.log_epoch_mean(f"train/quality/{key}", v, size)
         return w.to(self.device)
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         if not self._epoch_weights:
             return
         weights = torch.cat(self._epoch_weights).detach().cpu()
@@ -414,7 +439,7 @@ class DistillModule(ClassifierModule):
             for part, v in parts.items():
                 losses[part] = self.weights[name] * v
             for key, v in term.diagnostics().items():
-                self.log(f"train/{name}/{key}", v, on_step=False, on_epoch=True)
+                self.log_epoch_mean(f"train/{name}/{key}", v, len(batch["label"]))
         return losses
 
 

@@ -275,12 +275,15 @@ def _build_mlp(
     hidden: Sequence[int] = (256, 128),
     dropout: float = 0.0,
 ) -> _Built:
-    """Linear-ReLU(-Dropout) stack for vector modalities; in_chans is the input dimension."""
+    """Linear-ReLU(-Dropout) stack for vector modalities; in_chans is the input dimension.
+    `hidden: []` is the linear model (see `_build_linear`)."""
     _refuse_weights("mlp", pretrained, checkpoint_path)
-    if not hidden or min(hidden) < 1:
+    if hidden and min(hidden) < 1:
         raise CmkdError(f"mlp hidden sizes must be positive integers, got {tuple(hidden)}")
     if not 0.0 <= dropout < 1.0:
         raise CmkdError(f"mlp dropout must be in [0, 1), got {dropout}")
+    if not hidden:
+        return _build_linear(in_chans)
     # Flatten lets B x 1 x H x W inputs (e.g. MNIST with in_chans=784) through as vectors.
     layers: list[nn.Module] = [nn.Flatten(1)]
     previous = in_chans
@@ -290,6 +293,17 @@ def _build_mlp(
             layers.append(nn.Dropout(dropout))
         previous = width
     return nn.Sequential(*layers), None, previous
+
+
+def _build_linear(
+    in_chans: int,
+    pretrained: bool = False,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+) -> _Built:
+    """No hidden layer: the Network's classifier is the one Linear layer, and the embedding
+    is the input vector itself (flattened), so embedding losses still see a vector."""
+    _refuse_weights("linear", pretrained, checkpoint_path)
+    return nn.Flatten(1), None, in_chans
 
 
 def _refuse_weights(
@@ -313,6 +327,7 @@ _REGISTRY: dict[str, _Builder] = {
     "shufflenet_v2_x0_5": _build_shufflenet_v2_x0_5,
     "small_cnn": _build_small_cnn,
     "mlp": _build_mlp,
+    "linear": _build_linear,
 }
 
 
@@ -332,7 +347,8 @@ def create_network(
     """Builds a `Network` by name.
 
     `kwargs` go to the builder: `checkpoint_path` (local weights, any image backbone), `widths`
-    (small_cnn), `hidden` and `dropout` (mlp), or any `timm.create_model` option.
+    (small_cnn), `hidden` and `dropout` (mlp; `hidden: []` is `linear`), or any
+    `timm.create_model` option.
     """
     if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
         raise CmkdError(f"in_chans must be an integer >= 1, got {in_chans!r}")

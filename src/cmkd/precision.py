@@ -1,0 +1,63 @@
+"""What `run.precision: auto` and `run.channels_last: auto` become on this machine.
+
+bfloat16 pays only where the hardware multiplies it natively: CUDA GPUs of compute capability
+8.0 and later (Ampere on), and CPUs with AVX512-BF16 or AMX-BF16 (Intel Cooper Lake, Sapphire
+Rapids on; AMD Zen 4 on). Elsewhere it is emulated and slower than float32, so `auto` stays
+at 32-true there.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import torch
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def training_device(accelerator: str) -> str:
+    """cuda, mps or cpu: where a Trainer with this accelerator setting runs."""
+    accelerator = str(accelerator).lower()
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    if accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
+        return "mps"
+    return "cpu"
+
+
+def native_bf16(device: str) -> bool:
+    """Whether `device` computes bfloat16 in hardware."""
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
+    if device == "cpu":
+        return any(flag in cpu_flags() for flag in BF16_CPU_FLAGS)
+    return False
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """`run.precision` as Lightning takes it: auto becomes bf16-mixed or 32-true."""
+    if str(precision) != "auto":
+        return str(precision)
+    return "bf16-mixed" if native_bf16(training_device(accelerator)) else "32-true"
+
+
+def resolve_channels_last(setting: bool | str, module: torch.nn.Module) -> bool:
+    """Whether to lay the network out channels-last: `auto` means yes when it has 4-D
+    (convolution) weights, which is where the layout changes the kernels used."""
+    if setting == "auto":
+        return any(p.ndim == 4 for p in module.parameters())
+    return bool(setting)
