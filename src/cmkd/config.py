@@ -114,6 +114,10 @@ class RunConfig:
     checkpoint_every: int | None = None
     """Write last.ckpt (the resume point) every N epochs and after the last; default: at every
     validation. A resume restarts from the last one written."""
+    track_test: bool = False
+    """Also score the test split after every validation and record it in results.json
+    (test_by_epoch, best_on_test): only to compare with published numbers whose epoch was
+    picked on the test split. cmkd never selects anything on it."""
     epoch_blocks: bool = True
     """Where the module allows it (supervised training on one device) and a data epoch is at
     most 16 steps, let one Lightning epoch cover the data epochs between two validations: the

@@ -35,6 +35,7 @@ from cmkd.paths import child_path
 from cmkd.precision import resolve_channels_last, resolve_precision
 from cmkd.seeding import seed_for
 from cmkd.threads import choose_threads, training_threads
+from cmkd.tracking import TestTracker
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -258,6 +259,11 @@ def fit_and_test(
     channels_last = resolve_channels_last(run.channels_last, module)
     if channels_last:
         module.to(memory_format=torch.channels_last)
+    tracker = None
+    if run.track_test and sizes["test"]:
+        test = datamodule.sets["test"]
+        tracker = TestTracker(test.x, test.y, plan)
+        callbacks = (*callbacks, tracker)
     trainer, checkpoints = build_trainer(
         run_dir, replace(run, precision=precision), plan, callbacks
     )
@@ -301,6 +307,7 @@ def fit_and_test(
             if hasattr(module, "teacher_seconds")
             else {}
         ),
+        **(tracker.results() if tracker is not None else {}),
         **(extra or {}),
     }
     if trainer.is_global_zero:

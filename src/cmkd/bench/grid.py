@@ -195,7 +195,11 @@ class GridRunner:
         self.out = Path(output_dir)
         self.store = Store(self.out)
         self.optim = OptimConfig(lr=grid.lr, epochs=grid.epochs, scheduler=grid.scheduler)
-        self.run_cfg = RunConfig(output_dir=str(self.out / "runs"), progress_bar=False)
+        # Every cell also records its test score per epoch, for the page's authors'-protocol
+        # columns only (nothing is selected on it; see cmkd.tracking).
+        self.run_cfg = RunConfig(
+            output_dir=str(self.out / "runs"), progress_bar=False, track_test=True
+        )
         self.counts = {"ran": 0, "reused": 0}
 
     def describe(self, command: str = "") -> dict[str, Any]:
