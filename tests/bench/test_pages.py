@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from cmkd.bench.pagestore import store_path
+from cmkd.bench.pagestore import notes_path, store_path
 from cmkd.cli import main
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-PAGES = sorted(BENCHMARKS.glob("*.md"))
+PAGES = sorted(p for p in BENCHMARKS.glob("*.md") if not p.name.endswith(".notes.md"))
 NOT_PAGES = {
     "README.md": "the folder's index, written by hand",
     "sembridge-preliminary.md": "the first SemBridge runs, superseded, assembled by hand",
@@ -35,8 +35,20 @@ STORED = [p for p in PAGES if has_store(p)]
 def test_a_committed_page_renders_again_from_its_store_alone(page: Path, tmp_path, capsys):
     copy = tmp_path / page.name
     shutil.copyfile(store_path(page), store_path(copy))
+    if notes_path(page).is_file():  # the hand-written reading goes into the page too
+        shutil.copyfile(notes_path(page), notes_path(copy))
     assert main(["report", str(store_path(copy)), "--plots", "false"]) == 0
     assert copy.read_text() == page.read_text()
+
+
+def test_notes_go_before_the_first_section(tmp_path) -> None:
+    from cmkd.bench.pagestore import notes_path, with_notes
+
+    page = tmp_path / "p.md"
+    text = "# Title\n\nintro\n\n## A\n\ntable\n"
+    assert with_notes(text, page) == text  # no notes file: the page as rendered
+    notes_path(page).write_text("**Reading.** By hand.\n")
+    assert with_notes(text, page) == "# Title\n\nintro\n\n**Reading.** By hand.\n\n## A\n\ntable\n"
 
 
 def test_every_page_has_a_store_or_awaits_its_rerun():

@@ -4,7 +4,10 @@ rendered again from a fresh clone: no run folder, no checkpoint.
 Layout, for a page `benchmarks/NAME.md`:
 - `benchmarks/NAME.json`: the store, plain JSON with a `kind` (which renderer reads it) and
   only what the page shows: metrics per cell, config hashes, timings, seeds, labels; no weights;
-- `benchmarks/NAME/`: the page's plots, where it has any.
+- `benchmarks/NAME/`: the page's plots, where it has any;
+- `benchmarks/NAME.notes.md` (optional): a reading of the results written by hand, put into
+  the page before its first section (`## `): generated tables do not explain themselves, and a
+  rerun must not erase the explanation (only make it stale: rewrite it with the numbers).
 
 A page writer writes the store first and then renders the page from that store alone (never
 from the richer data it has in memory), so `cmkd report benchmarks/NAME.md` gives the same
@@ -37,14 +40,31 @@ Render = Callable[[dict[str, Any], Path], str]
 files beside the page (store, plots); the text depends on nothing else."""
 
 
+def notes_path(page: str | Path) -> Path:
+    """The hand-written reading of a page's results, beside it (NAME.notes.md)."""
+    return Path(page).with_suffix(".notes.md")
+
+
+def with_notes(text: str, page: Path) -> str:
+    """The rendered page with its notes file (if any) before the first `## ` section."""
+    notes = notes_path(page)
+    if not notes.is_file():
+        return text
+    block = notes.read_text().strip() + "\n\n"
+    lines = text.splitlines(keepends=True)
+    at = next((i for i, line in enumerate(lines) if line.startswith("## ")), len(lines))
+    return "".join(lines[:at]) + block + "".join(lines[at:])
+
+
 def publish(page: str | Path, store: dict[str, Any], render: Render) -> Path:
-    """Write the store beside the page, then the page rendered from the store as written."""
+    """Write the store beside the page, then the page rendered from the store as written (with
+    the page's hand-written notes, if it has a notes file)."""
     page = Path(page)
     if page.suffix != ".md":
         raise CmkdError(f"page {page}: a page is a Markdown file (.md)")
     path = store_path(page)
     write_json(path, store)
-    write_atomic(page, render(read_store(path), page))
+    write_atomic(page, with_notes(render(read_store(path), page), page))
     return page
 
 
