@@ -3,8 +3,8 @@
 - `best.ckpt`: the network (and a distillation's trained adapters) with the best validation
   accuracy so far, weights only: it is read for testing, evaluation and as a teacher, never
   resumed from, so optimiser state would only make it 2-3x larger.
-- `last.ckpt`: the full training state (optimiser, scheduler, loops, callbacks) every
-  `checkpoint_every` epochs and after the last: the resume point.
+- `last.ckpt`: the full training state (optimiser, scheduler, loops, callbacks, the global
+  random generators) every `checkpoint_every` epochs and after the last: the resume point.
 - A frozen teacher's weights are in neither (`DistillModule` keeps only its file's path and
   SHA-256 in the hyperparameters): they are already on disk in the teacher's own checkpoint.
 
@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from cmkd.epochs import EpochPlan
@@ -107,6 +109,39 @@ class RunCheckpoints(Checkpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_score = state_dict.get("best_score")
         self.best_epoch = state_dict.get("best_epoch")
+
+
+class RandomStates(Callback):
+    """The global random generators (torch, CUDA, numpy, Python) saved with last.ckpt and put
+    back on resume: dropout, augmentation and whatever else draws from them continue where the
+    interrupted run stopped, so the resumed run ends with the uninterrupted run's weights.
+    Saved as tensors and plain values, which a weights-only load reads."""
+
+    def state_dict(self) -> dict[str, Any]:
+        _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+        version, internal, gauss = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "numpy": {
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached_gaussian),
+            },
+            "python": {"version": version, "internal": list(internal), "gauss": gauss},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        cuda = state_dict.get("cuda") or []
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        n = state_dict["numpy"]
+        keys = n["keys"].numpy().astype(np.uint32)
+        np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+        p = state_dict["python"]
+        random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
 
 
 def check_resume_checkpoint(path: str | Path, plan: EpochPlan | None = None) -> None:

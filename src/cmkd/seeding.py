@@ -8,7 +8,8 @@ restores the global state afterwards.
 
 Roles used by cmkd: "network" (the trained network of `train` and `distill`), "term:<name>"
 (a distillation term's adapters and projections), "fit" (dropout and augmentation during
-training), "matcher" / "matcher-fit" (SSM).
+training), "matcher" / "matcher-fit" (SSM), "discomkd:<modality>" (a DisCoM-KD student) and
+"discomkd:heads" (its training-only heads).
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,12 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
-from cmkd.checkpointing import AtomicCheckpointIO, RunCheckpoints, check_resume_checkpoint
+from cmkd.checkpointing import (
+    AtomicCheckpointIO,
+    RandomStates,
+    RunCheckpoints,
+    check_resume_checkpoint,
+)
 from cmkd.config import DataConfig, OptimConfig, RunConfig
 from cmkd.data.datamodule import ModalityDataModule
 from cmkd.epochs import EpochBlockLoader, EpochPlan, InOrder, plan_epochs, tiny_epochs
@@ -43,6 +50,7 @@ __all__ = [
     "check_run",
     "device_of",
     "fit_and_test",
+    "fitted",
     "is_global_zero",
     "open_run_dir",
     "plain_trainer",
@@ -111,12 +119,13 @@ def open_run_dir(
     return path, None
 
 
-def check_run(run: RunConfig, optim: OptimConfig, data: DataConfig) -> None:
+def check_run(run: RunConfig, optim: OptimConfig, data: DataConfig | None = None) -> None:
     """Settings that would only fail once training starts, checked before anything is
-    written: a one-line CmkdError naming the option and the fix."""
+    written: a one-line CmkdError naming the option and the fix. Without `data` (a run that
+    batches by its own setting, DisCoM-KD) the batch size is the caller's to check."""
     if optim.epochs < 1:
         raise CmkdError(f"optim.epochs must be >= 1, got {optim.epochs}")
-    if data.batch_size < 1:
+    if data is not None and data.batch_size < 1:
         raise CmkdError(f"data.batch_size must be >= 1, got {data.batch_size}")
     if not optim.lr > 0 or optim.lr != optim.lr or optim.lr == float("inf"):
         raise CmkdError(f"optim.lr must be a positive finite number, got {optim.lr}")
@@ -198,7 +207,7 @@ def build_trainer(
             TensorBoardLogger(run_dir, name="tensorboard", version=""),
             CSVLogger(run_dir, name="csv", version=""),
         ],
-        callbacks=[checkpoints, _ValidationSchedule(plan), *callbacks],
+        callbacks=[checkpoints, RandomStates(), _ValidationSchedule(plan), *callbacks],
         plugins=[AsyncCheckpointIO(writer) if run.async_checkpoints else writer],
         limit_val_batches=None if plan.validation else 0,
         enable_progress_bar=run.progress_bar,
@@ -222,8 +231,74 @@ def _split_size(datamodule: L.LightningDataModule, split: str) -> int | None:
     return len(sets[split]) if isinstance(sets, dict) and split in sets else None
 
 
-def _one_process(run: RunConfig) -> bool:
+def one_process(run: RunConfig) -> bool:
+    """Whether the run trains in one process on one device (no DDP)."""
     return str(run.devices) == "1" and int(run.num_nodes) == 1
+
+
+@dataclass
+class Fit:
+    """A finished `fitted` training: its Trainer and checkpoints, and what the run section of
+    results.json records about how it ran."""
+
+    trainer: L.Trainer
+    checkpoints: RunCheckpoints
+    plan: EpochPlan
+    precision: str
+    channels_last: bool
+    threads: int
+    seconds: float
+
+    def run_record(self) -> dict[str, Any]:
+        """The `run` section of results.json."""
+        plan = self.plan
+        return {
+            "precision": self.precision,
+            "channels_last": self.channels_last,
+            "threads": self.threads,
+            "val_every": plan.val_every if plan.validation else None,
+            "checkpoint_every": plan.checkpoint_every,
+            "epochs_per_lightning_epoch": plan.block,
+            "checkpoint_seconds": round(self.checkpoints.save_seconds, 3),
+        }
+
+
+@contextmanager
+def fitted(
+    module: L.LightningModule,
+    data: dict[str, Any],
+    run_dir: Path,
+    run: RunConfig,
+    plan: EpochPlan,
+    resume_from: str | None = None,
+    callbacks: list[Callback] | tuple = (),
+) -> Iterator[Fit]:
+    """Train `module` in its run folder and hand over the result; the block runs with the
+    run's CPU threads (score there). Every recipe trains here: the Trainer of `build_trainer`
+    (devices, precision, progress, validation and last.ckpt as `plan` says, best.ckpt where
+    the module logs `val/acc`), channels-last where chosen, dropout and augmentation from the
+    stream of (seed, "fit"), and a resume from `resume_from` checked first. `data`: the
+    Trainer.fit arguments (`datamodule`, or the loaders)."""
+    if resume_from is not None:
+        check_resume_checkpoint(resume_from, plan)
+    precision = resolve_precision(run.precision, run.accelerator)
+    channels_last = resolve_channels_last(run.channels_last, module)
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+    trainer, checkpoints = build_trainer(
+        run_dir, replace(run, precision=precision), plan, callbacks
+    )
+    # Dropout and augmentation draw from a stream fixed by (seed, "fit"), whatever was built
+    # before: the same for every method of one seed. A resume continues it from last.ckpt.
+    L.seed_everything(seed_for(module.hparams.seed, "fit"), verbose=False)
+    with training_threads(run.threads) as threads:
+        start = time.perf_counter()
+        # weights_only everywhere a checkpoint is read: loading one must never execute code.
+        trainer.fit(module, **data, ckpt_path=resume_from, weights_only=True)
+        seconds = time.perf_counter() - start
+        if trainer.interrupted:
+            raise CmkdError(f"training was interrupted; resume with --run.resume true ({run_dir})")
+        yield Fit(trainer, checkpoints, plan, precision, channels_last, threads, seconds)
 
 
 def fit_and_test(
@@ -248,25 +323,16 @@ def fit_and_test(
         and getattr(module, "supports_epoch_blocks", False)
         and isinstance(datamodule, ModalityDataModule)
         and tiny_epochs(len(datamodule.sets["train"]), datamodule.batch_size)
-        and _one_process(run)
+        and one_process(run)
     )
     plan = plan_epochs(
         epochs, run.val_every, run.checkpoint_every, bool(blocks), validation=sizes["val"] != 0
     )
-    if resume_from is not None:
-        check_resume_checkpoint(resume_from, plan)
-    precision = resolve_precision(run.precision, run.accelerator)
-    channels_last = resolve_channels_last(run.channels_last, module)
-    if channels_last:
-        module.to(memory_format=torch.channels_last)
     tracker = None
     if run.track_test and sizes["test"]:
         test = datamodule.sets["test"]
         tracker = TestTracker(test.x, test.y, plan)
         callbacks = (*callbacks, tracker)
-    trainer, checkpoints = build_trainer(
-        run_dir, replace(run, precision=precision), plan, callbacks
-    )
     if plan.block > 1:
         module.automatic_optimization = False  # the module steps through each EpochBlock
         train = datamodule.sets["train"]
@@ -275,33 +341,16 @@ def fit_and_test(
         data = {"train_dataloaders": loader, "val_dataloaders": val}
     else:
         data = {"datamodule": datamodule}
-    # Dropout and augmentation draw from a stream fixed by (seed, "fit"), whatever was built
-    # before: the same for every method of one seed.
-    L.seed_everything(seed_for(module.hparams.seed, "fit"), verbose=False)
-    with training_threads(run.threads) as threads:
-        start = time.perf_counter()
-        # weights_only everywhere a checkpoint is read: loading one must never execute code.
-        trainer.fit(module, **data, ckpt_path=resume_from, weights_only=True)
-        fit_s = time.perf_counter() - start
-        if trainer.interrupted:
-            raise CmkdError(f"training was interrupted; resume with --run.resume true ({run_dir})")
-        scores = _score(trainer, module, datamodule, checkpoints, sizes["test"] != 0)
+    with fitted(module, data, run_dir, run, plan, resume_from, callbacks) as fit:
+        scores = _score(fit.trainer, module, datamodule, fit.checkpoints, sizes["test"] != 0)
     results = {
         "modality": module.modality,
         "seed": module.hparams.seed,
         "epochs": epochs,
         **scores,
-        "fit_seconds": round(fit_s, 2),
+        "fit_seconds": round(fit.seconds, 2),
         "train_samples": sizes["train"],
-        "run": {
-            "precision": precision,
-            "channels_last": channels_last,
-            "threads": threads,
-            "val_every": plan.val_every if plan.validation else None,
-            "checkpoint_every": plan.checkpoint_every,
-            "epochs_per_lightning_epoch": plan.block,
-            "checkpoint_seconds": round(checkpoints.save_seconds, 3),
-        },
+        "run": fit.run_record(),
         **(
             {"teacher_seconds": round(module.teacher_seconds, 3)}
             if hasattr(module, "teacher_seconds")
@@ -310,7 +359,7 @@ def fit_and_test(
         **(tracker.results() if tracker is not None else {}),
         **(extra or {}),
     }
-    if trainer.is_global_zero:
+    if fit.trainer.is_global_zero:
         write_json(run_dir / "results.json", results)
     return results
 

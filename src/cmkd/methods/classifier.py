@@ -25,6 +25,7 @@ from cmkd.errors import CmkdError
 from cmkd.models.adapter import AdaptedNetwork, as_network
 from cmkd.models.model import StandardizedNetwork, build_model
 from cmkd.models.outputs import ModelOutput
+from cmkd.optim import lightning_optimizers
 from cmkd.seeding import seeded
 
 if TYPE_CHECKING:
@@ -56,6 +57,19 @@ def random_flips_and_rotations(x: torch.Tensor) -> torch.Tensor:
         if chosen.any():
             out[chosen] = torch.rot90(x[chosen], k, dims=(-2, -1))
     return out
+
+
+def check_finite_loss(loss: torch.Tensor, epoch: int, step: int, lr: float) -> None:
+    """Stop training at a non-finite loss (`CmkdError`), before any checkpoint holds the
+    diverged weights: every trained module calls this on each step's loss."""
+    value = loss.item()  # one host sync per step; on the CPU, ~1 us
+    if not math.isfinite(value):
+        raise CmkdError(
+            f"the training loss is {value} at epoch {epoch}, step {step}: training "
+            f"diverged (optim.lr {lr:g}); stopped before any checkpoint saved it, the last "
+            "one is kept. Lower --optim.lr and start again (--run.overwrite true) or resume "
+            "from the last checkpoint (--run.resume true)"
+        )
 
 
 def network_spec(model: ModelConfig, data: PreparedData, modality: str) -> dict[str, Any]:
@@ -303,14 +317,7 @@ class ClassifierModule(L.LightningModule):
         return values[0] if len(values) == 1 else torch.stack(values).sum()
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
-        value = loss.item()  # one host sync per step; on the CPU, ~1 us
-        if not math.isfinite(value):
-            raise CmkdError(
-                f"the training loss is {value} at epoch {epoch}, step {step}: training "
-                f"diverged (optim.lr {self.hparams.optim['lr']:g}); stopped before any "
-                "checkpoint saved it, the last one is kept. Lower --optim.lr and start again "
-                "(--run.overwrite true) or resume from the last checkpoint (--run.resume true)"
-            )
+        check_finite_loss(loss, epoch, step, self.hparams.optim["lr"])
 
     def _log_terms(self, terms: dict[str, torch.Tensor], loss: torch.Tensor, size: int) -> None:
         if len(terms) > 1:  # a single term is the loss: Lightning charges ~1 ms per key logged
@@ -375,16 +382,4 @@ class ClassifierModule(L.LightningModule):
         self.log_dict(metrics, sync_dist=True)
 
     def configure_optimizers(self):
-        cfg = self.hparams.optim
-        params = [p for p in self.parameters() if p.requires_grad]
-        kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-        extra = {}
-        if cfg["optimizer"] == "sgd":  # checkpoints from before these options: momentum 0.9
-            extra = {"momentum": cfg.get("momentum", 0.9), "nesterov": cfg.get("nesterov", False)}
-        opt = kinds[cfg["optimizer"]](
-            params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], **extra
-        )
-        if cfg.get("scheduler", "none") == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"])
-            return {"optimizer": opt, "lr_scheduler": sched}
-        return opt
+        return lightning_optimizers(self.parameters(), self.hparams.optim)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -33,17 +32,17 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
 from cmkd.config import DISCOMKD_TERMS, DisComConfig, ModalitySpec, OptimConfig, RunConfig
 from cmkd.data.multimodal import MultiModalDataModule, prepare_modalities
 from cmkd.data.normalize import Standardize
+from cmkd.epochs import plan_epochs
 from cmkd.errors import CmkdError
 from cmkd.io import write_json
 from cmkd.losses.logits import grad_reverse
-from cmkd.methods.classifier import random_flips_and_rotations
+from cmkd.methods.classifier import check_finite_loss, random_flips_and_rotations
 from cmkd.models.discomkd import (
     DisComStudent,
     count_parameters,
@@ -51,11 +50,15 @@ from cmkd.models.discomkd import (
     single_backbone_parameters,
 )
 from cmkd.models.inference import predict
-from cmkd.precision import resolve_precision
-from cmkd.training import open_run_dir
+from cmkd.optim import lightning_optimizers
+from cmkd.preflight import check_output_dir, check_settings
+from cmkd.seeding import seeded
+from cmkd.training import check_run, fitted, one_process, open_run_dir, run_path
 
 # The run settings live in cmkd.config (the CLI reads them without importing this module).
 TERMS = DISCOMKD_TERMS
+# Where last.ckpt keeps each modality's best-on-validation epoch, score and student weights.
+BEST_KEY = "discomkd_best"
 
 
 def modality_targets(
@@ -90,6 +93,16 @@ def grl_lambda(factor: float, schedule: str, progress: float) -> float:
     raise CmkdError(f"unknown grl_schedule {schedule!r}; use constant or dann")
 
 
+def check_weights(weights: dict[str, float]) -> None:
+    """Term weights name known terms and are finite numbers."""
+    unknown = set(weights) - set(TERMS)
+    if unknown:
+        raise CmkdError(f"unknown DisCoM-KD term weights {sorted(unknown)}; terms: {TERMS}")
+    for term, weight in weights.items():
+        if not math.isfinite(weight):
+            raise CmkdError(f"discomkd.weights.{term} must be a finite number, got {weight}")
+
+
 class DisComKDModule(L.LightningModule):
     """The joint model: one `DisComStudent` per modality plus the training-only heads."""
 
@@ -107,23 +120,24 @@ class DisComKDModule(L.LightningModule):
         self.names = list(networks)
         self.classes = list(classes)
         self.cfg = DisComConfig(**discomkd)
-        unknown = set(self.cfg.weights) - set(TERMS)
-        if unknown:
-            raise CmkdError(f"unknown DisCoM-KD term weights {sorted(unknown)}; terms: {TERMS}")
+        check_weights(self.cfg.weights)
         self.weights = {t: float(self.cfg.weights.get(t, 1.0)) for t in TERMS}
         latent = self.cfg.latent_dim or self._default_latent(networks)
         k, m = len(classes), len(networks)
         normalizers = normalizers or {}
-        self.students = nn.ModuleDict(
-            {
-                name: DisComStudent(spec, k, latent, normalizers.get(name))
-                for name, spec in networks.items()
-            }
-        )
-        self.aux = nn.Linear(latent, k)  # Cl_aux, shared by every modality
-        self.mod_inf = nn.Linear(latent, m)  # modality head on z_inf
-        self.mod_irr = nn.Linear(latent, m)  # modality head on z_irr
-        self.discriminator = nn.Linear(latent, m)  # D, behind the gradient reversal
+        # Each student from its own stream, (seed, "discomkd:<modality>"): a modality's network
+        # starts the same whichever other modalities are trained beside it, and in whichever
+        # order they are listed.
+        students = {}
+        for name, spec in networks.items():
+            with seeded(seed, f"discomkd:{name}"):
+                students[name] = DisComStudent(spec, k, latent, normalizers.get(name))
+        self.students = nn.ModuleDict(students)
+        with seeded(seed, "discomkd:heads"):  # training-only heads; M-way ones depend on M
+            self.aux = nn.Linear(latent, k)  # Cl_aux, shared by every modality
+            self.mod_inf = nn.Linear(latent, m)  # modality head on z_inf
+            self.mod_irr = nn.Linear(latent, m)  # modality head on z_irr
+            self.discriminator = nn.Linear(latent, m)  # D, behind the gradient reversal
         self.latent_dim = latent
         self._val: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in self.names}
         # Per-modality selection: each student's weights at its best validation epoch.
@@ -173,9 +187,35 @@ class DisComKDModule(L.LightningModule):
             "orth": orthogonality_loss(inf, irr, inv),
         }
 
+    def check_batch(self, batch: dict[str, dict[str, torch.Tensor]]) -> None:
+        """One small batch of every modality through its student and the joint loss, without
+        gradients or side effects (training mode, random generators and weights are left as
+        they were): a CmkdError naming the modality whose backbone cannot take its inputs,
+        before the run folder exists."""
+        was = self.training
+        self.eval()
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                for name in self.names:
+                    x = batch[name][name].float()
+                    try:
+                        self.students[name](x)
+                    except (RuntimeError, ValueError, IndexError) as err:
+                        backbone = self.hparams.networks[name]["backbone"]
+                        lines = str(err).strip().splitlines()
+                        raise CmkdError(
+                            f"modality {name!r}: backbone {backbone!r} cannot take its inputs "
+                            f"of shape {tuple(x.shape[1:])}: "
+                            + (lines[0][:200] if lines else type(err).__name__)
+                        ) from None
+                self.training_losses(batch)
+        finally:
+            self.train(was)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         terms = self.training_losses(batch)
         loss = sum(self.weights[n] * v for n, v in terms.items())
+        check_finite_loss(loss, self.current_epoch, batch_idx, self.hparams.optim["lr"])
         size = sum(len(b["label"]) for b in batch.values())
         for name, value in terms.items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=size)
@@ -208,16 +248,15 @@ class DisComKDModule(L.LightningModule):
         self._val = {n: [] for n in self.names}
 
     def configure_optimizers(self):
-        cfg = self.hparams.optim
-        kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-        extra = {"momentum": 0.9} if cfg["optimizer"] == "sgd" else {}
-        opt = kinds[cfg["optimizer"]](
-            self.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], **extra
-        )
-        if cfg.get("scheduler", "none") == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"])
-            return {"optimizer": opt, "lr_scheduler": sched}
-        return opt
+        return lightning_optimizers(self.parameters(), self.hparams.optim)
+
+    # The per-modality selection is training state: last.ckpt carries it, so a resumed run
+    # still knows each student's best epoch and weights from before the interruption.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[BEST_KEY] = self.best
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best = checkpoint.get(BEST_KEY, {})
 
     def student(self, name: str, which: Literal["best", "last"] = "best") -> DisComStudent:
         """A standalone copy of one modality's student (eval mode): its weights at its best
@@ -254,6 +293,43 @@ def _network_spec(spec: ModalitySpec, x_shape: tuple[int, ...]) -> dict[str, Any
     }
 
 
+def check_discomkd(discomkd: DisComConfig, run: RunConfig) -> None:
+    """DisCoM-KD's own settings, before any data is read or file written (what `check_run`
+    and `check_settings` do not cover): a one-line CmkdError naming the option."""
+    if isinstance(discomkd.batch_size, bool) or discomkd.batch_size < 1:
+        raise CmkdError(f"discomkd.batch_size must be >= 1, got {discomkd.batch_size}")
+    grl_lambda(discomkd.grl_factor, discomkd.grl_schedule, 0.0)
+    if discomkd.select_on not in ("f1_weighted", "acc"):
+        raise CmkdError(
+            f"discomkd.select_on must be f1_weighted or acc, got {discomkd.select_on!r}"
+        )
+    check_weights(discomkd.weights)
+    if not one_process(run):
+        # Each process would select (and export) on its own shard of the validation split.
+        raise CmkdError(
+            "DisCoM-KD trains on one device (it selects each student on the whole validation "
+            f"split); set --run.devices 1 --run.num_nodes 1 (got devices {run.devices!r}, "
+            f"num_nodes {run.num_nodes})"
+        )
+
+
+def _check_splits(dm: MultiModalDataModule) -> None:
+    """Every modality needs validation rows (its student is selected on them) and test rows
+    (its students are scored on them)."""
+    for split, why in (("val", "its student is selected on them"), ("test", "it is scored")):
+        for name, rows in dm.sets[split].items():
+            if not len(rows):
+                raise CmkdError(
+                    f"modality {name!r} has no {split} rows, and DisCoM-KD needs them ({why}): "
+                    f"give its data a {split}_fraction > 0"
+                )
+
+
+def _first_rows(dm: MultiModalDataModule, n: int = 2) -> dict[str, dict[str, torch.Tensor]]:
+    """The first `n` training rows of every modality, as a training batch."""
+    return {name: rows.batch(range(min(n, len(rows)))) for name, rows in dm.sets["train"].items()}
+
+
 def train_discomkd(
     modalities: list[ModalitySpec],
     discomkd: DisComConfig,
@@ -261,25 +337,25 @@ def train_discomkd(
     run: RunConfig,
     seed: int = 0,
     prepared: dict | None = None,
+    *,
+    callbacks: tuple = (),
 ) -> dict[str, Any]:
     """Train the joint model, score every modality's best-on-validation and last-epoch student
     on its test split, and export the best students to run_dir/students/<modality>.*.
-    Writes results.json in the run folder and returns the same record."""
-    L.seed_everything(seed, verbose=False)
+    Writes results.json in the run folder and returns the same record.
+
+    The run goes the way of every recipe (`cmkd.training.fitted`): everything is checked
+    (settings, data, one batch through the joint model) before the run folder exists, and
+    last.ckpt holds the full training state, each modality's selection included, so
+    `run.resume` continues an interrupted run to the uninterrupted run's weights. There is no
+    best.ckpt: selection is per modality, and its result is the exported students."""
+    check_run(run, optim)
+    check_settings(run, optim)
+    check_discomkd(discomkd, run)
     prepared = prepared or prepare_modalities(modalities, seed)
     names = [m.name for m in modalities]
-    config = {
-        "command": "discomkd",
-        "seed": seed,
-        "modalities": [asdict(m) for m in modalities],
-        "discomkd": asdict(discomkd),
-        "optim": asdict(optim),
-        "run": asdict(run),
-    }
-    if run.resume:
-        raise CmkdError("DisCoM-KD runs cannot be resumed yet; start it again")
-    run_dir, _ = open_run_dir(run, "discomkd-" + "-".join(names), seed, config)
     dm = MultiModalDataModule(prepared, discomkd.batch_size, seed, discomkd.epoch_length)
+    _check_splits(dm)
     networks = {
         m.name: _network_spec(m, tuple(dm.sets["train"][m.name].x.shape)) for m in modalities
     }
@@ -288,50 +364,47 @@ def train_discomkd(
     module = DisComKDModule(
         networks, classes, asdict(optim), asdict(discomkd), seed=seed, normalizers=normalizers
     )
-    trainer = L.Trainer(
-        max_epochs=optim.epochs,
-        accelerator=run.accelerator,
-        devices=run.devices,
-        precision=resolve_precision(run.precision, run.accelerator),
-        default_root_dir=run_dir,
-        logger=CSVLogger(run_dir, name="csv", version=""),
-        enable_checkpointing=False,
-        enable_progress_bar=run.progress_bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-    )
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
-    fit_s = time.perf_counter() - start
-    if trainer.interrupted:
-        raise CmkdError(f"training was interrupted ({run_dir})")
+    module.check_batch(_first_rows(dm))
+    plan = plan_epochs(optim.epochs, run.val_every, run.checkpoint_every)
+    config = {
+        "command": "discomkd",
+        "seed": seed,
+        "modalities": [asdict(m) for m in modalities],
+        "discomkd": asdict(discomkd),
+        "optim": asdict(optim),
+        "run": asdict(run),
+    }
+    default_name = "discomkd-" + "-".join(names)
+    check_output_dir(run_path(run, default_name, seed))
+    run_dir, resume = open_run_dir(run, default_name, seed, config)
     k = len(classes)
-    per_modality = {}
-    for name in names:
-        test = dm.sets["test"][name]
-        best = module.student(name, "best")
-        last = module.student(name, "last")
-        file = export_student(
-            best,
-            run_dir / "students" / name,
-            name,
-            classes,
-            seed=seed,
-            best_epoch=module.best[name]["epoch"],
-        )
-        per_modality[name] = {
-            "best": {
-                "epoch": module.best[name]["epoch"],
-                f"val_{discomkd.select_on}": module.best[name]["score"],
-                "test": evaluate_student(best, test, k),
-            },
-            "last": {"epoch": optim.epochs - 1, "test": evaluate_student(last, test, k)},
-            "parameters": count_parameters(best),
-            "single_backbone_parameters": single_backbone_parameters(networks[name], k),
-            "export": str(file),
-            "train_size": len(dm.sets["train"][name]),
-        }
+    with fitted(module, {"datamodule": dm}, run_dir, run, plan, resume, callbacks) as fit:
+        per_modality = {}
+        for name in names:
+            test = dm.sets["test"][name]
+            best = module.student(name, "best")
+            last = module.student(name, "last")
+            file = export_student(
+                best,
+                run_dir / "students" / name,
+                name,
+                classes,
+                seed=seed,
+                best_epoch=module.best[name]["epoch"],
+            )
+            per_modality[name] = {
+                "best": {
+                    "epoch": module.best[name]["epoch"],
+                    f"val_{discomkd.select_on}": module.best[name]["score"],
+                    "test": evaluate_student(best, test, k),
+                },
+                "last": {"epoch": optim.epochs - 1, "test": evaluate_student(last, test, k)},
+                "parameters": count_parameters(best),
+                "single_backbone_parameters": single_backbone_parameters(networks[name], k),
+                "export": str(file),
+                "train_size": len(dm.sets["train"][name]),
+            }
+    every = plan.val_every
     results = {
         "method": "discomkd",
         "seed": seed,
@@ -340,8 +413,12 @@ def train_discomkd(
         "latent_dim": module.latent_dim,
         "joint_parameters": count_parameters(module),
         "modalities": per_modality,
-        "fit_seconds": round(fit_s, 2),
+        "fit_seconds": round(fit.seconds, 2),
         "run_dir": str(run_dir),
+        "selection": f"best validation {discomkd.select_on} per modality"
+        + (f" (validated every {every} epochs and after the last)" if every > 1 else ""),
+        "checkpoint": str(fit.checkpoints.last_path),
+        "run": fit.run_record(),
     }
     write_json(Path(run_dir) / "results.json", results)
     return results

@@ -1,0 +1,71 @@
+"""One optimiser builder for every trained module: the same `optim` settings give the same
+optimiser and schedule in supervised training, distillation and DisCoM-KD."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from cmkd.config import OptimConfig
+from cmkd.errors import CmkdError
+from cmkd.methods.classifier import ClassifierModule
+from cmkd.methods.discomkd import DisComKDModule
+from cmkd.optim import build_optimizer, lightning_optimizers
+
+MLP = {"backbone": "mlp", "in_chans": 5, "options": {"hidden": [8]}}
+
+
+def _classifier(optim: dict) -> ClassifierModule:
+    network = {**MLP, "num_classes": 3, "pretrained": False, "embedding_dim": None}
+    return ClassifierModule(network, "v", ["a", "b", "c"], optim)
+
+
+def _discomkd(optim: dict) -> DisComKDModule:
+    return DisComKDModule({"v0": MLP, "v1": MLP}, ["a", "b", "c"], optim, {"latent_dim": 4})
+
+
+MODULES = {"classifier": _classifier, "discomkd": _discomkd}
+
+
+@pytest.mark.parametrize("make", MODULES.values(), ids=MODULES.keys())
+def test_every_module_honours_momentum_nesterov_and_the_schedule(make) -> None:
+    optim = OptimConfig(
+        optimizer="sgd",
+        lr=0.05,
+        weight_decay=1e-4,
+        momentum=0.5,
+        nesterov=True,
+        scheduler="cosine",
+        epochs=7,
+    )
+    module = make(asdict(optim))
+    configured = module.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]
+    assert isinstance(optimizer, torch.optim.SGD)
+    (group,) = optimizer.param_groups
+    assert (group["momentum"], group["nesterov"]) == (0.5, True)
+    assert (group["lr"], group["weight_decay"]) == (0.05, 1e-4)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
+    assert scheduler.T_max == 7
+    assert {id(p) for p in group["params"]} == {id(p) for p in module.parameters()}
+
+
+@pytest.mark.parametrize("make", MODULES.values(), ids=MODULES.keys())
+def test_settings_saved_before_momentum_existed_keep_sgds_old_momentum(make) -> None:
+    legacy = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 0.0, "epochs": 3}
+    optimizer = make(legacy).configure_optimizers()  # no scheduler: the optimiser itself
+    (group,) = optimizer.param_groups
+    assert (group["momentum"], group["nesterov"]) == (0.9, False)
+
+
+def test_only_trainable_parameters_and_known_optimizers() -> None:
+    frozen, trained = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))
+    frozen.requires_grad_(False)
+    optimizer, scheduler = build_optimizer([frozen, trained], OptimConfig(optimizer="adamw"))
+    assert isinstance(optimizer, torch.optim.AdamW) and scheduler is None
+    assert optimizer.param_groups[0]["params"] == [trained]
+    assert "momentum" not in optimizer.param_groups[0]  # SGD's options go to SGD only
+    with pytest.raises(CmkdError, match="unknown optim.optimizer 'lbfgs'"):
+        lightning_optimizers([trained], {**asdict(OptimConfig()), "optimizer": "lbfgs"})
