@@ -138,9 +138,11 @@ class SSMTask(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(
-            self.matcher.parameters(), lr=self.lr, weight_decay=self.weight_decay
-        )
+        from cmkd.config import OptimConfig
+        from cmkd.optim import lightning_optimizers
+
+        optim = OptimConfig("adamw", lr=self.lr, weight_decay=self.weight_decay)
+        return lightning_optimizers(self.matcher.parameters(), optim)
 
 
 def train_matcher(
