@@ -23,6 +23,11 @@ What differs from the authors' code (github weirl-922/ACKD, commit 21a20f8):
   products (the cross term through G = P_T^T P_S, I when both widths agree). The result and the
   gradients are the projected computation's, at width/dim of its cost: the attention's linear
   maps, which dominate SKA's time, shrink by that factor (see benchmarks/performance.md).
+- No N x N cross plan: its marginals are its factors, so each side's token weights are its
+  own attention weights (`cross_weights`, `SKA.forward`). The weights come from one autograd
+  node (`ReceivedAttention`), refinement and token CORAL from one pass (`refined_coral`).
+  What is left at small scale is the attention's matrix products (4 dim x dim maps: at dim
+  256, 2.6 times a 100k-parameter student's weights); `every` trades exactness for them.
 - Teacher inputs are detached; the teacher-side attention (and learnt maps) still train.
 - The attention keeps only its q and k projections: the authors' v and output projections never
   reach the loss, so they would never get a gradient.
@@ -126,6 +131,59 @@ def sinkhorn_plan(scores: torch.Tensor, n_iters: int = 50) -> torch.Tensor:
     return torch.exp(f.unsqueeze(-1) + scores + g.unsqueeze(-2))
 
 
+class ReceivedAttention(torch.autograd.Function):
+    """w[b, j] = mean over heads h and queries i of softmax_j(q_hi . k_hj / sqrt(d_head)): how
+    much softmax attention token j receives, (b, N), with q = x (W_q P)^T and k = x (W_k P)^T.
+
+    One autograd node with a written-out backward instead of the ~15 small nodes that
+    projection, heads, scores, softmax and the two means leave behind; the matrix products
+    are the same ones. The backward is the chain rule through those steps:
+    dL/dscores = A * (g_j - sum_j A_ij g_j) / (heads N) (softmax), then dq = dS k, dk = dS^T q
+    and the linear maps; tests check it against autograd through the plain computation.
+    """
+
+    @staticmethod
+    def forward(ctx, x, wq, wk, input_map, heads):
+        b, n, width = x.shape
+        dim = wq.shape[0]
+        d_head = dim // heads
+        # q and k from one product; 1/sqrt(d_head) scales W_q's rows (dim x width values,
+        # not b x heads x N^2 scores).
+        w = torch.cat([wq, wk])
+        if input_map is not None:
+            w = w @ input_map
+        w[:dim] *= 1 / math.sqrt(d_head)
+        rows = x.reshape(b * n, width)
+        qk = (rows @ w.T).view(b, n, 2, heads, d_head)
+        q = qk[:, :, 0].transpose(1, 2).contiguous()  # (b, heads, n, d_head)
+        k = qk[:, :, 1].transpose(1, 2).contiguous()
+        attention = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
+        ctx.save_for_backward(rows, w, input_map, q, k, attention)
+        ctx.shape = (b, n, width, heads)
+        return attention.sum(dim=(1, 2)) / (heads * n)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, w, input_map, q, k, attention = ctx.saved_tensors
+        b, n, width, heads = ctx.shape
+        dim = w.shape[0] // 2
+        # dL/dA[b, h, i, j] = grad[b, j] / (heads n) for every head and query; through the
+        # softmax: dS = A * (dA - sum_j A_ij dA_ij).
+        g = (grad / (heads * n)).view(b, 1, 1, n)
+        d_scores = attention * (g - attention @ g.transpose(-2, -1))
+        d_q, d_k = d_scores @ k, d_scores.transpose(-2, -1) @ q
+        d_qk = torch.stack([d_q.transpose(1, 2), d_k.transpose(1, 2)], dim=2).view(b * n, 2 * dim)
+        d_x = (d_qk @ w).view(b, n, width) if ctx.needs_input_grad[0] else None
+        d_wq = d_wk = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            d_w = d_qk.T @ rows
+            d_w[:dim] *= 1 / math.sqrt(dim // heads)
+            if input_map is not None:
+                d_w = d_w @ input_map.T
+            d_wq, d_wk = d_w[:dim], d_w[dim:]
+        return d_x, d_wq, d_wk, None, None
+
+
 class TokenAttention(nn.Module):
     """Multi-head q, k projections (no bias) over tokens; returns how much attention each token
     receives, w = A averaged over queries: (b, heads, N).
@@ -165,6 +223,15 @@ class TokenAttention(nn.Module):
     def forward(self, tokens: torch.Tensor, input_map: torch.Tensor | None = None) -> torch.Tensor:
         return self.plan(tokens, input_map).mean(dim=-2)
 
+    def received(self, tokens: torch.Tensor, input_map: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward` averaged over heads too, (b, N): all that SKA reads. The softmax planner
+        goes through `ReceivedAttention` (same values and gradients, fewer nodes)."""
+        if self.planner == "softmax":
+            return ReceivedAttention.apply(
+                tokens, self.q.weight, self.k.weight, input_map, self.heads
+            )
+        return self(tokens, input_map).mean(dim=1)
+
 
 def cross_plan(w_t: torch.Tensor, w_s: torch.Tensor) -> torch.Tensor:
     """The authors' cross plan M = w_T (outer) w_S: (b, heads, N_T, N_S). O(N^2); kept to test
@@ -188,14 +255,44 @@ def cross_weights(w_t: torch.Tensor, w_s: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def refine(tokens: torch.Tensor, weights: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """f' = s * (a ⊙ f) with a = weights averaged over heads (b, N, 1) and
-    s = sqrt(||mean_N f||^2 / ||mean_N (a ⊙ f)||^2) per sample: re-weighting moves the tokens
-    without changing the energy of the mean token (eps only guards 0 / 0)."""
-    a = weights.mean(dim=1).unsqueeze(-1)
-    weighted = a * tokens
-    before = tokens.mean(dim=1).pow(2).sum(dim=-1, keepdim=True)
-    after = weighted.mean(dim=1).pow(2).sum(dim=-1, keepdim=True)
-    return ((before + eps) / (after + eps)).sqrt().unsqueeze(-1) * weighted
+    """f' = s * (a ⊙ f) with a the token weights (b, N), or (b, heads, N) averaged over heads,
+    and s = sqrt(||mean_N f||^2 / ||mean_N (a ⊙ f)||^2) per sample: re-weighting moves the
+    tokens without changing the energy of the mean token (eps only guards 0 / 0). A positive
+    factor per sample on the weights therefore changes nothing (up to eps)."""
+    a = weights if weights.ndim == 2 else weights.mean(dim=1)
+    before = tokens.mean(dim=1).pow(2).sum(dim=-1)
+    after = (a.unsqueeze(1) @ tokens).squeeze(1).div(tokens.shape[1]).pow(2).sum(dim=-1)
+    scale = ((before + eps) / (after + eps)).sqrt()
+    return (scale.unsqueeze(-1) * a).unsqueeze(-1) * tokens
+
+
+def refined_coral(
+    t: torch.Tensor,
+    s: torch.Tensor,
+    w_t: torch.Tensor,
+    w_s: torch.Tensor,
+    width: int | None = None,
+    reference: bool = False,
+    eps: float = 1e-12,
+) -> torch.Tensor:
+    """coral(refine(t, w_t).flatten(1), refine(s, w_s).flatten(1), reference, width=width) for
+    token sets of one shape (b, N, c) in common coordinates, weights (b, N), in fewer passes
+    over the tokens: both sides stacked, each energy scale folded into its (b, N) weights
+    before they touch the tokens, and the three b x b Gram matrices of CORAL taken as blocks
+    of one 2b x 2b product."""
+    b, n = t.shape[:2]
+    both, weights = torch.stack([t, s]), torch.stack([w_t, w_s])
+    before = both.mean(dim=2).pow(2).sum(dim=-1)
+    after = (weights.unsqueeze(2) @ both).squeeze(2).div(n).pow(2).sum(dim=-1)
+    scaled = weights * ((before + eps) / (after + eps)).sqrt().unsqueeze(-1)
+    z = (scaled.unsqueeze(-1) * both).flatten(2)
+    z = (z - z.mean(dim=1, keepdim=True)).view(2 * b, -1)
+    squares = (z @ z.T).pow(2).view(2, b, 2, b).sum(dim=(1, 3))  # [[xx, xy], [yx, yy]]
+    gap = (squares[0, 0] + squares[1, 1] - squares[0, 1] - squares[1, 0]).clamp_min(0)
+    d = width or z.shape[1]
+    if reference:
+        return gap / (4 * d**3)
+    return gap / (4 * d**2 * max(b - 1, 1) ** 2)
 
 
 # --- the term -------------------------------------------------------------------------------
@@ -236,7 +333,15 @@ class SKA(DistillationTerm):
     """Returns {"tokens": L_ot1, "pooled": L_ot2}; the authors' weight l_ot * w_ot = 0.3 * 0.01
     belongs in the config weight, not here. Options: dim (common width), heads, planner
     ('softmax' | 'sinkhorn'), sinkhorn_iters, reference_coral (the authors' CORAL scaling),
-    projection ('fixed' | 'learnt', see the module docstring)."""
+    projection ('fixed' | 'learnt', see the module docstring), every.
+
+    every = k > 1 is an approximation that cuts SKA's cost k-fold: in training mode the term
+    is computed on every k-th call only, multiplied by k, and is 0 on the calls between, so
+    its expected value and gradient over k steps are the exact term's (an unbiased estimate,
+    like subsampling the steps). The zeros stay joined to the graph through every SKA
+    parameter (their gradient is 0 then, not absent: DDP sees them used, Adam's moments
+    decay as for a zero gradient). Logged values are those estimates: their epoch mean is
+    the term's. Evaluation mode always computes the term. The default 1 is exact."""
 
     needs = frozenset({"feature_map", "embedding"})
 
@@ -252,6 +357,7 @@ class SKA(DistillationTerm):
         sinkhorn_iters: int = 50,
         reference_coral: bool = False,
         projection: str = "fixed",
+        every: int = 1,
     ) -> None:
         super().__init__()
         if planner not in PLANNERS:
@@ -266,12 +372,21 @@ class SKA(DistillationTerm):
             )
         if not (isinstance(sinkhorn_iters, int) and sinkhorn_iters >= 1):
             raise CmkdError(f"'ska' option sinkhorn_iters must be >= 1, got {sinkhorn_iters!r}")
-        self.reference_coral = reference_coral
+        if not (isinstance(every, int) and every >= 1):
+            raise CmkdError(f"'ska' option every must be an integer >= 1, got {every!r}")
+        self.reference_coral, self.every, self.calls = reference_coral, every, 0
         learnt = projection == "learnt"
         self.map_s = _projection(student_channels, dim, conv=True, learnt=learnt)
         self.map_t = _projection(teacher_channels, dim, conv=True, learnt=learnt)
         self.embed_s = _projection(student_embedding, dim, conv=False, learnt=learnt)
         self.embed_t = _projection(teacher_embedding, dim, conv=False, learnt=learnt)
+        # Equal widths give equal fixed maps (seeded): one module for both sides, so that
+        # `_common` sees them as one without comparing them every step. Both names stay in
+        # the state dict.
+        if isinstance(self.map_s, FixedProjection) and student_channels == teacher_channels:
+            self.map_t = self.map_s
+        if isinstance(self.embed_s, FixedProjection) and student_embedding == teacher_embedding:
+            self.embed_t = self.embed_s
         self.attn_s = TokenAttention(dim, heads, planner, sinkhorn_iters)
         self.attn_t = TokenAttention(dim, heads, planner, sinkhorn_iters)
 
@@ -310,31 +425,74 @@ class SKA(DistillationTerm):
 
     def token_coral(self, f_t: torch.Tensor, f_s: torch.Tensor) -> torch.Tensor:
         """CORAL between refined token sets, each (b, N, its width) as `tokens` gives them."""
-        p_t, p_s = self._folded(self.map_t), self._folded(self.map_s)
-        if p_t is None and p_s is None:
-            return coral(f_t.flatten(1), f_s.flatten(1), self.reference_coral)
-        # Student tokens in the teacher's coordinates: G = P_T^T P_S (an unfolded side's map
-        # is the identity at width dim). Equal fixed maps give G = I.
-        if p_t is not None and p_s is not None and torch.equal(p_t, p_s):
-            s_as_t = f_s
-        else:
-            g = p_s if p_t is None else (p_t.T if p_s is None else p_t.T @ p_s)
-            s_as_t = f_s @ g.T
-        width = f_t.shape[1] * self.attn_t.q.weight.shape[0]
-        return coral(f_t.flatten(1), f_s.flatten(1), self.reference_coral, s_as_t.flatten(1), width)
+        return self._common_coral(f_t, f_s, self._folded(self.map_t), self._folded(self.map_s))
+
+    @staticmethod
+    def _common(
+        x_t: torch.Tensor, x_s: torch.Tensor, p_t: torch.Tensor | None, p_s: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Teacher and student rows (..., width) in one set of coordinates with the Gram
+        matrices of the rows at width dim: a side with a folded map p (see `_folded`) stands
+        for p @ x, a side without one is at width dim already. Isometries keep Gram matrices,
+        so rows under one shared map stay as they are and a lone folded side is lifted by its
+        map. None when the two sides are folded by different maps."""
+        if p_t is not None and p_s is not None:
+            return (x_t, x_s) if p_t is p_s or torch.equal(p_t, p_s) else None
+        if p_s is not None:
+            return x_t, x_s @ p_s.T
+        if p_t is not None:
+            return x_t @ p_t.T, x_s
+        return x_t, x_s
+
+    def _common_coral(
+        self,
+        x_t: torch.Tensor,
+        x_s: torch.Tensor,
+        p_t: torch.Tensor | None,
+        p_s: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """CORAL between teacher and student rows (b, ..., width) flattened per sample, the
+        rows meaning what `_common` says."""
+        width = math.prod(x_t.shape[1:-1]) * self.attn_t.q.weight.shape[0]
+        pair = self._common(x_t, x_s, p_t, p_s)
+        if pair is None:  # the cross Gram through G = P_T^T P_S, in x_t's coordinates
+            s_as_t = (x_s @ (p_t.T @ p_s).T).flatten(1)
+            return coral(x_t.flatten(1), x_s.flatten(1), self.reference_coral, s_as_t, width)
+        return coral(pair[0].flatten(1), pair[1].flatten(1), self.reference_coral, width=width)
 
     def forward(
         self, student: ModelOutput, teacher: ModelOutput, batch: dict
     ) -> dict[str, torch.Tensor]:
         if student.feature_map is None or teacher.feature_map is None:
             raise CmkdError("'ska' reads feature maps, but a network output has none")
+        scale = 1.0
+        if self.training and self.every > 1:
+            self.calls += 1
+            if (self.calls - 1) % self.every:
+                zero = sum(p.sum() for p in self.parameters()) * 0.0
+                return {"tokens": zero, "pooled": zero}
+            scale = float(self.every)
         s, t = self.tokens(student.feature_map, teacher.feature_map.detach())
-        a_t, a_s = cross_weights(
-            self.attn_t(t, self._folded(self.map_t)), self.attn_s(s, self._folded(self.map_s))
+        p_t, p_s = self._folded(self.map_t), self._folded(self.map_s)
+        # The cross plan's token weights are each side's own attention weights times a
+        # constant (`cross_weights`: every softmax row, or Sinkhorn column, sums to 1, so
+        # mean(w) = 1/N on either side), and the refinement's energy scale removes a constant
+        # factor: the refinement reads the weights directly, the same loss and gradients.
+        w_t, w_s = self.attn_t.received(t, p_t), self.attn_s.received(s, p_s)
+        pair = self._common(t, s, p_t, p_s)
+        if pair is None:
+            tokens = self.token_coral(refine(t, w_t), refine(s, w_s))
+        else:
+            width = t.shape[1] * self.attn_t.q.weight.shape[0]
+            tokens = refined_coral(*pair, w_t, w_s, width, self.reference_coral)
+        e_t, e_s = teacher.embedding.detach(), student.embedding
+        q_t, q_s = self._folded(self.embed_t), self._folded(self.embed_s)
+        pooled = self._common_coral(
+            e_t if q_t is not None else self.embed_t(e_t),
+            e_s if q_s is not None else self.embed_s(e_s),
+            q_t,
+            q_s,
         )
-        f_t, f_s = refine(t, a_t), refine(s, a_s)
-        e_s, e_t = self.embed_s(student.embedding), self.embed_t(teacher.embedding.detach())
-        return {
-            "tokens": self.token_coral(f_t, f_s),
-            "pooled": coral(e_t, e_s, self.reference_coral),
-        }
+        if scale != 1.0:
+            return {"tokens": scale * tokens, "pooled": scale * pooled}
+        return {"tokens": tokens, "pooled": pooled}
