@@ -405,6 +405,24 @@ def test_equal_widths_share_one_fixed_map_and_keep_the_state_dict() -> None:
     assert learnt.map_t is not learnt.map_s  # learnt maps are two sets of parameters
 
 
+def every_k_calls(ska: SKA, s: ModelOutput, t: ModelOutput, calls: int) -> list[dict]:
+    """The term's values over `calls` training calls, each with its own backward where it
+    has a graph; asserts which calls are computed and which parameters get a gradient."""
+    values = []
+    for call in range(calls):
+        ska.zero_grad(set_to_none=True)
+        value = ska(s, t, {})
+        total = value["tokens"] + value["pooled"]
+        computed = call % ska.every == 0
+        assert (total > 0) == computed
+        if total.requires_grad:
+            total.backward()
+        grads = [p.grad for p in ska.parameters()]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads) == computed
+        values.append({k: v.detach() for k, v in value.items()})
+    return values
+
+
 def test_every_k_steps_is_an_unbiased_estimate() -> None:
     torch.manual_seed(0)
     exact = SKA(16, 24, 16, 24, dim=32, heads=4)
@@ -413,22 +431,24 @@ def test_every_k_steps_is_an_unbiased_estimate() -> None:
     s = ModelOutput(torch.zeros(6, 3), torch.randn(6, 16), torch.randn(6, 16, 3, 3))
     t = ModelOutput(torch.zeros(6, 3), torch.randn(6, 24), torch.randn(6, 24, 3, 3))
     want = exact(s, t, {})
-    values = []
-    for call in range(6):
-        every.zero_grad()
-        value = every(s, t, {})
-        total = value["tokens"] + value["pooled"]
-        total.backward()
-        computed = call % 3 == 0
-        assert (total > 0) == computed
-        grads = [p.grad for p in every.parameters()]
-        assert all(g is not None for g in grads)  # zero, not absent, on a skipped call
-        assert any(g.abs().sum() > 0 for g in grads) == computed
-        values.append(value)
+    values = every_k_calls(every, s, t, 6)
+    assert all(p.grad is None for p in every.parameters())  # a skipped call: no gradient
     for key in want:
-        mean = torch.stack([v[key] for v in values]).mean().detach()
+        mean = torch.stack([v[key] for v in values]).mean()
         torch.testing.assert_close(mean, want[key].detach())
     every.eval()
     torch.testing.assert_close(every(s, t, {})["tokens"], want["tokens"])
     with pytest.raises(CmkdError, match="every"):
         SKA(4, 4, 4, 4, every=0)
+
+
+def test_every_k_steps_under_ddp_uses_every_parameter(monkeypatch) -> None:
+    """DDP (without find_unused_parameters) needs each parameter in every backward: there a
+    skipped call's zero is joined to them all, and they get a zero gradient."""
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    torch.manual_seed(0)
+    every = SKA(16, 16, 16, 16, dim=32, heads=4, every=2)
+    s = ModelOutput(torch.zeros(6, 3), torch.randn(6, 16), torch.randn(6, 16, 3, 3))
+    t = ModelOutput(torch.zeros(6, 3), torch.randn(6, 16), torch.randn(6, 16, 3, 3))
+    every_k_calls(every, s, t, 2)
+    assert all(p.grad is not None and p.grad.abs().sum() == 0 for p in every.parameters())

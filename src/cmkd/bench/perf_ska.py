@@ -1,17 +1,21 @@
-"""SemBridge's own overhead at small scale (issue #19): one training step of plain KD against
-the same step with SKA added, as a ratio timed in one process.
+"""SemBridge's own overhead at small scale (issue #19): a training step of plain KD against the
+same step with SKA added, as ratios timed in one process.
 
-Both arms train their own copy of one RGB student (same initial weights) with Adam on CE + KD
-(the SemBridge grid's weights: 0.3 CE + 0.4 KD at T = 3 without T^2), the SKA arm adding SKA
-at the paper's weight (0.3 x 0.01) with its parameters in the optimiser. The teacher (the same
-backbone on 13-band MS) runs once: its outputs are fixed tensors, as cmkd's teacher cache
-gives them. Steps alternate between the arms (KD, KD + SKA, KD, ...) so both see the same
-machine load; per repeat the median step of each arm and their ratio; over repeats the median
-ratio and its range. The load average is recorded before and after, since the machine may be
-shared: read absolute times against it, ratios less so.
+Every arm trains its own copy of one RGB student (same initial weights) with Adam on CE + KD
+(the SemBridge grid's weights: 0.3 CE + 0.4 KD at T = 3 without T^2); an SKA arm adds SKA at
+the paper's weight (0.3 x 0.01), its parameters in the optimiser. The teacher (the same
+backbone on 13-band MS) runs once: its outputs are fixed tensors, as cmkd's teacher cache gives
+them. Steps alternate between the arms (KD, KD + SKA, KD, ...) so all see the same machine
+load. Per repeat each arm's mean step over `steps` consecutive steps (a multiple of every SKA
+`every`, so computed and skipped steps count in their proportion) and its ratio to KD's; over
+repeats the median ratio and its range. Each step is timed twice: wall clock, and the CPU time
+of the calling thread (`time.thread_time`; with one intra-op thread the whole step runs
+there), which a shared machine's other jobs disturb much less. The load average is recorded.
 
-`ska_alone` times SKA's forward + backward by itself, the part the ratio is about, and
-`compile_cost` what `torch.compile` of the SKA module costs and saves.
+`attention_products` times the matrix products that SKA's attention cannot avoid (the q, k maps
+forward and backward on both sides): the floor under any exact implementation.
+`compile_cost` measures torch.compile of the SKA module; `epoch_overhead` the epoch time
+through cmkd's own trainer (`cmkd.recipes.distill_student`).
 
 Run `python -m cmkd.bench.perf_ska` for the markdown lines on stdout.
 """
@@ -22,19 +26,22 @@ import copy
 import os
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 
-SCENARIOS: tuple[tuple[str, int, dict[str, Any]], ...] = (
-    ("small_cnn", 32, {"dim": 256}),
-    ("small_cnn", 64, {"dim": 256}),
-    ("small_cnn", 32, {}),
-    ("small_cnn", 64, {}),
-    ("resnet18", 32, {"dim": 256}),
+GRID = {"dim": 256}
+"""SKA's options in the SemBridge grid (`cmkd.bench.grid.sembridge_plugin`)."""
+
+SCENARIOS: tuple[tuple[str, int, dict[str, dict[str, Any]]], ...] = (
+    ("small_cnn", 32, {"grid": GRID, "default": {}, "grid, every 4": {**GRID, "every": 4}}),
+    ("small_cnn", 64, {"grid": GRID, "default": {}, "grid, every 4": {**GRID, "every": 4}}),
+    ("resnet18", 32, {"grid": GRID}),
 )
-"""(backbone, batch, SKA options): the grid's setting ({"dim": 256}) and SKA's defaults."""
+"""(backbone, batch, {label: SKA options}): the SKA arms timed against KD in one loop."""
 
 CE_WEIGHT, KD_WEIGHT, SKA_WEIGHT, TEMPERATURE = 0.3, 0.4, 0.3 * 0.01, 3.0
 
@@ -59,21 +66,25 @@ def _networks(backbone: str, batch: int, seed: int):
     return student, teacher, cached, x, y
 
 
-def _ska(student, teacher, options: dict[str, Any], seed: int):
+def _ska(student, teacher, options: dict[str, Any] | Callable, seed: int):
+    """The SKA term from its options, or from `options(student, teacher)` when it is a
+    callable (another implementation to time against, built on the same seed)."""
     from cmkd.losses import build_term
 
     torch.manual_seed(seed)
+    if callable(options):
+        return options(student.network, teacher.network)
     return build_term("ska", student.network, teacher.network, **options)
 
 
-def _stepper(student, ska, cached, x, y):
-    """One training step: forward, CE + KD (+ SKA), backward, Adam; returns its seconds."""
+def _stepper(student, ska, cached, x, y) -> Callable[[], tuple[float, float]]:
+    """One training step: forward, CE + KD (+ SKA), backward, Adam; returns (wall s, CPU s)."""
     params = list(student.parameters()) + ([] if ska is None else list(ska.parameters()))
     optimiser = torch.optim.Adam(params, lr=1e-3)
     soft_teacher = F.softmax(cached.logits / TEMPERATURE, dim=1)
 
-    def step() -> float:
-        start = time.perf_counter()
+    def step() -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.thread_time()
         out = student(x)
         loss = CE_WEIGHT * F.cross_entropy(out.logits, y) + KD_WEIGHT * F.kl_div(
             F.log_softmax(out.logits / TEMPERATURE, dim=1), soft_teacher, reduction="batchmean"
@@ -83,67 +94,94 @@ def _stepper(student, ska, cached, x, y):
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        return time.perf_counter() - start
+        return time.perf_counter() - wall, time.thread_time() - cpu
 
     return step
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def step_overhead(
     backbone: str = "small_cnn",
     batch: int = 32,
-    options: dict[str, Any] | None = None,
-    repeats: int = 5,
-    steps: int = 10,
+    arms: dict[str, dict[str, Any]] | None = None,
+    repeats: int = 15,
+    steps: int = 12,
     seed: int = 0,
-    compile_ska: bool = False,
+    compiled: bool = False,
 ) -> dict[str, Any]:
-    """KD + SKA step / KD step (see the module docstring). compile_ska: SKA through
-    torch.compile (its first, compiling step is left out here; see compile_cost)."""
-    options = dict(options or {})
+    """Each SKA arm's step / the KD step (see the module docstring). arms: {label: SKA
+    options, or a callable (student, teacher) -> term}, default the grid's setting;
+    compiled: SKA modules through torch.compile (their compiling first steps fall in the
+    untimed warm-up)."""
+    arms = arms if arms is not None else {"grid": GRID}
     student, teacher, cached, x, y = _networks(backbone, batch, seed)
-    ska = _ska(student, teacher, options, seed)
-    if compile_ska:
-        ska = torch.compile(ska)
-    arms = {
-        "kd": _stepper(copy.deepcopy(student), None, cached, x, y),
-        "kd+ska": _stepper(copy.deepcopy(student), ska, cached, x, y),
-    }
-    for step in arms.values():  # warm-up, untimed
-        step(), step()
-    load_before = load_average()
-    per_repeat: list[dict[str, float]] = []
-    for _ in range(repeats):
-        times: dict[str, list[float]] = {name: [] for name in arms}
+    steppers = {"kd": _stepper(copy.deepcopy(student), None, cached, x, y)}
+    for label, options in arms.items():
+        ska = _ska(student, teacher, options, seed)
+        steppers[label] = _stepper(
+            copy.deepcopy(student), torch.compile(ska) if compiled else ska, cached, x, y
+        )
+    for step in steppers.values():  # warm-up, untimed (a multiple of every `every`)
         for _ in range(steps):
-            for name, step in arms.items():
-                times[name].append(step())
-        per_repeat.append({name: statistics.median(v) for name, v in times.items()})
-    ratios = [r["kd+ska"] / r["kd"] for r in per_repeat]
-    return {
+            step()
+    load_before = load_average()
+    means: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in steppers}
+    for _ in range(repeats):
+        sums = {k: [0.0, 0.0] for k in steppers}
+        for _ in range(steps):
+            for name, step in steppers.items():
+                wall, cpu = step()
+                sums[name][0] += wall
+                sums[name][1] += cpu
+        for name, (wall, cpu) in sums.items():
+            means[name]["wall"].append(wall / steps)
+            means[name]["cpu"].append(cpu / steps)
+    out: dict[str, Any] = {
         "backbone": backbone,
         "batch": batch,
-        "options": options,
         "feature_map": list(cached.feature_map.shape[1:]),
-        "compiled": compile_ska,
+        "compiled": compiled,
         "repeats": repeats,
         "steps": steps,
-        "median_s": {n: statistics.median(r[n] for r in per_repeat) for n in arms},
-        "ratio": statistics.median(ratios),
-        "ratio_range": [min(ratios), max(ratios)],
+        "kd_step_ms": {c: 1000 * statistics.median(means["kd"][c]) for c in ("wall", "cpu")},
+        "arms": {},
         "load_before": load_before,
         "load_after": load_average(),
     }
+    for label, options in arms.items():
+        out["arms"][label] = {
+            "options": options if isinstance(options, dict) else {"term": str(options)},
+            "step_ms": {c: 1000 * statistics.median(means[label][c]) for c in ("wall", "cpu")},
+            "ratio": {
+                c: _spread([a / k for a, k in zip(means[label][c], means["kd"][c], strict=True)])
+                for c in ("wall", "cpu")
+            },
+        }
+    return out
+
+
+def _cpu_ms(fn: Callable[[], Any], steps: int) -> float:
+    fn(), fn()
+    times = []
+    for _ in range(steps):
+        start = time.thread_time()
+        fn()
+        times.append(time.thread_time() - start)
+    return 1000 * statistics.median(times)
 
 
 def ska_alone(
     backbone: str = "small_cnn",
     batch: int = 32,
     options: dict[str, Any] | None = None,
-    steps: int = 30,
+    steps: int = 40,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """SKA's forward + backward by itself on the networks' real feature maps and embeddings
-    (student side requiring grad, teacher side fixed): median ms over `steps`."""
+    """SKA's forward + backward by itself on the networks' feature maps and embeddings
+    (student side requiring grad, teacher side fixed): median CPU ms over `steps`."""
     from cmkd.models.outputs import ModelOutput
 
     student, teacher, cached, x, _ = _networks(backbone, batch, seed)
@@ -151,48 +189,170 @@ def ska_alone(
     with torch.no_grad():
         out = student(x)
     s = ModelOutput(out.logits, out.embedding.requires_grad_(), out.feature_map.requires_grad_())
+    ms = _cpu_ms(lambda: sum(ska(s, cached, {}).values()).backward(), steps)
+    return {"backbone": backbone, "batch": batch, "options": dict(options or {}), "cpu_ms": ms}
 
-    def once() -> float:
-        start = time.perf_counter()
-        sum(ska(s, cached, {}).values()).backward()
-        return time.perf_counter() - start
 
-    once(), once()
-    times = [once() for _ in range(steps)]
+def attention_products(
+    batch: int = 32, tokens: int = 16, width: int = 128, dim: int = 256, steps: int = 40
+) -> dict[str, Any]:
+    """CPU ms of the matrix products SKA's attention needs per step whatever the code around
+    them, both sides, `width`-channel tokens (width < dim) folded into dim x dim q and k maps:
+    forward the fold [W_q; W_k] P and the projection of the b N tokens; backward the maps'
+    gradient, its unfolding through P and (student only) the tokens' gradient. `flop` counts
+    them (2 per multiply-add)."""
+    b_n = batch * tokens
+    x = torch.randn(b_n, width).relu()
+    w = torch.randn(2 * dim, dim) / dim**0.5
+    p = torch.linalg.qr(torch.randn(dim, width))[0]
+    g = torch.randn(b_n, 2 * dim)
+
+    def products() -> None:
+        for student_side in (True, False):
+            folded = w @ p
+            x @ folded.T
+            (g.T @ x) @ p.T
+            if student_side:
+                g @ folded
+
+    per_side = 2 * dim * (2 * dim * width + 2 * b_n * width)  # multiply-adds
+    flop = 2 * (2 * per_side + b_n * width * 2 * dim)  # + the student's token gradient
     return {
-        "backbone": backbone,
         "batch": batch,
-        "options": dict(options or {}),
-        "median_ms": 1000 * statistics.median(times),
-        "load": load_average(),
+        "tokens": tokens,
+        "width": width,
+        "dim": dim,
+        "cpu_ms": _cpu_ms(products, steps),
+        "flop": flop,
     }
 
 
 def compile_cost(
     backbone: str = "small_cnn", batch: int = 32, options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Seconds of the first KD + SKA step with SKA under torch.compile (tracing and code
-    generation) against an eager step, and the steady ratio after it."""
+    """Wall seconds of the first KD + SKA step with SKA under torch.compile (tracing and code
+    generation) and of an eager step, then the steady ratios of both against KD."""
     student, teacher, cached, x, y = _networks(backbone, batch, 0)
-    ska = torch.compile(_ska(student, teacher, dict(options or {}), 0))
-    step = _stepper(copy.deepcopy(student), ska, cached, x, y)
-    first = step()
-    eager = _stepper(copy.deepcopy(student), _ska(student, teacher, dict(options or {}), 0),
+    ska = torch.compile(_ska(student, teacher, dict(options or GRID), 0))
+    first = _stepper(copy.deepcopy(student), ska, cached, x, y)()[0]
+    eager = _stepper(copy.deepcopy(student), _ska(student, teacher, dict(options or GRID), 0),
                      cached, x, y)  # fmt: skip
-    eager(), eager()
-    return {"first_step_s": first, "eager_step_s": eager(), "load": load_average()}
-
-
-def measure(repeats: int = 5, steps: int = 10) -> dict[str, Any]:
-    """Every scenario's step ratio and SKA-alone time."""
-    torch.set_num_threads(1)
+    eager()
+    steady = step_overhead(backbone, batch, {"eager": dict(options or GRID)}, repeats=5, steps=8)
+    compiled = step_overhead(
+        backbone, batch, {"compiled": dict(options or GRID)}, repeats=5, steps=8, compiled=True
+    )
     return {
+        "first_step_s": first,
+        "eager_step_s": eager()[0],
+        "eager_ratio": steady["arms"]["eager"]["ratio"],
+        "compiled_ratio": compiled["arms"]["compiled"]["ratio"],
+        "load": load_average(),
+    }
+
+
+class _EpochClock(Callback):
+    """Each training epoch, start to end (steps, data, validation): wall seconds and the CPU
+    seconds of the thread running it (the loaders run in it: cmkd uses no worker processes
+    on the CPU)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, list[float]] = {"wall": [], "cpu": []}
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self._start = (time.perf_counter(), time.thread_time())
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        self.seconds["wall"].append(time.perf_counter() - self._start[0])
+        self.seconds["cpu"].append(time.thread_time() - self._start[1])
+
+
+def epoch_overhead(
+    epochs: int = 4,
+    repeats: int = 3,
+    arms: dict[str, dict[str, Any]] | None = None,
+    seed: int = 0,
+    output_dir: str = "runs/bench/perf-ska",
+) -> dict[str, Any]:
+    """Epoch wall time of KD + SKA / KD through `cmkd.recipes.distill_student` (the real
+    trainer: data, Lightning, logging, validation), EuroSAT paired MS -> RGB, small_cnn on both
+    sides, batch 32, the grid's KD weights and SKA weight, teacher cache on; runs interleaved
+    over repeats, per run the median epoch after the first, then the median over repeats."""
+    from dataclasses import replace
+
+    from cmkd.config import (
+        DataConfig,
+        DistillConfig,
+        ModelConfig,
+        OptimConfig,
+        RunConfig,
+        TermConfig,
+    )
+    from cmkd.data.datamodule import prepare_data
+    from cmkd.recipes import distill_student, train_classifier
+
+    arms = arms if arms is not None else {"grid": GRID}
+    data = DataConfig(source="eurosat_paired", batch_size=32)
+    model = ModelConfig(backbone="small_cnn")
+    run = RunConfig(output_dir=output_dir, progress_bar=False, overwrite=True, accelerator="cpu")
+    prepared = prepare_data(data, seed)
+    teacher = train_classifier(
+        data, model, OptimConfig(epochs=1), replace(run, name="teacher"), "ms", seed,
+        prepared=prepared,
+    )["checkpoint"]  # fmt: skip
+    kd = TermConfig("kd", KD_WEIGHT, {"temperature": TEMPERATURE, "scale_by_t2": False})
+    configs = {"kd": DistillConfig(teacher=teacher, ce_weight=CE_WEIGHT, terms=[kd])}
+    for label, options in arms.items():
+        ska = TermConfig("ska", SKA_WEIGHT, dict(options))
+        configs[label] = replace(configs["kd"], terms=[kd, ska])
+    epoch_s: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in configs}
+    for r in range(repeats):
+        names = list(configs)
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            clock = _EpochClock()
+            distill_student(
+                data, model, OptimConfig(epochs=epochs), replace(run, name=f"r{r}"),
+                configs[name], "rgb", seed, callbacks=(clock,), prepared=prepared,
+            )  # fmt: skip
+            for c in ("wall", "cpu"):
+                epoch_s[name][c].append(statistics.median(clock.seconds[c][1:]))
+    return {
+        "epochs": epochs,
+        "repeats": repeats,
+        "epoch_s": {k: {c: statistics.median(v[c]) for c in v} for k, v in epoch_s.items()},
+        "ratio": {
+            label: {
+                c: _spread(
+                    [a / k for a, k in zip(epoch_s[label][c], epoch_s["kd"][c], strict=True)]
+                )
+                for c in ("wall", "cpu")
+            }
+            for label in arms
+        },
+        "load": load_average(),
+    }
+
+
+def measure(repeats: int = 15, steps: int = 12, compile_too: bool = False) -> dict[str, Any]:
+    """Every scenario's step ratios, SKA alone, the attention's product floor and,
+    with compile_too, torch.compile's cost (minutes of code generation)."""
+    torch.set_num_threads(1)
+    report: dict[str, Any] = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
-        "steps": [step_overhead(b, n, o, repeats=repeats, steps=steps) for b, n, o in SCENARIOS],
-        "ska_alone": [ska_alone(b, n, o) for b, n, o in SCENARIOS],
+        "steps": [step_overhead(b, n, arms, repeats, steps) for b, n, arms in SCENARIOS],
+        "ska_alone": [
+            ska_alone(b, n, options)
+            for b, n, arms in SCENARIOS
+            for options in arms.values()
+            if "every" not in options
+        ],
+        "attention_products": [attention_products(b, dim=d) for b in (32, 64) for d in (256, 512)],
     }
+    if compile_too:
+        report["compile"] = compile_cost()
+    return report
 
 
 def _options(options: dict[str, Any]) -> str:
@@ -203,30 +363,59 @@ def render_ska(report: dict[str, Any]) -> list[str]:
     """Markdown lines for a `measure` report."""
     alone = {(r["backbone"], r["batch"], _options(r["options"])): r for r in report["ska_alone"]}
     lines = [
-        "## SemBridge's own overhead: one training step, KD + SKA against KD",
+        "## SemBridge's own overhead: a training step, KD + SKA against KD",
         "",
-        f"torch {report['torch']}, {report['threads']} intra-op thread(s) on "
-        f"{report['cpus']} CPUs. One training step (forward, 0.3 CE + 0.4 KD at T = 3, "
-        "+ 0.003 SKA, backward, Adam) of an RGB student; the teacher (same backbone, 13-band "
-        "MS) run once, its outputs fixed as the teacher cache gives them; 64 x 64 inputs. "
-        "Steps alternate between the arms; per repeat the median step of each, then the "
-        "median over repeats; *range*: the lowest and highest per-repeat ratio. *SKA alone*: "
-        "SKA's forward + backward on the same feature maps by itself.",
+        f"torch {report['torch']}, {report['threads']} intra-op thread(s) on {report['cpus']} "
+        "CPUs. A training step (forward, 0.3 CE + 0.4 KD at T = 3, + 0.003 SKA, backward, Adam) "
+        "of an RGB student; the teacher (same backbone, 13-band MS) run once, its outputs fixed "
+        "as the teacher cache gives them; 64 x 64 inputs. Steps alternate between the arms; "
+        "per repeat each arm's mean step and its ratio to KD's, then the median over repeats "
+        "and the range. *CPU*: the stepping thread's CPU time, *wall*: the clock. "
+        "*SKA alone*: SKA's forward + backward by itself (CPU ms).",
         "",
-        "| backbone | batch | SKA options | feature map | KD step (ms) | KD + SKA step (ms) "
-        "| ratio | range | SKA alone (ms) | load before / after |",
+        "| backbone | batch | feature map | SKA | KD step ms (CPU / wall) | KD + SKA step ms "
+        "(CPU / wall) | ratio, CPU (range) | ratio, wall (range) | SKA alone | load before / "
+        "after |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["steps"]:
-        key = (r["backbone"], r["batch"], _options(r["options"]))
-        ska_ms = alone[key]["median_ms"] if key in alone else float("nan")
-        lines.append(
-            f"| {r['backbone']} | {r['batch']} | {key[2]} | "
-            f"{' x '.join(map(str, r['feature_map']))} | {1000 * r['median_s']['kd']:.1f} | "
-            f"{1000 * r['median_s']['kd+ska']:.1f} | **x{r['ratio']:.3f}** | "
-            f"{r['ratio_range'][0]:.3f}-{r['ratio_range'][1]:.3f} | {ska_ms:.2f} | "
-            f"{r['load_before'][0]:.2f} / {r['load_after'][0]:.2f} |"
-        )
+        for label, arm in r["arms"].items():
+            key = (r["backbone"], r["batch"], _options(arm["options"]))
+            ska_ms = f"{alone[key]['cpu_ms']:.2f}" if key in alone else ""
+            cpu, wall = arm["ratio"]["cpu"], arm["ratio"]["wall"]
+            lines.append(
+                f"| {r['backbone']} | {r['batch']} | {' x '.join(map(str, r['feature_map']))} "
+                f"| {label}: {_options(arm['options'])} | {r['kd_step_ms']['cpu']:.1f} / "
+                f"{r['kd_step_ms']['wall']:.1f} | {arm['step_ms']['cpu']:.1f} / "
+                f"{arm['step_ms']['wall']:.1f} | **x{cpu['median']:.3f}** "
+                f"({cpu['min']:.3f}-{cpu['max']:.3f}) | x{wall['median']:.3f} "
+                f"({wall['min']:.3f}-{wall['max']:.3f}) | {ska_ms} | "
+                f"{r['load_before'][0]:.2f} / {r['load_after'][0]:.2f} |"
+            )
+    products = report.get("attention_products") or []
+    if products:
+        lines += [
+            "",
+            "The matrix products SKA's attention cannot avoid (q, k maps of both sides, forward "
+            "and backward, small_cnn's 128-channel 4 x 4 tokens folded into dim x dim maps), "
+            "timed alone: the floor under any exact implementation.",
+            "",
+            "| batch | dim | MFLOP | CPU ms |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {p['batch']} | {p['dim']} | {p['flop'] / 1e6:.0f} | {p['cpu_ms']:.2f} |"
+            for p in products
+        ]
+    c = report.get("compile")
+    if c:
+        lines += [
+            "",
+            f"torch.compile of the SKA module (grid setting, small_cnn, batch 32): first step "
+            f"{c['first_step_s']:.1f} s wall (an eager step {c['eager_step_s'] * 1000:.0f} ms); "
+            f"steady step ratio to KD x{c['compiled_ratio']['cpu']['median']:.3f} CPU "
+            f"against x{c['eager_ratio']['cpu']['median']:.3f} eager.",
+        ]
     return lines
 
 

@@ -48,6 +48,9 @@ from cmkd.losses.base import DistillationTerm, register
 from cmkd.losses.feature import require_feature_maps, resize
 from cmkd.models.outputs import ModelOutput
 
+Tensor = torch.Tensor
+Map = torch.Tensor | None  # a folded fixed map (see SKA._folded), or None
+
 PLANNERS = ("softmax", "sinkhorn")
 PROJECTIONS = ("fixed", "learnt")
 
@@ -102,12 +105,14 @@ def coral(
     """
     if y_as_x is None and (x.shape != y.shape or x.ndim != 2):
         raise CmkdError(f"coral needs two b x d tensors of one shape, got {x.shape}, {y.shape}")
-    b, d = x.shape[0], width or x.shape[1]
     centred = y_as_x if y_as_x is None else y_as_x - y_as_x.mean(0, keepdim=True)
     gap = scatter_gap(x - x.mean(0, keepdim=True), y - y.mean(0, keepdim=True), y_as_x=centred)
-    if reference:
-        return gap / (4 * d**3)
-    return gap / (4 * d**2 * max(b - 1, 1) ** 2)
+    return _normalised(gap, x.shape[0], width or x.shape[1], reference)
+
+
+def _normalised(gap: torch.Tensor, b: int, d: int, reference: bool) -> torch.Tensor:
+    """The scatter gap as CORAL (see `coral`): / (4 d^2 (b - 1)^2), or the authors' / 4d^3."""
+    return gap / (4 * d**3) if reference else gap / (4 * d**2 * max(b - 1, 1) ** 2)
 
 
 # --- token weights --------------------------------------------------------------------------
@@ -135,11 +140,10 @@ class ReceivedAttention(torch.autograd.Function):
     """w[b, j] = mean over heads h and queries i of softmax_j(q_hi . k_hj / sqrt(d_head)): how
     much softmax attention token j receives, (b, N), with q = x (W_q P)^T and k = x (W_k P)^T.
 
-    One autograd node with a written-out backward instead of the ~15 small nodes that
-    projection, heads, scores, softmax and the two means leave behind; the matrix products
-    are the same ones. The backward is the chain rule through those steps:
-    dL/dscores = A * (g_j - sum_j A_ij g_j) / (heads N) (softmax), then dq = dS k, dk = dS^T q
-    and the linear maps; tests check it against autograd through the plain computation.
+    One autograd node with a written-out backward instead of the ~15 small nodes (and their
+    saved copies) that projection, heads, scores, softmax and the two means leave behind; the
+    matrix products are the same. The backward is the chain rule through those steps (tests
+    check it against autograd through the plain computation).
     """
 
     @staticmethod
@@ -147,40 +151,43 @@ class ReceivedAttention(torch.autograd.Function):
         b, n, width = x.shape
         dim = wq.shape[0]
         d_head = dim // heads
-        # q and k from one product; 1/sqrt(d_head) scales W_q's rows (dim x width values,
-        # not b x heads x N^2 scores).
-        w = torch.cat([wq, wk])
+        # q and k at the tokens' width (the map folded in); 1/sqrt(d_head) scales W_q's rows,
+        # dim x width values instead of b x heads x N^2 scores.
+        scale = 1 / math.sqrt(d_head)
         if input_map is not None:
-            w = w @ input_map
-        w[:dim] *= 1 / math.sqrt(d_head)
+            wq, wk = (wq @ input_map).mul_(scale), wk @ input_map
+        else:
+            wq = wq * scale
         rows = x.reshape(b * n, width)
-        qk = (rows @ w.T).view(b, n, 2, heads, d_head)
-        q = qk[:, :, 0].transpose(1, 2).contiguous()  # (b, heads, n, d_head)
-        k = qk[:, :, 1].transpose(1, 2).contiguous()
+        q = (rows @ wq.T).view(b, n, heads, d_head).transpose(1, 2).contiguous()
+        k = (rows @ wk.T).view(b, n, heads, d_head).transpose(1, 2).contiguous()
         attention = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
-        ctx.save_for_backward(rows, w, input_map, q, k, attention)
+        ctx.save_for_backward(rows, wq, wk, input_map, q, k, attention)
         ctx.shape = (b, n, width, heads)
         return attention.sum(dim=(1, 2)) / (heads * n)
 
     @staticmethod
     def backward(ctx, grad):
-        rows, w, input_map, q, k, attention = ctx.saved_tensors
+        rows, wq, wk, input_map, q, k, attention = ctx.saved_tensors
         b, n, width, heads = ctx.shape
-        dim = w.shape[0] // 2
+        dim = wq.shape[0]
         # dL/dA[b, h, i, j] = grad[b, j] / (heads n) for every head and query; through the
         # softmax: dS = A * (dA - sum_j A_ij dA_ij).
         g = (grad / (heads * n)).view(b, 1, 1, n)
         d_scores = attention * (g - attention @ g.transpose(-2, -1))
-        d_q, d_k = d_scores @ k, d_scores.transpose(-2, -1) @ q
-        d_qk = torch.stack([d_q.transpose(1, 2), d_k.transpose(1, 2)], dim=2).view(b * n, 2 * dim)
-        d_x = (d_qk @ w).view(b, n, width) if ctx.needs_input_grad[0] else None
+        d_q = (d_scores @ k).transpose(1, 2).reshape(b * n, dim)
+        d_k = (d_scores.transpose(-2, -1) @ q).transpose(1, 2).reshape(b * n, dim)
+        d_x = None
+        if ctx.needs_input_grad[0]:
+            d_x = torch.addmm(d_q @ wq, d_k, wk).view(b, n, width)
         d_wq = d_wk = None
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            d_w = d_qk.T @ rows
-            d_w[:dim] *= 1 / math.sqrt(dim // heads)
-            if input_map is not None:
-                d_w = d_w @ input_map.T
-            d_wq, d_wk = d_w[:dim], d_w[dim:]
+        if ctx.needs_input_grad[1]:
+            d_wq = d_q.T @ rows
+            d_wq = d_wq if input_map is None else d_wq @ input_map.T
+            d_wq.mul_(1 / math.sqrt(dim // heads))
+        if ctx.needs_input_grad[2]:
+            d_wk = d_k.T @ rows
+            d_wk = d_wk if input_map is None else d_wk @ input_map.T
         return d_x, d_wq, d_wk, None, None
 
 
@@ -234,8 +241,7 @@ class TokenAttention(nn.Module):
 
 
 def cross_plan(w_t: torch.Tensor, w_s: torch.Tensor) -> torch.Tensor:
-    """The authors' cross plan M = w_T (outer) w_S: (b, heads, N_T, N_S). O(N^2); kept to test
-    `cross_weights` against."""
+    """The authors' cross plan M = w_T (outer) w_S: (b, heads, N_T, N_S), for tests."""
     return w_t.unsqueeze(-1) * w_s.unsqueeze(-2)
 
 
@@ -260,10 +266,14 @@ def refine(tokens: torch.Tensor, weights: torch.Tensor, eps: float = 1e-12) -> t
     tokens without changing the energy of the mean token (eps only guards 0 / 0). A positive
     factor per sample on the weights therefore changes nothing (up to eps)."""
     a = weights if weights.ndim == 2 else weights.mean(dim=1)
-    before = tokens.mean(dim=1).pow(2).sum(dim=-1)
-    after = (a.unsqueeze(1) @ tokens).squeeze(1).div(tokens.shape[1]).pow(2).sum(dim=-1)
-    scale = ((before + eps) / (after + eps)).sqrt()
-    return (scale.unsqueeze(-1) * a).unsqueeze(-1) * tokens
+    return _energy_scaled(tokens, a, eps).unsqueeze(-1) * tokens
+
+
+def _energy_scaled(tokens: torch.Tensor, a: torch.Tensor, eps: float) -> torch.Tensor:
+    """s * a, (..., N), for tokens (..., N, c): `refine` as weights, before they touch f."""
+    before = tokens.mean(dim=-2).pow(2).sum(dim=-1)
+    after = (a.unsqueeze(-2) @ tokens).squeeze(-2).div(tokens.shape[-2]).pow(2).sum(dim=-1)
+    return a * ((before + eps) / (after + eps)).sqrt().unsqueeze(-1)
 
 
 def refined_coral(
@@ -280,19 +290,13 @@ def refined_coral(
     over the tokens: both sides stacked, each energy scale folded into its (b, N) weights
     before they touch the tokens, and the three b x b Gram matrices of CORAL taken as blocks
     of one 2b x 2b product."""
-    b, n = t.shape[:2]
-    both, weights = torch.stack([t, s]), torch.stack([w_t, w_s])
-    before = both.mean(dim=2).pow(2).sum(dim=-1)
-    after = (weights.unsqueeze(2) @ both).squeeze(2).div(n).pow(2).sum(dim=-1)
-    scaled = weights * ((before + eps) / (after + eps)).sqrt().unsqueeze(-1)
-    z = (scaled.unsqueeze(-1) * both).flatten(2)
+    b = t.shape[0]
+    both = torch.stack([t, s])
+    z = (_energy_scaled(both, torch.stack([w_t, w_s]), eps).unsqueeze(-1) * both).flatten(2)
     z = (z - z.mean(dim=1, keepdim=True)).view(2 * b, -1)
     squares = (z @ z.T).pow(2).view(2, b, 2, b).sum(dim=(1, 3))  # [[xx, xy], [yx, yy]]
     gap = (squares[0, 0] + squares[1, 1] - squares[0, 1] - squares[1, 0]).clamp_min(0)
-    d = width or z.shape[1]
-    if reference:
-        return gap / (4 * d**3)
-    return gap / (4 * d**2 * max(b - 1, 1) ** 2)
+    return _normalised(gap, b, width or z.shape[1], reference)
 
 
 # --- the term -------------------------------------------------------------------------------
@@ -338,10 +342,9 @@ class SKA(DistillationTerm):
     every = k > 1 is an approximation that cuts SKA's cost k-fold: in training mode the term
     is computed on every k-th call only, multiplied by k, and is 0 on the calls between, so
     its expected value and gradient over k steps are the exact term's (an unbiased estimate,
-    like subsampling the steps). The zeros stay joined to the graph through every SKA
-    parameter (their gradient is 0 then, not absent: DDP sees them used, Adam's moments
-    decay as for a zero gradient). Logged values are those estimates: their epoch mean is
-    the term's. Evaluation mode always computes the term. The default 1 is exact."""
+    like subsampling the steps; `_skipped` says what the parameters see in between). Logged
+    values are those estimates: their epoch mean is the term's. Evaluation mode always
+    computes the term. The default 1 is exact."""
 
     needs = frozenset({"feature_map", "embedding"})
 
@@ -404,12 +407,12 @@ class SKA(DistillationTerm):
     @staticmethod
     def _folded(projection: nn.Module) -> torch.Tensor | None:
         """The matrix of a fixed isometric map (width < dim), applied implicitly; else None."""
-        if (
-            isinstance(projection, FixedProjection)
-            and projection.weight.shape[0] > (projection.weight.shape[1])
-        ):
-            return projection.weight
-        return None
+        fixed = isinstance(projection, FixedProjection)
+        return (
+            projection.weight
+            if fixed and projection.weight.shape[0] > projection.weight.shape[1]
+            else None
+        )
 
     def tokens(self, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Both maps on the smaller grid as (b, N, width) token sequences: at width dim, or
@@ -423,14 +426,21 @@ class SKA(DistillationTerm):
             t = self.map_t(t)
         return s.flatten(2).transpose(1, 2), t.flatten(2).transpose(1, 2)
 
+    def _skipped(self) -> torch.Tensor:
+        """A skipped step's 0: under DDP joined to every parameter of the term (DDP expects
+        each in every backward; they get a zero gradient), elsewhere a constant (they get
+        none, so the optimiser skips them: Adam over SKA's parameters is ~3 % of a small_cnn
+        step)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return sum(p.sum() for p in self.parameters()) * 0.0
+        return self.attn_s.q.weight.new_zeros(())
+
     def token_coral(self, f_t: torch.Tensor, f_s: torch.Tensor) -> torch.Tensor:
         """CORAL between refined token sets, each (b, N, its width) as `tokens` gives them."""
         return self._common_coral(f_t, f_s, self._folded(self.map_t), self._folded(self.map_s))
 
     @staticmethod
-    def _common(
-        x_t: torch.Tensor, x_s: torch.Tensor, p_t: torch.Tensor | None, p_s: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _common(x_t: Tensor, x_s: Tensor, p_t: Map, p_s: Map) -> tuple[Tensor, Tensor] | None:
         """Teacher and student rows (..., width) in one set of coordinates with the Gram
         matrices of the rows at width dim: a side with a folded map p (see `_folded`) stands
         for p @ x, a side without one is at width dim already. Isometries keep Gram matrices,
@@ -444,13 +454,7 @@ class SKA(DistillationTerm):
             return x_t @ p_t.T, x_s
         return x_t, x_s
 
-    def _common_coral(
-        self,
-        x_t: torch.Tensor,
-        x_s: torch.Tensor,
-        p_t: torch.Tensor | None,
-        p_s: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def _common_coral(self, x_t: Tensor, x_s: Tensor, p_t: Map, p_s: Map) -> Tensor:
         """CORAL between teacher and student rows (b, ..., width) flattened per sample, the
         rows meaning what `_common` says."""
         width = math.prod(x_t.shape[1:-1]) * self.attn_t.q.weight.shape[0]
@@ -469,8 +473,7 @@ class SKA(DistillationTerm):
         if self.training and self.every > 1:
             self.calls += 1
             if (self.calls - 1) % self.every:
-                zero = sum(p.sum() for p in self.parameters()) * 0.0
-                return {"tokens": zero, "pooled": zero}
+                return {"tokens": (zero := self._skipped()), "pooled": zero}
             scale = float(self.every)
         s, t = self.tokens(student.feature_map, teacher.feature_map.detach())
         p_t, p_s = self._folded(self.map_t), self._folded(self.map_s)
@@ -493,6 +496,5 @@ class SKA(DistillationTerm):
             q_t,
             q_s,
         )
-        if scale != 1.0:
-            return {"tokens": scale * tokens, "pooled": scale * pooled}
-        return {"tokens": tokens, "pooled": pooled}
+        out = {"tokens": tokens, "pooled": pooled}
+        return {k: scale * v for k, v in out.items()} if scale != 1.0 else out
