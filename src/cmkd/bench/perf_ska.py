@@ -163,6 +163,35 @@ def step_overhead(
     return out
 
 
+def flop_share(
+    backbone: str = "small_cnn", batch: int = 32, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """FLOPs (torch.utils.flop_counter: matrix products and convolutions) of a KD step's
+    forward + backward and those SKA adds: the machine-independent part of the ratio."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    student, teacher, cached, x, y = _networks(backbone, batch, 0)
+    ska = _ska(student, teacher, dict(GRID if options is None else options), 0)
+    counts = []
+    for with_ska in (False, True):
+        with FlopCounterMode(display=False) as counter:
+            out = student(x)
+            loss = F.cross_entropy(out.logits, y)
+            if with_ska:
+                loss = loss + sum(ska(out, cached, {}).values())
+            loss.backward()
+        counts.append(counter.get_total_flops())
+    return {
+        "backbone": backbone,
+        "batch": batch,
+        "options": dict(GRID if options is None else options),
+        "kd_gflop": counts[0] / 1e9,
+        "ska_gflop": (counts[1] - counts[0]) / 1e9,
+        "student_params": sum(p.numel() for p in student.parameters()),
+        "ska_params": sum(p.numel() for p in ska.parameters()),
+    }
+
+
 def _cpu_ms(fn: Callable[[], Any], steps: int) -> float:
     fn(), fn()
     times = []
@@ -201,6 +230,8 @@ def attention_products(
     forward the fold [W_q; W_k] P and the projection of the b N tokens; backward the maps'
     gradient, its unfolding through P and (student only) the tokens' gradient. `flop` counts
     them (2 per multiply-add)."""
+    if width >= dim:
+        raise ValueError(f"attention_products times folded maps: width {width} < dim {dim}")
     b_n = batch * tokens
     x = torch.randn(b_n, width).relu()
     w = torch.randn(2 * dim, dim) / dim**0.5
@@ -274,36 +305,31 @@ def epoch_overhead(
     seed: int = 0,
     output_dir: str = "runs/bench/perf-ska",
 ) -> dict[str, Any]:
-    """Epoch wall time of KD + SKA / KD through `cmkd.recipes.distill_student` (the real
+    """Epoch time of KD + SKA / KD through `cmkd.recipes.distill_student` (the real
     trainer: data, Lightning, logging, validation), EuroSAT paired MS -> RGB, small_cnn on both
     sides, batch 32, the grid's KD weights and SKA weight, teacher cache on; runs interleaved
     over repeats, per run the median epoch after the first, then the median over repeats."""
     from dataclasses import replace
 
-    from cmkd.config import (
-        DataConfig,
-        DistillConfig,
-        ModelConfig,
-        OptimConfig,
-        RunConfig,
-        TermConfig,
-    )
+    from cmkd import config as cfg
     from cmkd.data.datamodule import prepare_data
     from cmkd.recipes import distill_student, train_classifier
 
     arms = arms if arms is not None else {"grid": GRID}
-    data = DataConfig(source="eurosat_paired", batch_size=32)
-    model = ModelConfig(backbone="small_cnn")
-    run = RunConfig(output_dir=output_dir, progress_bar=False, overwrite=True, accelerator="cpu")
+    data = cfg.DataConfig(source="eurosat_paired", batch_size=32)
+    model = cfg.ModelConfig(backbone="small_cnn")
+    run = cfg.RunConfig(
+        output_dir=output_dir, progress_bar=False, overwrite=True, accelerator="cpu"
+    )
     prepared = prepare_data(data, seed)
     teacher = train_classifier(
-        data, model, OptimConfig(epochs=1), replace(run, name="teacher"), "ms", seed,
+        data, model, cfg.OptimConfig(epochs=1), replace(run, name="teacher"), "ms", seed,
         prepared=prepared,
     )["checkpoint"]  # fmt: skip
-    kd = TermConfig("kd", KD_WEIGHT, {"temperature": TEMPERATURE, "scale_by_t2": False})
-    configs = {"kd": DistillConfig(teacher=teacher, ce_weight=CE_WEIGHT, terms=[kd])}
+    kd = cfg.TermConfig("kd", KD_WEIGHT, {"temperature": TEMPERATURE, "scale_by_t2": False})
+    configs = {"kd": cfg.DistillConfig(teacher=teacher, ce_weight=CE_WEIGHT, terms=[kd])}
     for label, options in arms.items():
-        ska = TermConfig("ska", SKA_WEIGHT, dict(options))
+        ska = cfg.TermConfig("ska", SKA_WEIGHT, dict(options))
         configs[label] = replace(configs["kd"], terms=[kd, ska])
     epoch_s: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in configs}
     for r in range(repeats):
@@ -311,7 +337,7 @@ def epoch_overhead(
         for name in names[r % len(names) :] + names[: r % len(names)]:
             clock = _EpochClock()
             distill_student(
-                data, model, OptimConfig(epochs=epochs), replace(run, name=f"r{r}"),
+                data, model, cfg.OptimConfig(epochs=epochs), replace(run, name=f"r{r}"),
                 configs[name], "rgb", seed, callbacks=(clock,), prepared=prepared,
             )  # fmt: skip
             for c in ("wall", "cpu"):
@@ -333,23 +359,26 @@ def epoch_overhead(
     }
 
 
-def measure(repeats: int = 15, steps: int = 12, compile_too: bool = False) -> dict[str, Any]:
-    """Every scenario's step ratios, SKA alone, the attention's product floor and,
-    with compile_too, torch.compile's cost (minutes of code generation)."""
+def measure(
+    repeats: int = 15, steps: int = 12, epoch_too: bool = True, compile_too: bool = False
+) -> dict[str, Any]:
+    """Every scenario's step ratios, SKA alone, FLOPs, the attention's product floor, with
+    epoch_too the epoch ratios through the trainer (~2 min) and with compile_too
+    torch.compile's cost (minutes of code generation)."""
     torch.set_num_threads(1)
+    exact = [(b, n, o) for b, n, arms in SCENARIOS for o in arms.values() if "every" not in o]
     report: dict[str, Any] = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "steps": [step_overhead(b, n, arms, repeats, steps) for b, n, arms in SCENARIOS],
-        "ska_alone": [
-            ska_alone(b, n, options)
-            for b, n, arms in SCENARIOS
-            for options in arms.values()
-            if "every" not in options
-        ],
+        "ska_alone": [ska_alone(b, n, o) for b, n, o in exact],
+        "flops": [flop_share(b, n, o) for b, n, o in exact],
         "attention_products": [attention_products(b, dim=d) for b in (32, 64) for d in (256, 512)],
     }
+    if epoch_too:
+        arms = {"grid": GRID, "grid, every 4": {**GRID, "every": 4}}
+        report["epoch"] = epoch_overhead(epochs=8, repeats=5, arms=arms)
     if compile_too:
         report["compile"] = compile_cost()
     return report
@@ -392,6 +421,23 @@ def render_ska(report: dict[str, Any]) -> list[str]:
                 f"({wall['min']:.3f}-{wall['max']:.3f}) | {ska_ms} | "
                 f"{r['load_before'][0]:.2f} / {r['load_after'][0]:.2f} |"
             )
+    flops = report.get("flops") or []
+    if flops:
+        lines += [
+            "",
+            "FLOPs of a KD step (student forward + backward) and those SKA adds "
+            "(torch.utils.flop_counter), with the parameter counts:",
+            "",
+            "| backbone | batch | SKA | KD step GFLOP | SKA adds GFLOP | SKA / KD | student "
+            "params | SKA params |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {f['backbone']} | {f['batch']} | {_options(f['options'])} | "
+            f"{f['kd_gflop']:.3f} | {f['ska_gflop']:.3f} | {f['ska_gflop'] / f['kd_gflop']:.2f} "
+            f"| {f['student_params']:,} | {f['ska_params']:,} |"
+            for f in flops
+        ]
     products = report.get("attention_products") or []
     if products:
         lines += [
@@ -407,6 +453,24 @@ def render_ska(report: dict[str, Any]) -> list[str]:
             f"| {p['batch']} | {p['dim']} | {p['flop'] / 1e6:.0f} | {p['cpu_ms']:.2f} |"
             for p in products
         ]
+    e = report.get("epoch")
+    if e:
+        lines += [
+            "",
+            f"Through cmkd's trainer (`distill_student`, EuroSAT paired MS -> RGB, small_cnn, "
+            f"batch 32, teacher cache; {e['epochs']} epochs x {e['repeats']} interleaved "
+            "repeats, per run the median epoch after the first): KD epoch "
+            f"{e['epoch_s']['kd']['cpu']:.3f} s CPU.",
+            "",
+            "| SKA | epoch ratio, CPU (range) | epoch ratio, wall (range) |",
+            "|---|---|---|",
+        ]
+        for label, r in e["ratio"].items():
+            cpu, wall = r["cpu"], r["wall"]
+            lines.append(
+                f"| {label} | **x{cpu['median']:.3f}** ({cpu['min']:.3f}-{cpu['max']:.3f}) | "
+                f"x{wall['median']:.3f} ({wall['min']:.3f}-{wall['max']:.3f}) |"
+            )
     c = report.get("compile")
     if c:
         lines += [
@@ -419,8 +483,17 @@ def render_ska(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main() -> None:
-    print("\n".join(render_ska(measure())))
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m cmkd.bench.perf_ska", description=__doc__)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--no-epoch", action="store_true", help="skip the trainer's epochs")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    args = parser.parse_args(argv)
+    report = measure(args.repeats, args.steps, not args.no_epoch, args.compile)
+    print("\n".join(render_ska(report)))
 
 
 if __name__ == "__main__":
