@@ -452,3 +452,23 @@ def test_every_k_steps_under_ddp_uses_every_parameter(monkeypatch) -> None:
     t = ModelOutput(torch.zeros(6, 3), torch.randn(6, 16), torch.randn(6, 16, 3, 3))
     every_k_calls(every, s, t, 2)
     assert all(p.grad is not None and p.grad.abs().sum() == 0 for p in every.parameters())
+
+
+def test_term_runs_under_mixed_precision() -> None:
+    """Under autocast (bf16 on the CPU, the mixed precisions' path) the fused attention runs in
+    the inputs' common dtype with autocast off, so its backward meets one dtype: the term
+    trains every parameter and stays near its float32 value."""
+    torch.manual_seed(0)
+    ska = SKA(16, 24, 16, 24, dim=32, heads=4)
+    conv = torch.nn.Conv2d(16, 16, 1)
+    s_map, s_emb = torch.randn(6, 16, 3, 3), torch.randn(6, 16)
+    t = ModelOutput(torch.zeros(6, 3), torch.randn(6, 24), torch.randn(6, 24, 3, 3))
+    want = sum(ska(ModelOutput(torch.zeros(6, 3), s_emb, conv(s_map)), t, {}).values())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        student = ModelOutput(torch.zeros(6, 3), s_emb, conv(s_map))
+        assert student.feature_map.dtype == torch.bfloat16
+        total = sum(ska(student, t, {}).values())
+    total.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ska.parameters())
+    assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
+    torch.testing.assert_close(total.float(), want.detach(), rtol=0.05, atol=0)
