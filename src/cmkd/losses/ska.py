@@ -23,6 +23,11 @@ What differs from the authors' code (github weirl-922/ACKD, commit 21a20f8):
   products (the cross term through G = P_T^T P_S, I when both widths agree). The result and the
   gradients are the projected computation's, at width/dim of its cost: the attention's linear
   maps, which dominate SKA's time, shrink by that factor (see benchmarks/performance.md).
+- No N x N cross plan: its marginals are its factors, so each side's token weights are its
+  own attention weights (`cross_weights`, `SKA.forward`). The weights come from one autograd
+  node (`ReceivedAttention`), refinement and token CORAL from one pass (`refined_coral`).
+  What is left at small scale is the attention's matrix products (4 dim x dim maps: at dim
+  256, 2.6 times a 100k-parameter student's weights); `every` trades exactness for them.
 - Teacher inputs are detached; the teacher-side attention (and learnt maps) still train.
 - The attention keeps only its q and k projections: the authors' v and output projections never
   reach the loss, so they would never get a gradient.
@@ -35,13 +40,36 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cmkd.errors import CmkdError
 from cmkd.losses.base import DistillationTerm, register
 from cmkd.losses.feature import require_feature_maps, resize
+from cmkd.losses.token_attention import (
+    ReceivedAttention,
+    TokenAttention,
+    cross_plan,
+    cross_weights,
+    sinkhorn_plan,
+)
 from cmkd.models.outputs import ModelOutput
+
+__all__ = [
+    "SKA",
+    "FixedProjection",
+    "ReceivedAttention",
+    "TokenAttention",
+    "coral",
+    "cross_plan",
+    "cross_weights",
+    "refine",
+    "refined_coral",
+    "scatter_gap",
+    "sinkhorn_plan",
+]
+
+Tensor = torch.Tensor
+Map = torch.Tensor | None  # a folded fixed map (see SKA._folded), or None
 
 PLANNERS = ("softmax", "sinkhorn")
 PROJECTIONS = ("fixed", "learnt")
@@ -97,105 +125,56 @@ def coral(
     """
     if y_as_x is None and (x.shape != y.shape or x.ndim != 2):
         raise CmkdError(f"coral needs two b x d tensors of one shape, got {x.shape}, {y.shape}")
-    b, d = x.shape[0], width or x.shape[1]
     centred = y_as_x if y_as_x is None else y_as_x - y_as_x.mean(0, keepdim=True)
     gap = scatter_gap(x - x.mean(0, keepdim=True), y - y.mean(0, keepdim=True), y_as_x=centred)
-    if reference:
-        return gap / (4 * d**3)
-    return gap / (4 * d**2 * max(b - 1, 1) ** 2)
+    return _normalised(gap, x.shape[0], width or x.shape[1], reference)
 
 
-# --- token weights --------------------------------------------------------------------------
+def _normalised(gap: torch.Tensor, b: int, d: int, reference: bool) -> torch.Tensor:
+    """The scatter gap as CORAL (see `coral`): / (4 d^2 (b - 1)^2), or the authors' / 4d^3."""
+    return gap / (4 * d**3) if reference else gap / (4 * d**2 * max(b - 1, 1) ** 2)
 
 
-def sinkhorn_plan(scores: torch.Tensor, n_iters: int = 50) -> torch.Tensor:
-    """Entropic OT plan with uniform marginals for the kernel exp(scores), batched over the
-    leading dims: scores = -cost / reg (here QK^T / sqrt(d_head), cost -QK^T, reg sqrt(d_head)).
-
-    Log-domain Sinkhorn, so large scores do not overflow. Returns P (..., n, m) with rows
-    summing to 1/n (up to convergence) and columns to 1/m (exactly: the column update is last).
-    Same plan as POT's ot.sinkhorn(1/n, 1/m, cost, reg).
-    """
-    n, m = scores.shape[-2:]
-    log_a, log_b = -math.log(n), -math.log(m)
-    f = scores.new_zeros(scores.shape[:-1])
-    g = scores.new_zeros(scores.shape[:-2] + (m,))
-    for _ in range(n_iters):
-        f = log_a - torch.logsumexp(scores + g.unsqueeze(-2), dim=-1)
-        g = log_b - torch.logsumexp(scores + f.unsqueeze(-1), dim=-2)
-    return torch.exp(f.unsqueeze(-1) + scores + g.unsqueeze(-2))
-
-
-class TokenAttention(nn.Module):
-    """Multi-head q, k projections (no bias) over tokens; returns how much attention each token
-    receives, w = A averaged over queries: (b, heads, N).
-
-    planner='softmax': A = softmax(QK^T / sqrt(d_head)) per row, the closed form of entropic OT
-    with only the row marginal fixed (cost -QK^T, regulariser sqrt(d_head)): the paper's
-    "Lagrangian optimisation". planner='sinkhorn': A = N * the balanced plan (both marginals
-    uniform) for the same cost, so rows again sum to 1. Caution: a balanced plan fixes the
-    column sums, so w is uniform (1/N) whatever Q and K are; the refinement then leaves the
-    tokens unchanged and q, k get no useful gradient. It is the plan the option asks for, kept
-    as an ablation (SKA reduced to plain CORAL), not a stronger variant.
-    """
-
-    def __init__(
-        self, dim: int, heads: int = 8, planner: str = "softmax", sinkhorn_iters: int = 50
-    ) -> None:
-        super().__init__()
-        self.heads, self.planner, self.sinkhorn_iters = heads, planner, sinkhorn_iters
-        self.q = nn.Linear(dim, dim, bias=False)
-        self.k = nn.Linear(dim, dim, bias=False)
-
-    def plan(self, tokens: torch.Tensor, input_map: torch.Tensor | None = None) -> torch.Tensor:
-        """A: (b, heads, N, N), rows summing to 1. input_map (dim x width): the tokens are
-        given at `width` and mean input_map @ token (the projection folded into q and k)."""
-        b, n, _ = tokens.shape
-        c = self.q.weight.shape[0]
-        wq, wk = self.q.weight, self.k.weight
-        if input_map is not None:
-            wq, wk = wq @ input_map, wk @ input_map
-        q = F.linear(tokens, wq).view(b, n, self.heads, c // self.heads).transpose(1, 2)
-        k = F.linear(tokens, wk).view(b, n, self.heads, c // self.heads).transpose(1, 2)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(c // self.heads)
-        if self.planner == "softmax":
-            return scores.softmax(dim=-1)
-        return n * sinkhorn_plan(scores, self.sinkhorn_iters)
-
-    def forward(self, tokens: torch.Tensor, input_map: torch.Tensor | None = None) -> torch.Tensor:
-        return self.plan(tokens, input_map).mean(dim=-2)
-
-
-def cross_plan(w_t: torch.Tensor, w_s: torch.Tensor) -> torch.Tensor:
-    """The authors' cross plan M = w_T (outer) w_S: (b, heads, N_T, N_S). O(N^2); kept to test
-    `cross_weights` against."""
-    return w_t.unsqueeze(-1) * w_s.unsqueeze(-2)
-
-
-def cross_weights(w_t: torch.Tensor, w_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token weights from the cross plan: a_T = mean_S(M) / mean(w_T), a_S = mean_T(M) / mean(w_S)
-    (means per sample and head), computed without forming M through the exact identity
-
-        mean_j M[i, j] = w_T[i] * mean(w_S)  =>  a_T = w_T * mean(w_S) / mean(w_T)
-
-    and likewise a_S = w_S * mean(w_T) / mean(w_S). M is a product, so its marginals return the
-    factors: when every attention row sums to 1, mean(w) = 1/N and a_T = w_T * N_T / N_S (= N w_T
-    on one grid). The cross plan therefore does not mix the two sides: each side's weights come
-    from its own attention, scaled by a constant that the refinement's energy scale removes.
-    """
-    mean_t, mean_s = w_t.mean(-1, keepdim=True), w_s.mean(-1, keepdim=True)
-    return w_t * mean_s / mean_t, w_s * mean_t / mean_s
+# --- refinement ---------------------------------------------------------------------------
 
 
 def refine(tokens: torch.Tensor, weights: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """f' = s * (a ⊙ f) with a = weights averaged over heads (b, N, 1) and
-    s = sqrt(||mean_N f||^2 / ||mean_N (a ⊙ f)||^2) per sample: re-weighting moves the tokens
-    without changing the energy of the mean token (eps only guards 0 / 0)."""
-    a = weights.mean(dim=1).unsqueeze(-1)
-    weighted = a * tokens
-    before = tokens.mean(dim=1).pow(2).sum(dim=-1, keepdim=True)
-    after = weighted.mean(dim=1).pow(2).sum(dim=-1, keepdim=True)
-    return ((before + eps) / (after + eps)).sqrt().unsqueeze(-1) * weighted
+    """f' = s * (a ⊙ f) with a the token weights (b, N), or (b, heads, N) averaged over heads,
+    and s = sqrt(||mean_N f||^2 / ||mean_N (a ⊙ f)||^2) per sample: re-weighting moves the
+    tokens without changing the energy of the mean token (eps only guards 0 / 0). A positive
+    factor per sample on the weights therefore changes nothing (up to eps)."""
+    a = weights if weights.ndim == 2 else weights.mean(dim=1)
+    return _energy_scaled(tokens, a, eps).unsqueeze(-1) * tokens
+
+
+def _energy_scaled(tokens: torch.Tensor, a: torch.Tensor, eps: float) -> torch.Tensor:
+    """s * a, (..., N), for tokens (..., N, c): `refine` as weights, before they touch f."""
+    before = tokens.mean(dim=-2).pow(2).sum(dim=-1)
+    after = (a.unsqueeze(-2) @ tokens).squeeze(-2).div(tokens.shape[-2]).pow(2).sum(dim=-1)
+    return a * ((before + eps) / (after + eps)).sqrt().unsqueeze(-1)
+
+
+def refined_coral(
+    t: torch.Tensor,
+    s: torch.Tensor,
+    w_t: torch.Tensor,
+    w_s: torch.Tensor,
+    width: int | None = None,
+    reference: bool = False,
+    eps: float = 1e-12,
+) -> torch.Tensor:
+    """coral(refine(t, w_t).flatten(1), refine(s, w_s).flatten(1), reference, width=width) for
+    token sets of one shape (b, N, c) in common coordinates, weights (b, N), in fewer passes
+    over the tokens: both sides stacked, each energy scale folded into its (b, N) weights
+    before they touch the tokens, and the three b x b Gram matrices of CORAL taken as blocks
+    of one 2b x 2b product."""
+    b = t.shape[0]
+    both = torch.stack([t, s])
+    z = (_energy_scaled(both, torch.stack([w_t, w_s]), eps).unsqueeze(-1) * both).flatten(2)
+    z = (z - z.mean(dim=1, keepdim=True)).view(2 * b, -1)
+    squares = (z @ z.T).pow(2).view(2, b, 2, b).sum(dim=(1, 3))  # [[xx, xy], [yx, yy]]
+    gap = (squares[0, 0] + squares[1, 1] - squares[0, 1] - squares[1, 0]).clamp_min(0)
+    return _normalised(gap, b, width or z.shape[1], reference)
 
 
 # --- the term -------------------------------------------------------------------------------
@@ -236,7 +215,14 @@ class SKA(DistillationTerm):
     """Returns {"tokens": L_ot1, "pooled": L_ot2}; the authors' weight l_ot * w_ot = 0.3 * 0.01
     belongs in the config weight, not here. Options: dim (common width), heads, planner
     ('softmax' | 'sinkhorn'), sinkhorn_iters, reference_coral (the authors' CORAL scaling),
-    projection ('fixed' | 'learnt', see the module docstring)."""
+    projection ('fixed' | 'learnt', see the module docstring), every.
+
+    every = k > 1 is an approximation that cuts SKA's cost k-fold: in training mode the term
+    is computed on every k-th call only, multiplied by k, and is 0 on the calls between, so
+    its expected value and gradient over k steps are the exact term's (an unbiased estimate,
+    like subsampling the steps; `_skipped` says what the parameters see in between). Logged
+    values are those estimates: their epoch mean is the term's. Evaluation mode always
+    computes the term. The default 1 is exact."""
 
     needs = frozenset({"feature_map", "embedding"})
 
@@ -252,6 +238,7 @@ class SKA(DistillationTerm):
         sinkhorn_iters: int = 50,
         reference_coral: bool = False,
         projection: str = "fixed",
+        every: int = 1,
     ) -> None:
         super().__init__()
         if planner not in PLANNERS:
@@ -266,12 +253,21 @@ class SKA(DistillationTerm):
             )
         if not (isinstance(sinkhorn_iters, int) and sinkhorn_iters >= 1):
             raise CmkdError(f"'ska' option sinkhorn_iters must be >= 1, got {sinkhorn_iters!r}")
-        self.reference_coral = reference_coral
+        if not (isinstance(every, int) and every >= 1):
+            raise CmkdError(f"'ska' option every must be an integer >= 1, got {every!r}")
+        self.reference_coral, self.every, self.calls = reference_coral, every, 0
         learnt = projection == "learnt"
         self.map_s = _projection(student_channels, dim, conv=True, learnt=learnt)
         self.map_t = _projection(teacher_channels, dim, conv=True, learnt=learnt)
         self.embed_s = _projection(student_embedding, dim, conv=False, learnt=learnt)
         self.embed_t = _projection(teacher_embedding, dim, conv=False, learnt=learnt)
+        # Equal widths give equal fixed maps (seeded): one module for both sides, so that
+        # `_common` sees them as one without comparing them every step. Both names stay in
+        # the state dict.
+        if isinstance(self.map_s, FixedProjection) and student_channels == teacher_channels:
+            self.map_t = self.map_s
+        if isinstance(self.embed_s, FixedProjection) and student_embedding == teacher_embedding:
+            self.embed_t = self.embed_s
         self.attn_s = TokenAttention(dim, heads, planner, sinkhorn_iters)
         self.attn_t = TokenAttention(dim, heads, planner, sinkhorn_iters)
 
@@ -289,12 +285,12 @@ class SKA(DistillationTerm):
     @staticmethod
     def _folded(projection: nn.Module) -> torch.Tensor | None:
         """The matrix of a fixed isometric map (width < dim), applied implicitly; else None."""
-        if (
-            isinstance(projection, FixedProjection)
-            and projection.weight.shape[0] > (projection.weight.shape[1])
-        ):
-            return projection.weight
-        return None
+        fixed = isinstance(projection, FixedProjection)
+        return (
+            projection.weight
+            if fixed and projection.weight.shape[0] > projection.weight.shape[1]
+            else None
+        )
 
     def tokens(self, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Both maps on the smaller grid as (b, N, width) token sequences: at width dim, or
@@ -308,33 +304,75 @@ class SKA(DistillationTerm):
             t = self.map_t(t)
         return s.flatten(2).transpose(1, 2), t.flatten(2).transpose(1, 2)
 
+    def _skipped(self) -> torch.Tensor:
+        """A skipped step's 0: under DDP joined to every parameter of the term (DDP expects
+        each in every backward; they get a zero gradient), elsewhere a constant (they get
+        none, so the optimiser skips them: Adam over SKA's parameters is ~3 % of a small_cnn
+        step)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return sum(p.sum() for p in self.parameters()) * 0.0
+        return self.attn_s.q.weight.new_zeros(())
+
     def token_coral(self, f_t: torch.Tensor, f_s: torch.Tensor) -> torch.Tensor:
         """CORAL between refined token sets, each (b, N, its width) as `tokens` gives them."""
-        p_t, p_s = self._folded(self.map_t), self._folded(self.map_s)
-        if p_t is None and p_s is None:
-            return coral(f_t.flatten(1), f_s.flatten(1), self.reference_coral)
-        # Student tokens in the teacher's coordinates: G = P_T^T P_S (an unfolded side's map
-        # is the identity at width dim). Equal fixed maps give G = I.
-        if p_t is not None and p_s is not None and torch.equal(p_t, p_s):
-            s_as_t = f_s
-        else:
-            g = p_s if p_t is None else (p_t.T if p_s is None else p_t.T @ p_s)
-            s_as_t = f_s @ g.T
-        width = f_t.shape[1] * self.attn_t.q.weight.shape[0]
-        return coral(f_t.flatten(1), f_s.flatten(1), self.reference_coral, s_as_t.flatten(1), width)
+        return self._common_coral(f_t, f_s, self._folded(self.map_t), self._folded(self.map_s))
+
+    @staticmethod
+    def _common(x_t: Tensor, x_s: Tensor, p_t: Map, p_s: Map) -> tuple[Tensor, Tensor] | None:
+        """Teacher and student rows (..., width) in one set of coordinates with the Gram
+        matrices of the rows at width dim: a side with a folded map p (see `_folded`) stands
+        for p @ x, a side without one is at width dim already. Isometries keep Gram matrices,
+        so rows under one shared map stay as they are and a lone folded side is lifted by its
+        map. None when the two sides are folded by different maps."""
+        if p_t is not None and p_s is not None:
+            return (x_t, x_s) if p_t is p_s or torch.equal(p_t, p_s) else None
+        if p_s is not None:
+            return x_t, x_s @ p_s.T
+        if p_t is not None:
+            return x_t @ p_t.T, x_s
+        return x_t, x_s
+
+    def _common_coral(self, x_t: Tensor, x_s: Tensor, p_t: Map, p_s: Map) -> Tensor:
+        """CORAL between teacher and student rows (b, ..., width) flattened per sample, the
+        rows meaning what `_common` says."""
+        width = math.prod(x_t.shape[1:-1]) * self.attn_t.q.weight.shape[0]
+        pair = self._common(x_t, x_s, p_t, p_s)
+        if pair is None:  # the cross Gram through G = P_T^T P_S, in x_t's coordinates
+            s_as_t = (x_s @ (p_t.T @ p_s).T).flatten(1)
+            return coral(x_t.flatten(1), x_s.flatten(1), self.reference_coral, s_as_t, width)
+        return coral(pair[0].flatten(1), pair[1].flatten(1), self.reference_coral, width=width)
 
     def forward(
         self, student: ModelOutput, teacher: ModelOutput, batch: dict
     ) -> dict[str, torch.Tensor]:
         if student.feature_map is None or teacher.feature_map is None:
             raise CmkdError("'ska' reads feature maps, but a network output has none")
+        scale = 1.0
+        if self.training and self.every > 1:
+            self.calls += 1
+            if (self.calls - 1) % self.every:
+                return {"tokens": (zero := self._skipped()), "pooled": zero}
+            scale = float(self.every)
         s, t = self.tokens(student.feature_map, teacher.feature_map.detach())
-        a_t, a_s = cross_weights(
-            self.attn_t(t, self._folded(self.map_t)), self.attn_s(s, self._folded(self.map_s))
+        p_t, p_s = self._folded(self.map_t), self._folded(self.map_s)
+        # The cross plan's token weights are each side's own attention weights times a
+        # constant (`cross_weights`: every softmax row, or Sinkhorn column, sums to 1, so
+        # mean(w) = 1/N on either side), and the refinement's energy scale removes a constant
+        # factor: the refinement reads the weights directly, the same loss and gradients.
+        w_t, w_s = self.attn_t.received(t, p_t), self.attn_s.received(s, p_s)
+        pair = self._common(t, s, p_t, p_s)
+        if pair is None:
+            tokens = self.token_coral(refine(t, w_t), refine(s, w_s))
+        else:
+            width = t.shape[1] * self.attn_t.q.weight.shape[0]
+            tokens = refined_coral(*pair, w_t, w_s, width, self.reference_coral)
+        e_t, e_s = teacher.embedding.detach(), student.embedding
+        q_t, q_s = self._folded(self.embed_t), self._folded(self.embed_s)
+        pooled = self._common_coral(
+            e_t if q_t is not None else self.embed_t(e_t),
+            e_s if q_s is not None else self.embed_s(e_s),
+            q_t,
+            q_s,
         )
-        f_t, f_s = refine(t, a_t), refine(s, a_s)
-        e_s, e_t = self.embed_s(student.embedding), self.embed_t(teacher.embedding.detach())
-        return {
-            "tokens": self.token_coral(f_t, f_s),
-            "pooled": coral(e_t, e_s, self.reference_coral),
-        }
+        out = {"tokens": tokens, "pooled": pooled}
+        return {k: scale * v for k, v in out.items()} if scale != 1.0 else out

@@ -1,0 +1,495 @@
+"""SemBridge's own overhead at small scale (issue #19): a training step of plain KD against the
+same step with SKA added, as ratios timed in one process.
+
+Every arm trains its own copy of one RGB student (same initial weights) with Adam on CE + KD
+(the SemBridge grid's weights: 0.3 CE + 0.4 KD at T = 3 without T^2); an SKA arm adds SKA at
+the paper's weight (0.3 x 0.01), its parameters in the optimiser. The teacher (the same
+backbone on 13-band MS) runs once: its outputs are fixed tensors, as cmkd's teacher cache gives
+them. Steps alternate between the arms (KD, KD + SKA, KD, ...) so all see the same machine
+load. Per repeat each arm's mean step over `steps` consecutive steps (a multiple of every SKA
+`every`, so computed and skipped steps count in their proportion) and its ratio to KD's; over
+repeats the median ratio and its range. Each step is timed twice: wall clock, and the CPU time
+of the calling thread (`time.thread_time`; with one intra-op thread the whole step runs
+there), which a shared machine's other jobs disturb much less. The load average is recorded.
+
+`attention_products` times the matrix products that SKA's attention cannot avoid (the q, k maps
+forward and backward on both sides): the floor under any exact implementation.
+`compile_cost` measures torch.compile of the SKA module; `epoch_overhead` the epoch time
+through cmkd's own trainer (`cmkd.recipes.distill_student`).
+
+Run `python -m cmkd.bench.perf_ska` for the markdown lines on stdout.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+
+GRID = {"dim": 256}
+"""SKA's options in the SemBridge grid (`cmkd.bench.grid.sembridge_plugin`)."""
+
+EVERY = {**GRID, "every": 5}
+"""The grid's setting with SKA on every 5th step (the approximation checked for accuracy)."""
+
+SCENARIOS: tuple[tuple[str, int, dict[str, dict[str, Any]]], ...] = (
+    ("small_cnn", 32, {"grid": GRID, "default": {}, "grid, every 5": EVERY}),
+    ("small_cnn", 64, {"grid": GRID, "default": {}, "grid, every 5": EVERY}),
+    ("resnet18", 32, {"grid": GRID}),
+)
+"""(backbone, batch, {label: SKA options}): the SKA arms timed against KD in one loop."""
+
+CE_WEIGHT, KD_WEIGHT, SKA_WEIGHT, TEMPERATURE = 0.3, 0.4, 0.3 * 0.01, 3.0
+
+
+def load_average() -> list[float]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return [round(x, 2) for x in load]
+
+
+def _networks(backbone: str, batch: int, seed: int):
+    """Student (RGB), fixed teacher outputs (MS, no grad), one input batch and labels."""
+    from cmkd.models.model import build_model
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    student = build_model({"backbone": backbone, "in_chans": 3, "num_classes": 10})
+    teacher = build_model({"backbone": backbone, "in_chans": 13, "num_classes": 10}).eval()
+    x = torch.randn(batch, 3, 64, 64, generator=g)
+    y = torch.randint(0, 10, (batch,), generator=g)
+    with torch.no_grad():
+        cached = teacher(torch.randn(batch, 13, 64, 64, generator=g))
+    return student, teacher, cached, x, y
+
+
+def _ska(student, teacher, options: dict[str, Any] | Callable, seed: int):
+    """The SKA term from its options, or from `options(student, teacher)` when it is a
+    callable (another implementation to time against, built on the same seed)."""
+    from cmkd.losses import build_term
+
+    torch.manual_seed(seed)
+    if callable(options):
+        return options(student.network, teacher.network)
+    return build_term("ska", student.network, teacher.network, **options)
+
+
+def _stepper(student, ska, cached, x, y) -> Callable[[], tuple[float, float]]:
+    """One training step: forward, CE + KD (+ SKA), backward, Adam; returns (wall s, CPU s)."""
+    params = list(student.parameters()) + ([] if ska is None else list(ska.parameters()))
+    optimiser = torch.optim.Adam(params, lr=1e-3)
+    soft_teacher = F.softmax(cached.logits / TEMPERATURE, dim=1)
+
+    def step() -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        out = student(x)
+        loss = CE_WEIGHT * F.cross_entropy(out.logits, y) + KD_WEIGHT * F.kl_div(
+            F.log_softmax(out.logits / TEMPERATURE, dim=1), soft_teacher, reduction="batchmean"
+        )
+        if ska is not None:
+            loss = loss + SKA_WEIGHT * sum(ska(out, cached, {}).values())
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        return time.perf_counter() - wall, time.thread_time() - cpu
+
+    return step
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def step_overhead(
+    backbone: str = "small_cnn",
+    batch: int = 32,
+    arms: dict[str, dict[str, Any]] | None = None,
+    repeats: int = 15,
+    steps: int = 12,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Each SKA arm's step / the KD step (see the module docstring). arms: {label: SKA
+    options, or a callable (student, teacher) -> term}, default the grid's setting."""
+    arms = arms if arms is not None else {"grid": GRID}
+    student, teacher, cached, x, y = _networks(backbone, batch, seed)
+    steppers = {"kd": _stepper(copy.deepcopy(student), None, cached, x, y)}
+    for label, options in arms.items():
+        ska = _ska(student, teacher, options, seed)
+        steppers[label] = _stepper(copy.deepcopy(student), ska, cached, x, y)
+    for step in steppers.values():  # warm-up, untimed (a multiple of every `every`)
+        for _ in range(steps):
+            step()
+    load_before = load_average()
+    means: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in steppers}
+    for _ in range(repeats):
+        sums = {k: [0.0, 0.0] for k in steppers}
+        for _ in range(steps):
+            for name, step in steppers.items():
+                wall, cpu = step()
+                sums[name][0] += wall
+                sums[name][1] += cpu
+        for name, (wall, cpu) in sums.items():
+            means[name]["wall"].append(wall / steps)
+            means[name]["cpu"].append(cpu / steps)
+    out: dict[str, Any] = {
+        "backbone": backbone,
+        "batch": batch,
+        "feature_map": list(cached.feature_map.shape[1:]),
+        "repeats": repeats,
+        "steps": steps,
+        "kd_step_ms": {c: 1000 * statistics.median(means["kd"][c]) for c in ("wall", "cpu")},
+        "arms": {},
+        "load_before": load_before,
+        "load_after": load_average(),
+    }
+    for label, options in arms.items():
+        out["arms"][label] = {
+            "options": options if isinstance(options, dict) else {"term": str(options)},
+            "step_ms": {c: 1000 * statistics.median(means[label][c]) for c in ("wall", "cpu")},
+            "ratio": {
+                c: _spread([a / k for a, k in zip(means[label][c], means["kd"][c], strict=True)])
+                for c in ("wall", "cpu")
+            },
+        }
+    return out
+
+
+def flop_share(
+    backbone: str = "small_cnn", batch: int = 32, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """FLOPs (torch.utils.flop_counter: matrix products and convolutions) of a KD step's
+    forward + backward and those SKA adds: the machine-independent part of the ratio."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    student, teacher, cached, x, y = _networks(backbone, batch, 0)
+    ska = _ska(student, teacher, dict(GRID if options is None else options), 0)
+    counts = []
+    for with_ska in (False, True):
+        with FlopCounterMode(display=False) as counter:
+            out = student(x)
+            loss = F.cross_entropy(out.logits, y)
+            if with_ska:
+                loss = loss + sum(ska(out, cached, {}).values())
+            loss.backward()
+        counts.append(counter.get_total_flops())
+    return {
+        "backbone": backbone,
+        "batch": batch,
+        "options": dict(GRID if options is None else options),
+        "kd_gflop": counts[0] / 1e9,
+        "ska_gflop": (counts[1] - counts[0]) / 1e9,
+        "student_params": sum(p.numel() for p in student.parameters()),
+        "ska_params": sum(p.numel() for p in ska.parameters()),
+    }
+
+
+def _cpu_ms(fn: Callable[[], Any], steps: int) -> float:
+    fn(), fn()
+    times = []
+    for _ in range(steps):
+        start = time.thread_time()
+        fn()
+        times.append(time.thread_time() - start)
+    return 1000 * statistics.median(times)
+
+
+def ska_alone(
+    backbone: str = "small_cnn",
+    batch: int = 32,
+    options: dict[str, Any] | None = None,
+    steps: int = 40,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """SKA's forward + backward by itself on the networks' feature maps and embeddings
+    (student side requiring grad, teacher side fixed): median CPU ms over `steps`."""
+    from cmkd.models.outputs import ModelOutput
+
+    student, teacher, cached, x, _ = _networks(backbone, batch, seed)
+    ska = _ska(student, teacher, dict(options or {}), seed)
+    with torch.no_grad():
+        out = student(x)
+    s = ModelOutput(out.logits, out.embedding.requires_grad_(), out.feature_map.requires_grad_())
+    ms = _cpu_ms(lambda: sum(ska(s, cached, {}).values()).backward(), steps)
+    return {"backbone": backbone, "batch": batch, "options": dict(options or {}), "cpu_ms": ms}
+
+
+def attention_products(
+    batch: int = 32, tokens: int = 16, width: int = 128, dim: int = 256, steps: int = 40
+) -> dict[str, Any]:
+    """CPU ms of the matrix products SKA's attention needs per step whatever the code around
+    them, both sides, `width`-channel tokens (width < dim) folded into dim x dim q and k maps:
+    forward the fold [W_q; W_k] P and the projection of the b N tokens; backward the maps'
+    gradient, its unfolding through P and (student only) the tokens' gradient. `flop` counts
+    them (2 per multiply-add)."""
+    if width >= dim:
+        raise ValueError(f"attention_products times folded maps: width {width} < dim {dim}")
+    b_n = batch * tokens
+    x = torch.randn(b_n, width).relu()
+    w = torch.randn(2 * dim, dim) / dim**0.5
+    p = torch.linalg.qr(torch.randn(dim, width))[0]
+    g = torch.randn(b_n, 2 * dim)
+
+    def products() -> None:
+        for student_side in (True, False):
+            folded = w @ p
+            x @ folded.T
+            (g.T @ x) @ p.T
+            if student_side:
+                g @ folded
+
+    per_side = 2 * dim * (2 * dim * width + 2 * b_n * width)  # multiply-adds
+    flop = 2 * (2 * per_side + b_n * width * 2 * dim)  # + the student's token gradient
+    return {
+        "batch": batch,
+        "tokens": tokens,
+        "width": width,
+        "dim": dim,
+        "cpu_ms": _cpu_ms(products, steps),
+        "flop": flop,
+    }
+
+
+def compile_cost(backbone: str = "small_cnn", batch: int = 32) -> dict[str, Any]:
+    """Wall seconds of the first KD + SKA step with SKA (grid setting) under torch.compile
+    (tracing and code generation), then the steady ratios to KD of eager and compiled SKA,
+    interleaved (the compiled arm's warm-up holds its compilation for these shapes)."""
+    from cmkd.losses import build_term
+
+    student, teacher, cached, x, y = _networks(backbone, batch, 0)
+    ska = torch.compile(_ska(student, teacher, GRID, 0))
+    first = _stepper(copy.deepcopy(student), ska, cached, x, y)()[0]
+
+    def compiled(s, t):
+        return torch.compile(build_term("ska", s, t, **GRID))
+
+    steady = step_overhead(backbone, batch, {"eager": GRID, "compiled": compiled}, 5, 8)
+    return {
+        "first_step_s": first,
+        "eager_ratio": steady["arms"]["eager"]["ratio"],
+        "compiled_ratio": steady["arms"]["compiled"]["ratio"],
+        "load": load_average(),
+    }
+
+
+class _EpochClock(Callback):
+    """Each training epoch, start to end (steps, data, validation): wall seconds and the CPU
+    seconds of the thread running it (the loaders run in it: cmkd uses no worker processes
+    on the CPU)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, list[float]] = {"wall": [], "cpu": []}
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self._start = (time.perf_counter(), time.thread_time())
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        self.seconds["wall"].append(time.perf_counter() - self._start[0])
+        self.seconds["cpu"].append(time.thread_time() - self._start[1])
+
+
+def epoch_overhead(
+    epochs: int = 4,
+    repeats: int = 3,
+    arms: dict[str, dict[str, Any]] | None = None,
+    seed: int = 0,
+    output_dir: str = "runs/bench/perf-ska",
+) -> dict[str, Any]:
+    """Epoch time of KD + SKA / KD through `cmkd.recipes.distill_student` (the real
+    trainer: data, Lightning, logging, validation), EuroSAT paired MS -> RGB, small_cnn on both
+    sides, batch 32, the grid's KD weights and SKA weight, teacher cache on; runs interleaved
+    over repeats, per run the median epoch after the first, then the median over repeats."""
+    from dataclasses import replace
+
+    from cmkd import config as cfg
+    from cmkd.data.datamodule import prepare_data
+    from cmkd.recipes import distill_student, train_classifier
+
+    arms = arms if arms is not None else {"grid": GRID}
+    data = cfg.DataConfig(source="eurosat_paired", batch_size=32)
+    model = cfg.ModelConfig(backbone="small_cnn")
+    run = cfg.RunConfig(
+        output_dir=output_dir, progress_bar=False, overwrite=True, accelerator="cpu"
+    )
+    prepared = prepare_data(data, seed)
+    teacher = train_classifier(
+        data, model, cfg.OptimConfig(epochs=1), replace(run, name="teacher"), "ms", seed,
+        prepared=prepared,
+    )["checkpoint"]  # fmt: skip
+    kd = cfg.TermConfig("kd", KD_WEIGHT, {"temperature": TEMPERATURE, "scale_by_t2": False})
+    configs = {"kd": cfg.DistillConfig(teacher=teacher, ce_weight=CE_WEIGHT, terms=[kd])}
+    for label, options in arms.items():
+        ska = cfg.TermConfig("ska", SKA_WEIGHT, dict(options))
+        configs[label] = replace(configs["kd"], terms=[kd, ska])
+    epoch_s: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in configs}
+    for r in range(repeats):
+        names = list(configs)
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            clock = _EpochClock()
+            distill_student(
+                data, model, cfg.OptimConfig(epochs=epochs), replace(run, name=f"r{r}"),
+                configs[name], "rgb", seed, callbacks=(clock,), prepared=prepared,
+            )  # fmt: skip
+            for c in ("wall", "cpu"):
+                epoch_s[name][c].append(statistics.median(clock.seconds[c][1:]))
+    return {
+        "epochs": epochs,
+        "repeats": repeats,
+        "epoch_s": {k: {c: statistics.median(v[c]) for c in v} for k, v in epoch_s.items()},
+        "ratio": {
+            label: {
+                c: _spread(
+                    [a / k for a, k in zip(epoch_s[label][c], epoch_s["kd"][c], strict=True)]
+                )
+                for c in ("wall", "cpu")
+            }
+            for label in arms
+        },
+        "load": load_average(),
+    }
+
+
+def measure(
+    repeats: int = 15, steps: int = 10, epoch_too: bool = True, compile_too: bool = False
+) -> dict[str, Any]:
+    """Every scenario's step ratios, SKA alone, FLOPs, the attention's product floor, with
+    epoch_too the epoch ratios through the trainer (~2 min) and with compile_too
+    torch.compile's cost (minutes of code generation)."""
+    torch.set_num_threads(1)
+    exact = [(b, n, o) for b, n, arms in SCENARIOS for o in arms.values() if "every" not in o]
+    report: dict[str, Any] = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "steps": [step_overhead(b, n, arms, repeats, steps) for b, n, arms in SCENARIOS],
+        "ska_alone": [ska_alone(b, n, o) for b, n, o in exact],
+        "flops": [flop_share(b, n, o) for b, n, o in exact],
+        "attention_products": [attention_products(b, dim=d) for b in (32, 64) for d in (256, 512)],
+    }
+    if epoch_too:
+        arms = {"grid": GRID, "grid, every 5": EVERY}
+        report["epoch"] = epoch_overhead(epochs=8, repeats=5, arms=arms)
+    if compile_too:
+        report["compile"] = compile_cost()
+    return report
+
+
+def _options(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in options.items()) or "defaults (dim 512)"
+
+
+def render_ska(report: dict[str, Any]) -> list[str]:
+    """Markdown lines for a `measure` report."""
+    alone = {(r["backbone"], r["batch"], _options(r["options"])): r for r in report["ska_alone"]}
+    lines = [
+        "## SemBridge's own overhead: a training step, KD + SKA against KD",
+        "",
+        f"torch {report['torch']}, {report['threads']} intra-op thread(s) on {report['cpus']} "
+        "CPUs. A training step (forward, 0.3 CE + 0.4 KD at T = 3, + 0.003 SKA, backward, Adam) "
+        "of an RGB student; the teacher (same backbone, 13-band MS) run once, its outputs fixed "
+        "as the teacher cache gives them; 64 x 64 inputs. Steps alternate between the arms; "
+        "per repeat each arm's mean step and its ratio to KD's, then the median over repeats "
+        "and the range. *CPU*: the stepping thread's CPU time, *wall*: the clock. "
+        "*SKA alone*: SKA's forward + backward by itself (CPU ms).",
+        "",
+        "| backbone | batch | feature map | SKA | KD step ms (CPU / wall) | KD + SKA step ms "
+        "(CPU / wall) | ratio, CPU (range) | ratio, wall (range) | SKA alone | load before / "
+        "after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["steps"]:
+        for label, arm in r["arms"].items():
+            key = (r["backbone"], r["batch"], _options(arm["options"]))
+            ska_ms = f"{alone[key]['cpu_ms']:.2f}" if key in alone else ""
+            cpu, wall = arm["ratio"]["cpu"], arm["ratio"]["wall"]
+            lines.append(
+                f"| {r['backbone']} | {r['batch']} | {' x '.join(map(str, r['feature_map']))} "
+                f"| {label}: {_options(arm['options'])} | {r['kd_step_ms']['cpu']:.1f} / "
+                f"{r['kd_step_ms']['wall']:.1f} | {arm['step_ms']['cpu']:.1f} / "
+                f"{arm['step_ms']['wall']:.1f} | **x{cpu['median']:.3f}** "
+                f"({cpu['min']:.3f}-{cpu['max']:.3f}) | x{wall['median']:.3f} "
+                f"({wall['min']:.3f}-{wall['max']:.3f}) | {ska_ms} | "
+                f"{r['load_before'][0]:.2f} / {r['load_after'][0]:.2f} |"
+            )
+    flops = report.get("flops") or []
+    if flops:
+        lines += [
+            "",
+            "FLOPs of a KD step (student forward + backward) and those SKA adds "
+            "(torch.utils.flop_counter), with the parameter counts:",
+            "",
+            "| backbone | batch | SKA | KD step GFLOP | SKA adds GFLOP | SKA / KD | student "
+            "params | SKA params |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {f['backbone']} | {f['batch']} | {_options(f['options'])} | "
+            f"{f['kd_gflop']:.3f} | {f['ska_gflop']:.3f} | {f['ska_gflop'] / f['kd_gflop']:.2f} "
+            f"| {f['student_params']:,} | {f['ska_params']:,} |"
+            for f in flops
+        ]
+    products = report.get("attention_products") or []
+    if products:
+        lines += [
+            "",
+            "The matrix products SKA's attention cannot avoid (q, k maps of both sides, forward "
+            "and backward, small_cnn's 128-channel 4 x 4 tokens folded into dim x dim maps), "
+            "timed alone: the floor under any exact implementation.",
+            "",
+            "| batch | dim | MFLOP | CPU ms |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {p['batch']} | {p['dim']} | {p['flop'] / 1e6:.0f} | {p['cpu_ms']:.2f} |"
+            for p in products
+        ]
+    e = report.get("epoch")
+    if e:
+        lines += [
+            "",
+            f"Through cmkd's trainer (`distill_student`, EuroSAT paired MS -> RGB, small_cnn, "
+            f"batch 32, teacher cache; {e['epochs']} epochs x {e['repeats']} interleaved "
+            "repeats, per run the median epoch after the first): KD epoch "
+            f"{e['epoch_s']['kd']['cpu']:.3f} s CPU.",
+            "",
+            "| SKA | epoch ratio, CPU (range) | epoch ratio, wall (range) |",
+            "|---|---|---|",
+        ]
+        for label, r in e["ratio"].items():
+            cpu, wall = r["cpu"], r["wall"]
+            lines.append(
+                f"| {label} | **x{cpu['median']:.3f}** ({cpu['min']:.3f}-{cpu['max']:.3f}) | "
+                f"x{wall['median']:.3f} ({wall['min']:.3f}-{wall['max']:.3f}) |"
+            )
+    c = report.get("compile")
+    if c:
+        lines += [
+            "",
+            f"torch.compile of the SKA module (grid setting, small_cnn, batch 32): first step "
+            f"{c['first_step_s']:.1f} s wall; then steps interleaved, ratio to KD "
+            f"x{c['compiled_ratio']['cpu']['median']:.3f} CPU compiled, "
+            f"x{c['eager_ratio']['cpu']['median']:.3f} eager.",
+        ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m cmkd.bench.perf_ska", description=__doc__)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=10, help="a multiple of 5 (every 5)")
+    parser.add_argument("--no-epoch", action="store_true", help="skip the trainer's epochs")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    args = parser.parse_args(argv)
+    report = measure(args.repeats, args.steps, not args.no_epoch, args.compile)
+    print("\n".join(render_ska(report)))
+
+
+if __name__ == "__main__":
+    main()
