@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from cmkd.bench.machine import machine, peak_memory
@@ -91,6 +92,11 @@ class Grid:
     """Per scenario, the teacher's epochs when they differ from the grid's."""
     precision: str = "32-true"
     """Lightning precision of every model (an architecture pair may override it)."""
+    class_maps: dict[str, str] = field(default_factory=dict)
+    """Per scenario, a class map file (teacher class: student class; path relative to the grid
+    file) where the teacher's classes differ from the student's: every distillation and
+    matching of that scenario runs over the covered classes, and the page scores covered and
+    uncovered classes apart."""
     custom_scenarios: dict[str, Scenario] = field(default_factory=dict)
 
     def seeds_of(self, scenario: str) -> list[int]:
@@ -112,6 +118,11 @@ class Grid:
             base: DataConfig = getattr(sc, f"{side}_data")
             options = {**base.options, **over.get("options", {})}
             sides[f"{side}_data"] = replace(base, **{**over, "options": options})
+        if name in self.class_maps:
+            from cmkd.classmap import read_spec  # torch: not for `cmkd --help`
+
+            # Read here, kept inline: the cells' config hashes follow the map's content.
+            sides["class_map"] = read_spec(self.class_maps[name])[0]
         return replace(sc, **sides)
 
     def all_methods(self, sc: Scenario | None = None) -> dict[str, DistillConfig]:
@@ -181,9 +192,13 @@ def load_grid(path: str | Path) -> Grid:
         except TypeError as err:
             raise CmkdError(f"grid {path}, method '{label}': {err}") from None
     archs = [Architecture(**a) for a in doc.pop("architectures", [{"name": "S/S"}])]
-    stray = set(doc.get("extra_seeds") or {}) - set(doc.get("scenarios") or [])
-    if stray:
-        raise CmkdError(f"grid {path}: extra_seeds for scenarios not in the grid {sorted(stray)}")
+    for key in ("extra_seeds", "class_maps"):
+        stray = set(doc.get(key) or {}) - set(doc.get("scenarios") or [])
+        if stray:
+            raise CmkdError(f"grid {path}: {key} for scenarios not in the grid {sorted(stray)}")
+    doc["class_maps"] = {
+        sc: str(path.parent / file) for sc, file in (doc.get("class_maps") or {}).items()
+    }
     return Grid(name=doc.pop("name", path.stem), methods=methods, architectures=archs, **doc)
 
 
@@ -334,7 +349,8 @@ class GridRunner:
                 modality=sc.student_modality,
                 seed=seed,
                 prepared=prepared(),
-            ),
+            )
+            | test_support(prepared(), sc.student_modality),
         )
 
     def _pairs(self, name, sc: Scenario, arch, seed, teacher: dict) -> str:
@@ -351,6 +367,7 @@ class GridRunner:
             "matcher": matcher,
             "matcher_epochs": self.grid.matcher_epochs,
             "precision": self._precision(arch),
+            **({"class_map": sc.class_map} if sc.class_map is not None else {}),
         }
 
         def match() -> dict:
@@ -365,6 +382,7 @@ class GridRunner:
                 backbone=matcher,
                 epochs=self.grid.matcher_epochs,
                 run=replace(self.run_cfg, precision=self._precision(arch)),
+                class_map=sc.class_map,
             )
             return {"pairs": str(path), "summary": pairs.summary()}
 
@@ -374,6 +392,8 @@ class GridRunner:
         from cmkd.recipes import distill_student
 
         distill = replace(distill, teacher=teacher["result"]["checkpoint"])
+        if sc.class_map is not None:
+            distill = replace(distill, class_map=sc.class_map)
         if distill.pairing.strategy == "matched" and not distill.pairing.pairs:
             pairs = self._pairs(name, sc, arch, seed, teacher)
             distill = replace(distill, pairing=replace(distill.pairing, pairs=pairs))
@@ -396,7 +416,8 @@ class GridRunner:
                 modality=sc.student_modality,
                 seed=seed,
                 prepared=prepared(),
-            ),
+            )
+            | test_support(prepared(), sc.student_modality),
         )
 
     def _config(
@@ -417,6 +438,14 @@ class GridRunner:
             "seed": seed,
             "precision": self._precision(arch),
         }
+
+
+def test_support(prepared, modality: str) -> dict[str, dict[str, int]]:
+    """Test samples per class of a student cell: with the per-class accuracies, the page scores
+    any group of classes (covered and uncovered ones under a class map)."""
+    samples = prepared.rows(modality, "test")
+    counts = np.bincount(samples.y, minlength=len(samples.classes))
+    return {"test_support": {c: int(n) for c, n in zip(samples.classes, counts, strict=True)}}
 
 
 class _Lazy:

@@ -30,12 +30,19 @@ class Scenario:
     oracle_data: DataConfig | None = None
     """The student's own samples in the teacher's modality, where such twins exist: the bank
     of an oracle row that pairs every student sample with its true twin."""
+    class_map: dict[str, str | None] | None = None
+    """Teacher class -> student class where the two label sets differ (`distill.class_map`;
+    a grid sets it from `class_maps`): every distillation and matching of the scenario runs
+    over the covered classes."""
 
 
 _RGB_UNPAIRED = DataConfig(
     source="eurosat_rgb", options={"subset": "unpaired", "per_class_limit": 300}, batch_size=64
 )
 _DIGITS = {"train_per_class": 20, "batch_size": 64}
+# UC Merced at EuroSAT's 64 x 64 (the student's pairing and pseudo-views need that size): each
+# image resized at decode time with antialiasing (cmkd.data.sources.ucmerced).
+_UCMERCED = DataConfig(source="ucmerced", options={"size": 64}, batch_size=64)
 _FSDD = DataConfig(source="fsdd", split="official", val_fraction=0.1, test_fraction=0.1)
 SCENARIOS = {
     "eurosat_paired": Scenario(
@@ -80,6 +87,28 @@ SCENARIOS = {
         match_method="teacher_embedding",
         pseudo_view="eurosat_ms_to_rgb",
         oracle_data=DataConfig(source="eurosat_paired", batch_size=32),
+    ),
+    "ucmerced_to_eurosat_ms": Scenario(
+        "UC Merced RGB teacher (21 aerial classes, 0.3 m, resized 256 -> 64 px with "
+        "antialiasing) -> EuroSAT MS student (10 classes, 221 training patches), partial "
+        "label overlap through a class map",
+        _UCMERCED,
+        "rgb",
+        DataConfig(source="eurosat_ms", batch_size=32),
+        "ms",
+        match_method="teacher_embedding",
+        pseudo_view="eurosat_ms_to_rgb",
+    ),
+    "ucmerced_to_eurosat_rgb": Scenario(
+        "UC Merced RGB teacher (21 aerial classes, 0.3 m, resized 256 -> 64 px with "
+        "antialiasing) -> EuroSAT RGB student with 20 labels per class, partial label overlap "
+        "through a class map",
+        _UCMERCED,
+        "rgb",
+        replace(_RGB_UNPAIRED, train_per_class=20, batch_size=32),
+        "rgb",
+        match_method="teacher_embedding",
+        pseudo_view="rgb_to_rgb",
     ),
     "fsdd_to_mnist": Scenario(
         "Spoken digits teacher -> MNIST student with 20 labels per class",
