@@ -300,9 +300,101 @@ def test_pair_list_refuses_coverage_that_contradicts_its_map() -> None:
         return PairList(["s0"], [teacher_id], STUDENT, [0], [teacher_label], "m", None, None,
                         {"a": "X"})  # fmt: skip
 
-    with pytest.raises(CmkdError, match="'s0' has no teacher, but its class 'X' is covered"):
+    with pytest.raises(
+        CmkdError, match="'s0' of class 'X' has no teacher, but the class map covers"
+    ):
         pairs(-1, "")
-    with pytest.raises(CmkdError, match="'s0' has a teacher, but its 'Z' is uncovered"):
+    with pytest.raises(
+        CmkdError, match="'s0' of class 'Z' has a teacher, but no teacher class maps"
+    ):
         PairList(["s0"], ["t0"], STUDENT, [2], [2], "m", None, None, {"a": "X"})
     with pytest.raises(CmkdError, match="outside its 3 classes"):  # no map: -1 is refused
         PairList(["s0"], [""], STUDENT, [0], [-1], "m")
+
+
+# --- on real data: UC Merced teacher, EuroSAT students --------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_MAP = REPO / "configs" / "class_maps" / "ucmerced_to_eurosat.yaml"
+TINY = cmkd.ModelConfig(options={"widths": [8, 16]})
+
+
+def test_shipped_class_map_fits_the_real_class_lists(data_root: Path) -> None:
+    from cmkd.data.sources import load_source
+
+    teacher = load_source("ucmerced", data_root, size=8)["rgb"].classes
+    student = load_source("eurosat_ms", data_root)["ms"].classes
+    cmap = ClassMap.build(str(SHIPPED_MAP), teacher, student)
+    assert cmap.covered == ("Forest", "Highway", "Industrial", "Residential", "River")
+    assert cmap.teachers_of("Residential") == [
+        "denseresidential", "mediumresidential", "mobilehomepark", "sparseresidential",
+    ]  # fmt: skip
+    assert len(cmap.unused) == 12 and set(cmap.unused) | set(cmap.mapping) == set(teacher)
+
+
+@pytest.fixture(scope="module")
+def ucm_teacher(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> str:
+    from cmkd.recipes import train_classifier
+
+    data = cmkd.DataConfig(source="ucmerced", options={"size": 64})
+    run = cmkd.RunConfig(
+        output_dir=str(tmp_path_factory.mktemp("runs")), accelerator="cpu", progress_bar=False
+    )
+    return train_classifier(data, TINY, cmkd.OptimConfig(epochs=1), run, "rgb", 0)["checkpoint"]
+
+
+def test_cli_refuses_a_map_naming_an_unknown_class(ucm_teacher, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "map.yaml"
+    bad.write_text("forest: Forest\nriver: Rivers\n")
+    runs = tmp_path / "runs"
+    done = subprocess.run(
+        [sys.executable, "-m", "cmkd.cli", "distill", "--modality", "ms",
+         "--data.source", "eurosat_ms", "--distill.teacher", ucm_teacher,
+         "--distill.class_map", str(bad), "--run.output_dir", str(runs)],
+        capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")},
+    )  # fmt: skip
+    errors = [line for line in done.stderr.splitlines() if line.startswith("cmkd: error:")]
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr
+    assert "'river' maps to 'Rivers', which is not a student class" in errors[0]
+    assert str(bad) in errors[0] and not runs.exists()
+
+
+def test_class_mean_control_over_the_map(ucm_teacher, quiet_run) -> None:
+    """The control's target for a covered class is the mean of the mapped teacher outputs over
+    the teacher samples of every teacher class mapped to it (Residential: four classes)."""
+    from lightning.pytorch.callbacks import Callback
+
+    from cmkd.recipes import distill_student
+
+    class Capture(Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            if batch_idx == 0 and trainer.current_epoch == 0:
+                self.labels = module.class_map.to_covered(batch["label"])
+                self.target = module.teacher_outputs(batch).logits.clone()
+                self.cache = module.cache.logits.clone()
+                self.teacher_labels = module.class_map.to_covered(module.teacher_labels)
+
+    capture = Capture()
+    distill = cmkd.DistillConfig(
+        teacher=ucm_teacher,
+        class_map=str(SHIPPED_MAP),
+        pairing=cmkd.PairingConfig("class_random"),
+        teacher_target="class_mean",
+    )
+    data = cmkd.DataConfig(source="eurosat_ms", batch_size=64)
+    result = distill_student(
+        data, TINY, cmkd.OptimConfig(epochs=1), quiet_run, distill, "ms", 0, callbacks=(capture,)
+    )
+    assert result["class_map"]["uncovered"] == [
+        "AnnualCrop", "HerbaceousVegetation", "Pasture", "PermanentCrop", "SeaLake",
+    ]  # fmt: skip
+    assert capture.cache.shape[1] == 5  # the teacher cache holds covered-class logits
+    covered = capture.labels[capture.labels >= 0]
+    assert len(capture.target) == len(covered) > 0  # only the covered samples' targets
+    cache, t_labels = capture.cache.numpy(), capture.teacher_labels.numpy()
+    reference = np.stack([cache[t_labels == y].mean(0) for y in covered.numpy()])
+    np.testing.assert_allclose(capture.target.numpy(), reference, rtol=1e-5, atol=1e-6)

@@ -2,8 +2,9 @@
 budget, run cell by cell into a results store (`cmkd bench grid FILE`).
 
 Per (scenario, seed) every student sees the same stratified split; per (scenario, teacher
-backbone, seed) one teacher is trained and reused by every method and architecture pair; per
-(scenario, student backbone, seed) one no-KD student is the baseline of every method. Finished
+backbone, seed) one teacher is trained and reused by every method and architecture pair (and
+by any other scenario whose teacher has the very same config); per (scenario, student backbone,
+seed) one no-KD student is the baseline of every method. Finished
 cells are never rerun (see cmkd.bench.store). Two controls are added to every grid unless
 switched off: the same loss against a teacher-free soft label and against the teacher's
 class-mean outputs, so a method's cross-modal gain can be told from mere regularisation.
@@ -317,6 +318,9 @@ class GridRunner:
         model = ModelConfig(backbone=arch.teacher)
         optim = replace(self.optim, epochs=self.grid.teacher_epochs.get(name, self.optim.epochs))
         config = self._config(sc.teacher_data, model, sc.teacher_modality, t_seed, arch, optim)
+        shared = self._shared_teacher(key, config)
+        if shared is not None:
+            return shared
         same = sc.teacher_data == sc.student_data and t_seed == seed
         return self._cell(
             key,
@@ -332,6 +336,24 @@ class GridRunner:
             ),
         )
 
+    def _shared_teacher(self, key: CellKey, config: dict[str, Any]) -> dict | None:
+        """Another scenario's teacher of the very same config (data, network, budget, seed),
+        when this scenario has none stored: two scenarios with one teacher (UC Merced into two
+        EuroSAT students) train it once. Its record is stored under this scenario too, marked
+        `shared_from`, with no wall time of its own (the compute counts once)."""
+        digest = config_hash(config)
+        own = self.store.get(key)
+        if own is not None and own.get("config_hash") == digest:
+            return None  # this scenario's own cell: _cell reuses it
+        for other in self.grid.scenarios:
+            found = self.store.get(replace(key, scenario=other))
+            if other != key.scenario and found and found.get("config_hash") == digest:
+                record = {**found, **asdict(key), "shared_from": other, "wall_seconds": 0.0}
+                self.store.put(key, record)
+                self.counts["reused"] += 1
+                return record
+        return None
+
     def _no_kd(self, name, sc: Scenario, arch, seed, prepared) -> dict:
         from cmkd.recipes import train_classifier
 
@@ -341,16 +363,18 @@ class GridRunner:
         return self._cell(
             key,
             config,
-            lambda: train_classifier(
-                sc.student_data,
-                model=model,
-                optim=self.optim,
-                run=self._run(key, arch),
-                modality=sc.student_modality,
-                seed=seed,
-                prepared=prepared(),
-            )
-            | test_support(prepared(), sc.student_modality),
+            lambda: (
+                train_classifier(
+                    sc.student_data,
+                    model=model,
+                    optim=self.optim,
+                    run=self._run(key, arch),
+                    modality=sc.student_modality,
+                    seed=seed,
+                    prepared=prepared(),
+                )
+                | test_support(prepared(), sc.student_modality)
+            ),
         )
 
     def _pairs(self, name, sc: Scenario, arch, seed, teacher: dict) -> str:
@@ -407,17 +431,19 @@ class GridRunner:
         return self._cell(
             key,
             config,
-            lambda: distill_student(
-                sc.student_data,
-                model=model,
-                optim=self.optim,
-                run=self._run(key, arch),
-                distill=distill,
-                modality=sc.student_modality,
-                seed=seed,
-                prepared=prepared(),
-            )
-            | test_support(prepared(), sc.student_modality),
+            lambda: (
+                distill_student(
+                    sc.student_data,
+                    model=model,
+                    optim=self.optim,
+                    run=self._run(key, arch),
+                    distill=distill,
+                    modality=sc.student_modality,
+                    seed=seed,
+                    prepared=prepared(),
+                )
+                | test_support(prepared(), sc.student_modality)
+            ),
         )
 
     def _config(

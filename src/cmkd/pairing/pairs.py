@@ -99,10 +99,13 @@ class PairList:
         if len(wrong):
             k = wrong[0]
             name = self.classes[self.student_labels[k]]
-            state = "has no teacher, but its class" if covered[k] else "has a teacher, but its"
             raise CmkdError(
-                f"student '{self.student_ids[k]}' {state} {name!r} is "
-                f"{'covered' if covered[k] else 'uncovered'} by the class map"
+                f"student '{self.student_ids[k]}' of class {name!r} "
+                + (
+                    "has no teacher, but the class map covers its class"
+                    if covered[k]
+                    else "has a teacher, but no teacher class maps to its class (uncovered)"
+                )
             )
         if (self.teacher_ids[~taught] != "").any():
             raise CmkdError("pair list gives a teacher id to a pair without a teacher label")
