@@ -32,6 +32,8 @@ from cmkd.bench.scenarios import (
     SEMBRIDGE,
     TEACHER,
     Scenario,
+    oracle,
+    sembridge_plugin,
 )
 from cmkd.bench.store import CellKey, Store, config_hash, slug
 from cmkd.config import (
@@ -94,10 +96,8 @@ class Grid:
     precision: str = "32-true"
     """Lightning precision of every model (an architecture pair may override it)."""
     class_maps: dict[str, str] = field(default_factory=dict)
-    """Per scenario, a class map file (teacher class: student class; path relative to the grid
-    file) where the teacher's classes differ from the student's: every distillation and
-    matching of that scenario runs over the covered classes, and the page scores covered and
-    uncovered classes apart."""
+    """Per scenario, a class map file (path relative to the grid file) where the teacher's
+    classes differ from the student's; the page then scores covered classes apart."""
     custom_scenarios: dict[str, Scenario] = field(default_factory=dict)
 
     def seeds_of(self, scenario: str) -> list[int]:
@@ -144,24 +144,6 @@ class Grid:
             out[CONTROL_TF] = replace(base, teacher_target="teacher_free")
             out[CONTROL_CM] = replace(base, teacher_target="class_mean")
         return out
-
-
-def oracle(distill: DistillConfig, sc: Scenario) -> DistillConfig:
-    """The same loss with every student sample paired with its true twin in the teacher's
-    modality: what a perfect matcher could reach."""
-    if sc.oracle_data is None:
-        raise CmkdError(f"scenario '{sc.title}' has no twins for an oracle row")
-    return replace(distill, pairing=PairingConfig("paired"), teacher_data=sc.oracle_data)
-
-
-def sembridge_plugin(distill: DistillConfig, epochs: int) -> DistillConfig:
-    """SemBridge over a paired KD loss: SSM-matched pairs re-matched by DynM on the authors'
-    curriculum (30, 60, 95, 135 of 200 epochs) scaled to `epochs`, plus SKA at the paper's
-    weight (0.3 x 0.01)."""
-    e0, emu = max(1, round(0.15 * epochs)), max(1, round(0.025 * epochs))
-    ska = TermConfig("ska", 0.3 * 0.01, {"dim": 256})
-    pairing = PairingConfig("matched", dynamic=True, e0=e0, de=e0, emu=emu)
-    return replace(distill, terms=[*distill.terms, ska], pairing=pairing)
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -337,10 +319,8 @@ class GridRunner:
         )
 
     def _shared_teacher(self, key: CellKey, config: dict[str, Any]) -> dict | None:
-        """Another scenario's teacher of the very same config (data, network, budget, seed),
-        when this scenario has none stored: two scenarios with one teacher (UC Merced into two
-        EuroSAT students) train it once. Its record is stored under this scenario too, marked
-        `shared_from`, with no wall time of its own (the compute counts once)."""
+        """Another scenario's stored teacher of the very same config, when this scenario has
+        none: stored here too, marked `shared_from`, with no wall time (it counts once)."""
         digest = config_hash(config)
         own = self.store.get(key)
         if own is not None and own.get("config_hash") == digest:
@@ -467,8 +447,7 @@ class GridRunner:
 
 
 def test_support(prepared, modality: str) -> dict[str, dict[str, int]]:
-    """Test samples per class of a student cell: with the per-class accuracies, the page scores
-    any group of classes (covered and uncovered ones under a class map)."""
+    """Test samples per class: with per-class accuracies they score any group of classes."""
     samples = prepared.rows(modality, "test")
     counts = np.bincount(samples.y, minlength=len(samples.classes))
     return {"test_support": {c: int(n) for c, n in zip(samples.classes, counts, strict=True)}}

@@ -1,11 +1,13 @@
-"""Who teaches whom on which data in the benchmarks, and the labels of the rows every
-benchmark table shares (teacher, no-KD student, controls, oracle)."""
+"""Who teaches whom on which data in the benchmarks, and the rows every benchmark table shares
+(teacher, no-KD student, controls, oracle, SemBridge plugged into a method): their labels and
+how the oracle and SemBridge rows are built from a method."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from cmkd.config import DataConfig
+from cmkd.config import DataConfig, DistillConfig, PairingConfig, TermConfig
+from cmkd.errors import CmkdError
 
 TEACHER, NO_KD = "teacher", "student, no KD"
 CONTROL_TF, CONTROL_CM = "control: teacher-free", "control: class-mean"
@@ -125,3 +127,21 @@ SCENARIOS = {
         "audio",
     ),
 }
+
+
+def oracle(distill: DistillConfig, sc: Scenario) -> DistillConfig:
+    """The same loss with every student sample paired with its true twin in the teacher's
+    modality: what a perfect matcher could reach."""
+    if sc.oracle_data is None:
+        raise CmkdError(f"scenario '{sc.title}' has no twins for an oracle row")
+    return replace(distill, pairing=PairingConfig("paired"), teacher_data=sc.oracle_data)
+
+
+def sembridge_plugin(distill: DistillConfig, epochs: int) -> DistillConfig:
+    """SemBridge over a paired KD loss: SSM-matched pairs re-matched by DynM on the authors'
+    curriculum (30, 60, 95, 135 of 200 epochs) scaled to `epochs`, plus SKA at the paper's
+    weight (0.3 x 0.01)."""
+    e0, emu = max(1, round(0.15 * epochs)), max(1, round(0.025 * epochs))
+    ska = TermConfig("ska", 0.3 * 0.01, {"dim": 256})
+    pairing = PairingConfig("matched", dynamic=True, e0=e0, de=e0, emu=emu)
+    return replace(distill, terms=[*distill.terms, ska], pairing=pairing)

@@ -375,7 +375,8 @@ class DistillModule(ClassifierModule):
                 student = self.model(batch[self.modality])
                 teacher, _, keep = self._teacher_side(batch, 0, forward=True)
                 self.teacher_seconds = 0.0
-                student, batch = self._student_side(student, batch, keep)
+                if keep is not None:
+                    student, batch = self.class_map.view(student, batch, keep)
                 for name, term in terms.items():
                     current = name
                     term(student, teacher, batch)
@@ -420,14 +421,6 @@ class DistillModule(ClassifierModule):
             return self._teacher_forward(rows), rows, keep
         return self._teacher_at(rows), rows, keep
 
-    def _student_side(
-        self, student: ModelOutput, batch: dict, keep: torch.Tensor | None
-    ) -> tuple[ModelOutput, dict]:
-        """The student outputs and batch the terms see (`ClassMap.view` under a class map)."""
-        if keep is None:
-            return student, batch
-        return self.class_map.view(student, batch, keep)
-
     def _teacher_at(self, rows: torch.Tensor) -> ModelOutput:
         if self.cache is not None:
             return self.cache.select(rows.to(self.cache.logits.device))
@@ -468,9 +461,10 @@ class DistillModule(ClassifierModule):
         student = self.model(self.student_input(batch, train=True))
         losses = {"ce": self.hparams.ce_weight * F.cross_entropy(student.logits, batch["label"])}
         teacher, rows, keep = self._teacher_side(batch, self.current_epoch)
-        if keep is not None and int(keep.sum()) < 2:
-            return losses  # too few covered samples for the terms: CE alone
-        student, batch = self._student_side(student, batch, keep)
+        if keep is not None:  # under a class map the terms see the covered samples only
+            if int(keep.sum()) < 2:
+                return losses  # too few for the terms: CE alone
+            student, batch = self.class_map.view(student, batch, keep)
         w = self._sample_weights(rows) if self.weighted and rows is not None else None
         for name, term in self.terms.items():
             if name in self.weighted:
