@@ -375,8 +375,9 @@ class DistillModule(ClassifierModule):
                 student = self.model(batch[self.modality])
                 teacher, _, keep = self._teacher_side(batch, 0, forward=True)
                 self.teacher_seconds = 0.0
-                if keep is not None:
+                if keep is not None:  # the terms see covered samples only, two or more
                     student, batch = self.class_map.view(student, batch, keep)
+                    terms = terms if int(keep.sum()) >= 2 else {}
                 for name, term in terms.items():
                     current = name
                     term(student, teacher, batch)
