@@ -167,7 +167,13 @@ UCM_MATCH = (
 
 
 def _over_the_map(ws: Path, out: str) -> None:
-    results = json.loads((ws / "runs/ucmerced-kd-to-eurosat-ms/seed0/results.json").read_text())
+    import yaml
+
+    run = ws / "runs/ucmerced-kd-to-eurosat-ms/seed0"
+    results = json.loads((run / "results.json").read_text())
+    # The saved config finds the map from any folder.
+    saved = yaml.safe_load((run / "config.yaml").read_text())["distill"]["class_map"]
+    assert Path(saved).is_absolute() and Path(saved).is_file()
     assert results["class_map"]["covered"] == [
         "Forest", "Highway", "Industrial", "Residential", "River",
     ]  # fmt: skip

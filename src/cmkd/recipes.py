@@ -177,9 +177,11 @@ def distill_student(
     _keep_rebuild_spec(module)
     dm = ModalityDataModule(prepared, modality, data.batch_size, seed)
     _check_module(module, dm)
-    # The saved config names the teacher by its absolute path: a rerun from another folder
-    # finds the same file.
+    # The saved config names the teacher (and a class map file) by its absolute path: a rerun
+    # from another folder finds the same file.
     distill = replace(distill, teacher=teacher_path)
+    if isinstance(distill.class_map, str):
+        distill = replace(distill, class_map=str(Path(distill.class_map).expanduser().resolve()))
     config = _resolved(
         "distill", modality, seed, data=data, model=model, optim=optim, run=run, distill=distill
     )
