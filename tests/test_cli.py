@@ -58,10 +58,13 @@ def test_every_subcommand_has_help(sub, capsys) -> None:
     assert "usage:" in capsys.readouterr().out
 
 
-# Grids (configs/bench, tests/bench/test_grid.py) and DisCoM-KD runs (configs/discomkd,
-# tests/test_discomkd*.py) have their own commands and their own parse tests.
+# Grids (configs/bench, tests/bench/test_grid.py), DisCoM-KD runs (configs/discomkd,
+# tests/test_discomkd*.py) and class maps (configs/class_maps, tests/test_classmap.py) have
+# their own commands and their own parse tests.
 RUN_CONFIGS = sorted(
-    p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name not in ("bench", "discomkd")
+    p
+    for p in (REPO / "configs").rglob("*.yaml")
+    if p.parent.name not in ("bench", "discomkd", "class_maps")
 )
 
 

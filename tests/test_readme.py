@@ -157,6 +157,35 @@ def _same_as_committed(ws: Path, out: str) -> None:
     assert (ws / "benchmarks/smoke.md").read_text() == (REPO / "benchmarks/smoke.md").read_text()
 
 
+UCM_TEACHER = "cmkd train --config configs/ucmerced/teacher_rgb.yaml"
+UCM_DISTILL = "cmkd distill --config configs/ucmerced/kd_to_eurosat_ms.yaml"
+UCM_MATCH = (
+    "cmkd match --modality ms --teacher runs/ucmerced-teacher-rgb/seed0 --data.source eurosat_ms "
+    "--method teacher_embedding --pseudo_view eurosat_ms_to_rgb "
+    "--class_map configs/class_maps/ucmerced_to_eurosat.yaml --output pairs-ucm.json"
+)
+
+
+def _over_the_map(ws: Path, out: str) -> None:
+    import yaml
+
+    run = ws / "runs/ucmerced-kd-to-eurosat-ms/seed0"
+    results = json.loads((run / "results.json").read_text())
+    # The saved config finds the map from any folder.
+    saved = yaml.safe_load((run / "config.yaml").read_text())["distill"]["class_map"]
+    assert Path(saved).is_absolute() and Path(saved).is_file()
+    assert results["class_map"]["covered"] == [
+        "Forest", "Highway", "Industrial", "Residential", "River",
+    ]  # fmt: skip
+    assert "test acc" in out
+
+
+def _coverage(ws: Path, out: str) -> None:
+    lines = out.splitlines()
+    assert "uncovered" in next(line for line in lines if line.startswith("SeaLake "))
+    assert "freeway, overpass" in next(line for line in lines if line.startswith("Highway "))
+
+
 BUDGET_GRID = "--seeds '[0]' --epochs 1 --matcher_epochs 1 --plots false"
 SMOKE = "cmkd bench grid configs/bench/smoke.yaml"
 
@@ -202,6 +231,14 @@ COVERED: dict[str, Run] = {
         "cmkd predict runs/eurosat-kd-ms-to-rgb/seed0 --output predictions.csv",
         after=(DISTILL,),
         check=_predicted,
+    ),
+    UCM_TEACHER: Run(UCM_TEACHER, TINY, check=_results("runs/ucmerced-teacher-rgb/seed0")),
+    UCM_DISTILL: Run(UCM_DISTILL, TINY, after=(UCM_TEACHER,), check=_over_the_map),
+    UCM_MATCH: Run(
+        UCM_MATCH, CPU, after=(UCM_TEACHER,), check=_pairs("pairs-ucm.json", "teacher_embedding")
+    ),
+    "cmkd pairs show pairs-ucm.json": Run(
+        "cmkd pairs show pairs-ucm.json", after=(UCM_MATCH,), check=_coverage
     ),
     "cmkd pairings": Run("cmkd pairings", check=_listed("paired", "class_random", "matched")),
     "cmkd matchers": Run(

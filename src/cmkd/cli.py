@@ -127,6 +127,7 @@ def match(
     seed: int = 0,
     output: str = "runs/pairs/pairs.json",
     run: RunConfig = RunConfig(),  # noqa: B008
+    class_map: str | dict[str, str | None] | None = None,
 ) -> None:
     """Offline matching (SemBridge's SSM and others): pair every student training sample with a
     same-class teacher training sample and write the pair list (JSON) that
@@ -147,6 +148,9 @@ def match(
         seed: The student's split seed and the matcher's seed.
         output: Where the pair list goes.
         run: Accelerator, precision and progress bar of the matcher's training.
+        class_map: For a teacher of other classes: teacher class -> student class (a YAML file
+            or an inline mapping, as distill.class_map); students of classes no teacher class
+            maps to get no teacher.
     """
     from cmkd.recipes import match_pairs
 
@@ -162,6 +166,7 @@ def match(
         epochs=epochs,
         batch_size=batch_size,
         run=run,
+        class_map=class_map,
     )
     print(pairs.summary() + f"\nSaved {output}")
 
@@ -202,7 +207,8 @@ def discomkd(
 
 
 def show_pairs(path: str) -> None:
-    """Summarise a pair list: coverage, reuse of teacher samples, per-class counts.
+    """Summarise a pair list: coverage, reuse of teacher samples, per-class counts (under a
+    class map, the teacher classes of each student class, uncovered classes included).
 
     Args:
         path: A pair list JSON, or a run folder holding pairs.json.

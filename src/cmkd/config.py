@@ -21,8 +21,8 @@ class DataConfig:
     """Which data, and how it is split and batched."""
 
     source: str = "eurosat_paired"
-    """Registered source: eurosat_paired, eurosat_ms, eurosat_rgb, fsdd, mnist, mfeat, folder,
-    npz."""
+    """Registered source: eurosat_paired, eurosat_ms, eurosat_rgb, fsdd, mnist, mfeat,
+    ucmerced, folder, npz."""
     options: dict[str, JsonValue] = field(default_factory=dict)
     """Source options, e.g. {bands: [B04, B03, B02]} or {folders: {ms: path, rgb: path}}."""
     root: str | None = None
@@ -254,6 +254,12 @@ class DistillConfig:
     """The bank of teacher-modality samples to pair with (its train split, same seed as the
     student's); default: the data the teacher was trained on. E.g. the true twins of the
     student's samples for an oracle row."""
+    class_map: str | dict[str, str | None] | None = None
+    """For a teacher trained on other classes (another dataset's taxonomy): teacher class ->
+    student class, many to one, as a YAML file path or an inline mapping (null or absent: the
+    teacher class is unused). Distillation then runs over the covered student classes only
+    (those some teacher class reaches); samples of uncovered classes train on CE alone. See
+    `cmkd.classmap` and the README's "Teacher and student with different classes"."""
 
 
 @dataclass

@@ -19,6 +19,7 @@ import torch
 
 from cmkd.checkpointing import file_sha256
 from cmkd.checkpoints import load_model, resolve_checkpoint
+from cmkd.classmap import ClassMap
 from cmkd.config import (
     DataConfig,
     DistillConfig,
@@ -79,7 +80,10 @@ def _check_module(module: ClassifierModule, dm: ModalityDataModule) -> None:
     """One small training batch through the network (and the distillation terms) before the
     run folder exists: a backbone that cannot take these inputs is a one-line error here, not
     a traceback after the folder was written."""
-    module.check_batch(dm.sets["train"].batch(range(min(2, len(dm.sets["train"])))))
+    train = dm.sets["train"]
+    example_rows = getattr(module, "example_rows", None)
+    rows = example_rows(train.y) if example_rows else range(min(2, len(train)))
+    module.check_batch(train.batch(rows))
 
 
 def train_classifier(
@@ -108,19 +112,20 @@ def train_classifier(
 
 def _teacher_bank(distill: DistillConfig, data: DataConfig, seed: int, prepared: PreparedData):
     """(frozen teacher, its hyperparameters, the teacher-modality training samples it teaches
-    from), checked: same classes, no leak into the student's scored splits."""
+    from, the class map or None), checked: the same classes or a class map between them (then
+    the samples are those of the used teacher classes, relabelled into the student's classes),
+    and no leak into the student's scored splits (checked by the caller)."""
     teacher, t_hp = load_model(distill.teacher, distill.teacher_weights)
-    if t_hp["classes"] != prepared.classes:
-        raise CmkdError(
-            f"teacher classes {t_hp['classes']} differ from the data's {prepared.classes}"
-        )
+    class_map = ClassMap.build(distill.class_map, t_hp["classes"], prepared.classes)
     t_mod = t_hp["modality"]
     bank = trained_on(t_hp, data, seed, prepared).rows(t_mod, "train")
     if distill.teacher_data is not None:
         # Another bank of teacher-modality samples, e.g. the true twins for an oracle row.
         other = DataConfig(**{**asdict(distill.teacher_data), "root": data.root})
         bank = prepare_data(other, seed).rows(t_mod, "train")
-    return teacher, t_hp, bank
+    if class_map is not None:
+        bank = class_map.teacher_samples(bank)
+    return teacher, t_hp, bank, class_map
 
 
 def distill_student(
@@ -144,10 +149,11 @@ def distill_student(
     check_settings(run, optim)
     check_terms(distill)
     prepared = prepared or prepare_data(data, seed)
-    teacher, t_hp, teacher_train = _teacher_bank(distill, data, seed, prepared)
+    teacher, t_hp, teacher_train, class_map = _teacher_bank(distill, data, seed, prepared)
     check_no_leak(teacher_train.ids, prepared, modality)
     student_train = prepared.rows(modality, "train")
-    pairing = build_pairing(distill.pairing, student_train, teacher_train, seed)
+    covered = None if class_map is None else class_map.covered_labels
+    pairing = build_pairing(distill.pairing, student_train, teacher_train, seed, covered)
     # The robustness scenario's one hook: a seeded share of the teacher's inputs degraded.
     teacher_inputs, corrupted = corrupt_teacher_inputs(
         ModalityDataset(teacher_train, t_hp["modality"]).x, distill.corruption
@@ -171,13 +177,16 @@ def distill_student(
         teacher_sha256=file_sha256(teacher_file),
         num_train=len(student_train),
         quality=asdict(distill.quality),
+        class_map=class_map,
     )
     _keep_rebuild_spec(module)
     dm = ModalityDataModule(prepared, modality, data.batch_size, seed)
     _check_module(module, dm)
-    # The saved config names the teacher by its absolute path: a rerun from another folder
-    # finds the same file.
+    # The saved config names the teacher (and a class map file) by its absolute path: a rerun
+    # from another folder finds the same file.
     distill = replace(distill, teacher=teacher_path)
+    if isinstance(distill.class_map, str):
+        distill = replace(distill, class_map=str(Path(distill.class_map).expanduser().resolve()))
     config = _resolved(
         "distill", modality, seed, data=data, model=model, optim=optim, run=run, distill=distill
     )
@@ -191,15 +200,23 @@ def distill_student(
         )
         callbacks = (*callbacks, dynm)
     extra = {"teacher_checkpoint": str(teacher_file), "pairing": _pairing_name(distill.pairing)}
+    if class_map is not None:
+        extra["class_map"] = class_map.record()
     result = fit_and_test(module, dm, run_dir, run, optim.epochs, resume, callbacks, extra)
     save_teacher_quality(run_dir, module, teacher_train.ids, corrupted)
     final = pairing.table_for(optim.epochs - 1)
     # The pairs the student ended with, for `cmkd pairs show RUN`; a pair list never crosses
-    # classes, so unpaired (zip) pairs, which do by design, are not kept.
-    same_class = np.array_equal(teacher_train.y[final], student_train.y)
+    # classes, so unpaired (zip) pairs, which do by design, are not kept. Under a class map,
+    # students of uncovered classes have no teacher (-1).
+    taught = final >= 0
+    same_class = np.array_equal(teacher_train.y[final[taught]], student_train.y[taught])
     if not isinstance(pairing, IdentityPairing) and same_class and is_global_zero():
         PairList.from_table(
-            final, student_train, teacher_train, method=_pairing_name(distill.pairing)
+            final,
+            student_train,
+            teacher_train,
+            method=_pairing_name(distill.pairing),
+            class_map=class_map,
         ).save(run_dir / "pairs.json")
     return result
 
@@ -247,19 +264,25 @@ def match_pairs(
     *,
     run: RunConfig | None = None,
     progress: bool = True,
+    class_map: str | dict[str, str | None] | None = None,
 ) -> PairList:
     """Pair every student training sample with a same-class teacher training sample with the
     registered matcher `method` and save the pair list (`cmkd.pairing.matchers`: ssm,
-    teacher_embedding, class_random)."""
+    teacher_embedding, class_random). With a `class_map` (a teacher of other classes) the
+    teacher samples count as the student classes their classes map to, and students of
+    uncovered classes get no teacher."""
     cfg = MatchConfig(method, pseudo_view, backbone, epochs, batch_size)
     run = run or RunConfig(progress_bar=progress)
     check_output_dir(Path(output).parent)
     t_model, t_hp = load_model(teacher_checkpoint)
     prepared = prepare_data(data, seed)
+    mapped = ClassMap.build(class_map, t_hp["classes"], prepared.classes)
     teacher = trained_on(t_hp, data, seed, prepared).rows(t_hp["modality"], "train")
     student = prepared.rows(modality, "train")
     check_no_leak(teacher.ids, prepared, modality)
-    pairs = match(method, t_model, teacher, student, cfg, seed, run)
+    if mapped is not None:
+        teacher = mapped.teacher_samples(teacher)
+    pairs = match(method, t_model, teacher, student, cfg, seed, run, mapped)
     pairs.save(Path(output))
     return pairs
 

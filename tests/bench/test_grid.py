@@ -162,3 +162,53 @@ def test_extra_seeds_for_an_unknown_scenario_is_a_clear_error(tmp_path: Path) ->
     path.write_text("name: g\nscenarios: [fsdd_to_mnist]\nmethods: {}\nextra_seeds: {x: [3]}\n")
     with pytest.raises(CmkdError, match="extra_seeds"):
         load_grid(path)
+
+
+MAP_FILE = (
+    Path(__file__).resolve().parents[2] / "configs" / "class_maps" / "ucmerced_to_eurosat.yaml"
+)
+
+
+def test_class_map_scenarios_share_one_teacher_and_keep_test_supports(
+    tmp_path: Path, data_root
+) -> None:
+    """Two students of one UC Merced teacher through a class map: the teacher is trained once,
+    every cell runs over the map, every student cell keeps its test samples per class."""
+    scenarios = ["ucmerced_to_eurosat_ms", "ucmerced_to_eurosat_rgb"]
+    teacher = {"train_per_class": 3, "options": {"size": 16}}
+    student = {"train_per_class": 3, "val_fraction": 0.1, "test_fraction": 0.1}
+    grid = Grid(
+        name="mapped",
+        scenarios=scenarios,
+        methods={"KD": KD},
+        seeds=[0],
+        epochs=1,
+        controls=False,
+        class_maps=dict.fromkeys(scenarios, str(MAP_FILE)),
+        data={sc: {"teacher": teacher, "student": student} for sc in scenarios},
+    )
+    runner = GridRunner(grid, tmp_path, echo=lambda *_: None)
+    runner.run()
+    assert runner.counts == {"ran": 5, "reused": 1}  # 1 teacher, 2 no-KD, 2 KD; 1 shared
+    store = Store(tmp_path)
+    first, second = (store.get(CellKey(sc, "teacher-small_cnn", TEACHER, 0)) for sc in scenarios)
+    assert second["shared_from"] == scenarios[0] and second["wall_seconds"] == 0
+    assert second["result"]["checkpoint"] == first["result"]["checkpoint"]
+    for sc in scenarios:
+        kd = store.get(CellKey(sc, "S/S", "KD", 0))
+        assert kd["config"]["distill"]["class_map"]["freeway"] == "Highway"
+        assert kd["result"]["class_map"]["covered"][0] == "Forest"
+        no_kd = store.get(CellKey(sc, "student-small_cnn", NO_KD, 0))
+        for cell in (kd, no_kd):
+            support = cell["result"]["test_support"]
+            assert len(support) == 10 and all(n > 0 for n in support.values())
+            assert set(support) == set(cell["result"]["best"]["test"]["acc_per_class"])
+    info = json.loads((tmp_path / "grid.json").read_text())
+    assert info["scenarios"][scenarios[0]]["class_map"]["beach"] is None
+
+
+def test_class_maps_for_an_unknown_scenario_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text("name: g\nscenarios: [fsdd_to_mnist]\nmethods: {}\nclass_maps: {x: m.yaml}\n")
+    with pytest.raises(CmkdError, match="class_maps for scenarios not in the grid"):
+        load_grid(path)

@@ -15,6 +15,7 @@ MODALITIES = {
     "fsdd": ({}, ["audio"]),
     "mnist": ({}, ["image"]),
     "mfeat": ({}, ["fou", "fac", "kar", "pix", "zer", "mor"]),
+    "ucmerced": ({"size": 8}, ["rgb"]),
 }
 
 

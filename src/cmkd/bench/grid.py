@@ -2,8 +2,9 @@
 budget, run cell by cell into a results store (`cmkd bench grid FILE`).
 
 Per (scenario, seed) every student sees the same stratified split; per (scenario, teacher
-backbone, seed) one teacher is trained and reused by every method and architecture pair; per
-(scenario, student backbone, seed) one no-KD student is the baseline of every method. Finished
+backbone, seed) one teacher is trained and reused by every method and architecture pair (and
+by any other scenario whose teacher has the very same config); per (scenario, student backbone,
+seed) one no-KD student is the baseline of every method. Finished
 cells are never rerun (see cmkd.bench.store). Two controls are added to every grid unless
 switched off: the same loss against a teacher-free soft label and against the teacher's
 class-mean outputs, so a method's cross-modal gain can be told from mere regularisation.
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from cmkd.bench.machine import machine, peak_memory
@@ -30,6 +32,8 @@ from cmkd.bench.scenarios import (
     SEMBRIDGE,
     TEACHER,
     Scenario,
+    oracle,
+    sembridge_plugin,
 )
 from cmkd.bench.store import CellKey, Store, config_hash, slug
 from cmkd.config import (
@@ -91,6 +95,9 @@ class Grid:
     """Per scenario, the teacher's epochs when they differ from the grid's."""
     precision: str = "32-true"
     """Lightning precision of every model (an architecture pair may override it)."""
+    class_maps: dict[str, str] = field(default_factory=dict)
+    """Per scenario, a class map file (path relative to the grid file) where the teacher's
+    classes differ from the student's; the page then scores covered classes apart."""
     custom_scenarios: dict[str, Scenario] = field(default_factory=dict)
 
     def seeds_of(self, scenario: str) -> list[int]:
@@ -112,6 +119,11 @@ class Grid:
             base: DataConfig = getattr(sc, f"{side}_data")
             options = {**base.options, **over.get("options", {})}
             sides[f"{side}_data"] = replace(base, **{**over, "options": options})
+        if name in self.class_maps:
+            from cmkd.classmap import read_spec  # torch: not for `cmkd --help`
+
+            # Read here, kept inline: the cells' config hashes follow the map's content.
+            sides["class_map"] = read_spec(self.class_maps[name])[0]
         return replace(sc, **sides)
 
     def all_methods(self, sc: Scenario | None = None) -> dict[str, DistillConfig]:
@@ -132,24 +144,6 @@ class Grid:
             out[CONTROL_TF] = replace(base, teacher_target="teacher_free")
             out[CONTROL_CM] = replace(base, teacher_target="class_mean")
         return out
-
-
-def oracle(distill: DistillConfig, sc: Scenario) -> DistillConfig:
-    """The same loss with every student sample paired with its true twin in the teacher's
-    modality: what a perfect matcher could reach."""
-    if sc.oracle_data is None:
-        raise CmkdError(f"scenario '{sc.title}' has no twins for an oracle row")
-    return replace(distill, pairing=PairingConfig("paired"), teacher_data=sc.oracle_data)
-
-
-def sembridge_plugin(distill: DistillConfig, epochs: int) -> DistillConfig:
-    """SemBridge over a paired KD loss: SSM-matched pairs re-matched by DynM on the authors'
-    curriculum (30, 60, 95, 135 of 200 epochs) scaled to `epochs`, plus SKA at the paper's
-    weight (0.3 x 0.01)."""
-    e0, emu = max(1, round(0.15 * epochs)), max(1, round(0.025 * epochs))
-    ska = TermConfig("ska", 0.3 * 0.01, {"dim": 256})
-    pairing = PairingConfig("matched", dynamic=True, e0=e0, de=e0, emu=emu)
-    return replace(distill, terms=[*distill.terms, ska], pairing=pairing)
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -181,9 +175,13 @@ def load_grid(path: str | Path) -> Grid:
         except TypeError as err:
             raise CmkdError(f"grid {path}, method '{label}': {err}") from None
     archs = [Architecture(**a) for a in doc.pop("architectures", [{"name": "S/S"}])]
-    stray = set(doc.get("extra_seeds") or {}) - set(doc.get("scenarios") or [])
-    if stray:
-        raise CmkdError(f"grid {path}: extra_seeds for scenarios not in the grid {sorted(stray)}")
+    for key in ("extra_seeds", "class_maps"):
+        stray = set(doc.get(key) or {}) - set(doc.get("scenarios") or [])
+        if stray:
+            raise CmkdError(f"grid {path}: {key} for scenarios not in the grid {sorted(stray)}")
+    doc["class_maps"] = {
+        sc: str(path.parent / file) for sc, file in (doc.get("class_maps") or {}).items()
+    }
     return Grid(name=doc.pop("name", path.stem), methods=methods, architectures=archs, **doc)
 
 
@@ -306,6 +304,9 @@ class GridRunner:
         model = ModelConfig(backbone=arch.teacher)
         optim = replace(self.optim, epochs=self.grid.teacher_epochs.get(name, self.optim.epochs))
         config = self._config(sc.teacher_data, model, sc.teacher_modality, t_seed, arch, optim)
+        shared = self._shared_teacher(key, config)
+        if shared is not None:
+            return shared
         same = sc.teacher_data == sc.student_data and t_seed == seed
         return self._cell(
             key,
@@ -321,6 +322,22 @@ class GridRunner:
             ),
         )
 
+    def _shared_teacher(self, key: CellKey, config: dict[str, Any]) -> dict | None:
+        """Another scenario's stored teacher of the very same config, when this scenario has
+        none: stored here too, marked `shared_from`, with no wall time (it counts once)."""
+        digest = config_hash(config)
+        own = self.store.get(key)
+        if own is not None and own.get("config_hash") == digest:
+            return None  # this scenario's own cell: _cell reuses it
+        for other in self.grid.scenarios:
+            found = self.store.get(replace(key, scenario=other))
+            if other != key.scenario and found and found.get("config_hash") == digest:
+                record = {**found, **asdict(key), "shared_from": other, "wall_seconds": 0.0}
+                self.store.put(key, record)
+                self.counts["reused"] += 1
+                return record
+        return None
+
     def _no_kd(self, name, sc: Scenario, arch, seed, prepared) -> dict:
         from cmkd.recipes import train_classifier
 
@@ -330,14 +347,17 @@ class GridRunner:
         return self._cell(
             key,
             config,
-            lambda: train_classifier(
-                sc.student_data,
-                model=model,
-                optim=self.optim,
-                run=self._run(key, arch),
-                modality=sc.student_modality,
-                seed=seed,
-                prepared=prepared(),
+            lambda: (
+                train_classifier(
+                    sc.student_data,
+                    model=model,
+                    optim=self.optim,
+                    run=self._run(key, arch),
+                    modality=sc.student_modality,
+                    seed=seed,
+                    prepared=prepared(),
+                )
+                | test_support(prepared(), sc.student_modality)
             ),
         )
 
@@ -355,6 +375,7 @@ class GridRunner:
             "matcher": matcher,
             "matcher_epochs": self.grid.matcher_epochs,
             "precision": self._precision(arch),
+            **({"class_map": sc.class_map} if sc.class_map is not None else {}),
         }
 
         def match() -> dict:
@@ -369,6 +390,7 @@ class GridRunner:
                 backbone=matcher,
                 epochs=self.grid.matcher_epochs,
                 run=replace(self.run_cfg, precision=self._precision(arch)),
+                class_map=sc.class_map,
             )
             return {"pairs": str(path), "summary": pairs.summary()}
 
@@ -378,6 +400,8 @@ class GridRunner:
         from cmkd.recipes import distill_student
 
         distill = replace(distill, teacher=teacher["result"]["checkpoint"])
+        if sc.class_map is not None:
+            distill = replace(distill, class_map=sc.class_map)
         if distill.pairing.strategy == "matched" and not distill.pairing.pairs:
             pairs = self._pairs(name, sc, arch, seed, teacher)
             distill = replace(distill, pairing=replace(distill.pairing, pairs=pairs))
@@ -391,15 +415,18 @@ class GridRunner:
         return self._cell(
             key,
             config,
-            lambda: distill_student(
-                sc.student_data,
-                model=model,
-                optim=self.optim,
-                run=self._run(key, arch),
-                distill=distill,
-                modality=sc.student_modality,
-                seed=seed,
-                prepared=prepared(),
+            lambda: (
+                distill_student(
+                    sc.student_data,
+                    model=model,
+                    optim=self.optim,
+                    run=self._run(key, arch),
+                    distill=distill,
+                    modality=sc.student_modality,
+                    seed=seed,
+                    prepared=prepared(),
+                )
+                | test_support(prepared(), sc.student_modality)
             ),
         )
 
@@ -421,6 +448,13 @@ class GridRunner:
             "seed": seed,
             "precision": self._precision(arch),
         }
+
+
+def test_support(prepared, modality: str) -> dict[str, dict[str, int]]:
+    """Test samples per class: with per-class accuracies they score any group of classes."""
+    samples = prepared.rows(modality, "test")
+    counts = np.bincount(samples.y, minlength=len(samples.classes))
+    return {"test_support": {c: int(n) for c, n in zip(samples.classes, counts, strict=True)}}
 
 
 class _Lazy:

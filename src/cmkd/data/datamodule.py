@@ -265,7 +265,7 @@ class ModalityDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> ModalityDataModule:
         """`modality` of a built-in source (eurosat_paired, eurosat_ms, eurosat_rgb, fsdd,
-        mnist, mfeat, folder, npz; the fields are `cmkd.DataConfig`'s), split by `seed`.
+        mnist, mfeat, ucmerced, folder, npz; the fields are `cmkd.DataConfig`'s), split by `seed`.
         Another modality of the same samples and split: `.with_modality(name)`."""
         config = DataConfig(
             source=source,

@@ -10,6 +10,13 @@ mean_i w_i * term_i, w the per-sample weights of the batch's teacher samples (me
 their distribution is logged (summary statistics every epoch, a TensorBoard histogram) and
 the mean weight each teacher sample received is kept for `quality_record`.
 
+With a class map (`class_map`, a teacher trained on other classes; see `cmkd.classmap`) the
+teacher is read through `MappedTeacher` (its logits in the covered student classes: cache, DynM
+gallery, controls and confidence quality all follow), and every term sees only the batch's
+covered samples, with the student's logits restricted to the covered classes (`ClassMap.view`);
+samples of uncovered classes train on CE alone. A batch with fewer than two covered samples
+trains on CE alone (relation terms need two samples).
+
 From Python it is `cmkd.DistillTask`, built with `for_data` from the student's data module, the
 teacher (a module, a task or a checkpoint), a list of terms and a pairing.
 """
@@ -28,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmkd.classmap import ClassMap, ClassMapSpec, MappedTeacher
 from cmkd.config import ModelConfig, OptimConfig, PairingConfig, QualityConfig, TermConfig
 from cmkd.data.datamodule import ModalityDataModule, ModalityDataset, check_no_leak
 from cmkd.errors import CmkdError
@@ -66,6 +74,7 @@ class DistillModule(ClassifierModule):
         "teacher_inputs",
         "teacher_labels",
         "pairing",
+        "class_map",
     )
     # The pairing, the terms' schedules and DynM follow Lightning's epoch.
     supports_epoch_blocks = False
@@ -86,12 +95,20 @@ class DistillModule(ClassifierModule):
         teacher_target: str = "sample",
         teacher_free_confidence: float = 0.9,
         quality: dict[str, Any] | None = None,
+        class_map: ClassMap | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        # Under a class map the teacher answers in the map's covered classes (cmkd.classmap).
+        self.class_map = class_map
+        self.hparams["class_map"] = None if class_map is None else class_map.record()
+        if class_map is not None:
+            teacher = MappedTeacher(teacher, class_map)
         self.teacher = teacher.eval().requires_grad_(False)
         self.teacher_inputs = teacher_inputs  # raw teacher-side training inputs, on the CPU
-        self.teacher_labels = teacher_labels  # for re-matching within classes (DynM)
+        # Student classes of the teacher's samples: for re-matching within classes (DynM), the
+        # class-mean control and the confidence quality.
+        self.teacher_labels = teacher_labels
         self.pairing = pairing
         context = TermContext(num_train=num_train, max_epochs=self.hparams.optim["epochs"])
         self.terms = torch.nn.ModuleDict()
@@ -113,6 +130,11 @@ class DistillModule(ClassifierModule):
             raise CmkdError("teacher_target 'class_mean' needs the teacher cache and its labels")
         if teacher_target == "teacher_free" and self.needs - {"logits"}:
             raise CmkdError("teacher_target 'teacher_free' only has logits; use logit terms")
+        if class_map is not None and "soft_classifier" in self.terms:
+            raise CmkdError(
+                "term 'soft_classifier' classifies into the teacher's own classes, which a class "
+                "map does not share with the student; use it with a teacher of the same classes"
+            )
         self.teacher_seconds = 0.0  # time in teacher forward passes, for the bench's cost split
         self.quality = dict(quality or {})
         self.weighted = self._weighted_terms()
@@ -140,6 +162,7 @@ class DistillModule(ClassifierModule):
         teacher_weights: Literal["best", "last"] = "best",
         seed: int | None = None,
         augment: bool | None = None,
+        class_map: ClassMapSpec | ClassMap | None = None,
     ) -> DistillModule:
         """A student on `data`'s modality taught by a frozen teacher, for any
         `lightning.Trainer`: loss = ce_weight * CE + sum of the weighted terms.
@@ -161,11 +184,16 @@ class DistillModule(ClassifierModule):
             ce_weight, cache_teacher, teacher_target, teacher_free_confidence, quality: As the
                 fields of `cmkd.DistillConfig`.
             teacher_weights: For a run folder, its best-on-validation or last weights.
+            class_map: For a teacher of other classes: teacher class -> student class, as a
+                YAML file, a mapping or a `ClassMap` (see `cmkd.classmap`).
         """
         args = task_args(data, model, optim, seed, augment)
-        network, bank, source = resolve_teacher(teacher, teacher_data, data, teacher_weights)
+        network, bank, source, mapped = resolve_teacher(
+            teacher, teacher_data, data, teacher_weights, class_map
+        )
         check_no_leak(bank.ids, data.prepared, data.modality)
         student_train = data.prepared.rows(data.modality, "train")
+        covered = None if mapped is None else mapped.covered_labels
         dynamic = None
         if isinstance(pairing, Pairing):
             table = pairing.table_for(0)
@@ -182,7 +210,7 @@ class DistillModule(ClassifierModule):
                 if cfg.dynamic
                 else None
             )
-            pairing = build_pairing(cfg, student_train, bank, args["seed"])
+            pairing = build_pairing(cfg, student_train, bank, args["seed"], covered)
         module = cls(
             **args,
             teacher=network,
@@ -197,10 +225,18 @@ class DistillModule(ClassifierModule):
             teacher_checkpoint=source,
             num_train=len(student_train),
             quality=asdict(quality or QualityConfig()),
+            class_map=mapped,
         )
         module.task_callbacks = [dynamic] if dynamic is not None else []
-        module.check_batch(data.sets["train"].batch(range(min(2, len(data.sets["train"])))))
+        module.check_batch(data.sets["train"].batch(module.example_rows(data.sets["train"].y)))
         return module
+
+    def example_rows(self, labels: torch.Tensor, n: int = 2) -> list[int]:
+        """Training rows for the pre-flight `check_batch`: under a class map, covered ones (the
+        only rows the terms see)."""
+        if self.class_map is None:
+            return list(range(min(n, len(labels))))
+        return self.class_map.example_rows(labels, n)
 
     def configure_callbacks(self) -> list[Callback]:
         # What `for_data` set up for a plain Trainer (DynM); the recipes pass their own.
@@ -257,7 +293,7 @@ class DistillModule(ClassifierModule):
             table = teacher_quality(
                 self.teacher,
                 self.teacher_inputs,
-                self.teacher_labels,
+                self._in_term_space(self.teacher_labels),
                 self.device,
                 dropout_p=self.quality.get("dropout_p", 0.5),
                 dropout_passes=self.quality.get("dropout_passes", 10),
@@ -283,10 +319,20 @@ class DistillModule(ClassifierModule):
         t["times_used"] = count
         return t
 
+    @property
+    def term_classes(self) -> int:
+        """How many classes the terms' logits span: the student's, or a class map's covered."""
+        return len(self.classes) if self.class_map is None else len(self.class_map.covered)
+
+    def _in_term_space(self, labels: torch.Tensor) -> torch.Tensor:
+        """Student labels as the terms see them (covered indices under a class map)."""
+        return labels if self.class_map is None else self.class_map.to_covered(labels)
+
     def _class_means(self, cache: ModelOutput) -> ModelOutput:
-        """Per class, the teacher's outputs averaged over its training samples of that class."""
-        labels = self.teacher_labels.to(cache.logits.device).long()
-        k = len(self.classes)
+        """Per class, the teacher's outputs averaged over its training samples of that class (under
+        a class map: per covered class, over the samples of the teacher classes mapped to it)."""
+        labels = self._in_term_space(self.teacher_labels.to(cache.logits.device).long())
+        k = self.term_classes
 
         def mean(t: torch.Tensor | None) -> torch.Tensor | None:
             if t is None:
@@ -304,10 +350,11 @@ class DistillModule(ClassifierModule):
         by the *student's* labels so they carry nothing about the paired teacher sample.
         class_mean: the teacher's class-mean outputs (class-level knowledge only);
         teacher_free: logits log p with p = a on the true class and (1 - a) / (K - 1) elsewhere
-        (teacher-free KD, Yuan et al. 2020): no teacher information at all."""
+        (teacher-free KD, Yuan et al. 2020): no teacher information at all. `labels` are in the
+        terms' space (covered indices under a class map, where K is the covered classes)."""
         if self.hparams.teacher_target == "class_mean":
             return self.class_means.select(labels.to(self.class_means.logits.device))
-        k, a = len(self.classes), self.hparams.teacher_free_confidence
+        k, a = self.term_classes, self.hparams.teacher_free_confidence
         p = torch.full((len(labels), k), (1 - a) / (k - 1), device=labels.device)
         p.scatter_(1, labels.long().unsqueeze(1), a)
         return ModelOutput(p.log(), None, None)
@@ -350,12 +397,11 @@ class DistillModule(ClassifierModule):
         try:
             with torch.no_grad():
                 student = self.model(batch[self.modality])
-                if self.hparams.teacher_target == "teacher_free":
-                    teacher = self._control_target(batch["label"])
-                else:  # class_mean has the shapes of a sample's outputs
-                    rows = self.pairing.teacher_rows(batch["index"], 0)
-                    teacher = self._teacher_forward(rows)
-                    self.teacher_seconds = 0.0
+                teacher, _, keep = self._teacher_side(batch, 0, forward=True)
+                self.teacher_seconds = 0.0
+                if keep is not None:  # the terms see covered samples only, two or more
+                    student, batch = self.class_map.view(student, batch, keep)
+                    terms = terms if int(keep.sum()) >= 2 else {}
                 for name, term in terms.items():
                     current = name
                     term(student, teacher, batch)
@@ -375,9 +421,30 @@ class DistillModule(ClassifierModule):
             term.on_epoch_start(self.current_epoch, self.trainer.max_epochs)
 
     def teacher_outputs(self, batch: dict) -> ModelOutput:
-        if self.hparams.teacher_target != "sample":
-            return self._control_target(batch["label"])
-        return self._teacher_at(self.pairing.teacher_rows(batch["index"], self.current_epoch))
+        """The teacher outputs the terms compare this batch with (under a class map: for its
+        covered samples only, in the covered classes)."""
+        return self._teacher_side(batch, self.current_epoch)[0]
+
+    def _teacher_side(
+        self, batch: dict, epoch: int, forward: bool = False
+    ) -> tuple[ModelOutput, torch.Tensor | None, torch.Tensor | None]:
+        """(teacher outputs, their teacher rows (None for the controls), the mask of the batch's
+        samples the terms see (None: all of them; under a class map, the covered ones)).
+        `forward`: a teacher forward pass, not the cache (the pre-flight check, before the cache
+        exists; class_mean has a sample's shapes)."""
+        target = self.hparams.teacher_target
+        sample = target == "sample" or (forward and target == "class_mean")
+        rows = self.pairing.teacher_rows(batch["index"], epoch) if sample else None
+        labels, keep = batch["label"], None
+        if self.class_map is not None:
+            keep = self.class_map.covered_mask(labels, rows)
+            labels = self.class_map.to_covered(labels)[keep]
+            rows = None if rows is None else rows[keep]
+        if not sample:
+            return self._control_target(labels), None, keep
+        if forward:
+            return self._teacher_forward(rows), rows, keep
+        return self._teacher_at(rows), rows, keep
 
     def _teacher_at(self, rows: torch.Tensor) -> ModelOutput:
         if self.cache is not None:
@@ -418,14 +485,13 @@ class DistillModule(ClassifierModule):
 
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         student = self.model(self.student_input(batch, train=True))
-        w = None
-        if self.hparams.teacher_target != "sample":
-            teacher = self._control_target(batch["label"])
-        else:
-            rows = self.pairing.teacher_rows(batch["index"], self.current_epoch)
-            teacher = self._teacher_at(rows)
-            w = self._sample_weights(rows) if self.weighted else None
         losses = {"ce": self.hparams.ce_weight * F.cross_entropy(student.logits, batch["label"])}
+        teacher, rows, keep = self._teacher_side(batch, self.current_epoch)
+        if keep is not None:  # under a class map the terms see the covered samples only
+            if int(keep.sum()) < 2:
+                return losses  # too few for the terms: CE alone
+            student, batch = self.class_map.view(student, batch, keep)
+        w = self._sample_weights(rows) if self.weighted and rows is not None else None
         for name, term in self.terms.items():
             if name in self.weighted:
                 value = (w * term.per_sample(student, teacher, batch)).mean()

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from cmkd.checkpoints import load_model
+from cmkd.classmap import ClassMap, ClassMapSpec
 from cmkd.data.datamodule import trained_on
 from cmkd.data.normalize import Standardize
 from cmkd.errors import CmkdError
@@ -30,9 +31,12 @@ def resolve_teacher(
     teacher_data: ModalityDataModule | None,
     data: ModalityDataModule,
     weights: Literal["best", "last"],
-) -> tuple[StandardizedNetwork, Samples, str]:
+    class_map: ClassMapSpec | ClassMap | None = None,
+) -> tuple[StandardizedNetwork, Samples, str, ClassMap | None]:
     """(frozen teacher taking raw inputs, the teacher-modality training samples it teaches
-    from, its checkpoint path or ""), with the classes checked against the student's."""
+    from, its checkpoint path or "", the class map or None), with the classes checked against
+    the student's: the same, or joined by `class_map` (then the samples are those of the used
+    teacher classes, relabelled into the student's classes: `ClassMap.teacher_samples`)."""
     source, bank = "", None
     if isinstance(teacher, str | Path):
         network, hparams = load_model(teacher, weights)
@@ -62,11 +66,12 @@ def resolve_teacher(
             "a teacher given as a module needs teacher_data: the data module of its modality "
             "whose training split it teaches from (e.g. data.with_modality(NAME))"
         )
-    if classes != data.classes:
-        raise CmkdError(f"teacher classes {classes} differ from the student's {data.classes}")
+    mapped = ClassMap.build(class_map, classes, data.classes)
     if not isinstance(network, StandardizedNetwork):
         example = torch.as_tensor(bank.x[:2]).float()
         network = StandardizedNetwork(
             as_network(network, example, len(classes)), Standardize.identity(example.shape[1])
         )
-    return network, bank, source
+    if mapped is not None:
+        bank = mapped.teacher_samples(bank)
+    return network, bank, source, mapped

@@ -3,6 +3,10 @@
 Pairs are stored by sample id (not by row) so a list outlives a re-split or a reordered
 folder; `to_table` turns it into the row table a `FixedPairing` uses. The file is plain JSON,
 one column per field, written atomically (a crashed run never leaves half a file).
+
+Under a class map (`cmkd.classmap`; the list then records it) teacher labels are the student
+classes the teacher's classes map to, and a student of an uncovered class (no teacher class
+maps to it) has no teacher: null teacher id and label in the file, "" and -1 in memory.
 """
 
 from __future__ import annotations
@@ -10,12 +14,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cmkd.data.samples import Samples
 from cmkd.errors import CmkdError
 from cmkd.io import write_json
+
+if TYPE_CHECKING:
+    from cmkd.classmap import ClassMap
 
 FORMAT = "cmkd-pairs"
 VERSION = 1
@@ -39,6 +47,9 @@ class PairList:
     scores: np.ndarray | None = None
     n_teacher: int | None = None
     """Teacher training samples there were to choose from (for the coverage figure)."""
+    class_map: dict[str, str] | None = None
+    """Teacher class -> student class, when teacher and student have different classes: then
+    students of classes no teacher class reaches (uncovered) have no teacher."""
 
     def __post_init__(self) -> None:
         self.student_ids = np.asarray(self.student_ids, dtype=str)
@@ -46,6 +57,8 @@ class PairList:
         self.student_labels = np.asarray(self.student_labels, dtype=np.int64)
         self.teacher_labels = np.asarray(self.teacher_labels, dtype=np.int64)
         self.classes = [str(c) for c in self.classes]
+        if self.class_map is not None:
+            self.class_map = {str(t): str(s) for t, s in dict(self.class_map).items()}
         if self.scores is not None:
             self.scores = np.asarray(self.scores, dtype=np.float64)
         self._validate()
@@ -58,10 +71,13 @@ class PairList:
         odd = next((c for c, k in lengths.items() if k != n), None)
         if odd is not None:
             raise CmkdError(f"inconsistent pair list: {n} student ids but {lengths[odd]} {odd}")
-        for labels in (self.student_labels, self.teacher_labels):
-            if n and (labels.min() < 0 or labels.max() >= len(self.classes)):
+        taught = self.teacher_labels >= 0 if self.class_map is not None else np.ones(n, bool)
+        for labels in (self.student_labels, self.teacher_labels[taught]):
+            if len(labels) and (labels.min() < 0 or labels.max() >= len(self.classes)):
                 raise CmkdError(f"pair list label outside its {len(self.classes)} classes")
-        crossing = np.flatnonzero(self.student_labels != self.teacher_labels)
+        if self.class_map is not None:
+            self._validate_coverage(taught)
+        crossing = np.flatnonzero(taught & (self.student_labels != self.teacher_labels))
         if len(crossing):
             k = crossing[0]
             raise CmkdError(
@@ -72,6 +88,35 @@ class PairList:
         unique, counts = np.unique(self.student_ids, return_counts=True)
         if len(unique) != n:
             raise CmkdError(f"student '{unique[counts > 1][0]}' appears in more than one pair")
+
+    def _validate_coverage(self, taught: np.ndarray) -> None:
+        """Under a class map: a student has no teacher exactly when its class is uncovered."""
+        unknown = sorted(set(self.class_map.values()) - set(self.classes))
+        if unknown:
+            raise CmkdError(f"pair list class map names {unknown[0]!r}, not one of its classes")
+        covered = np.isin(self.student_labels, self.covered_labels)
+        wrong = np.flatnonzero(covered != taught)
+        if len(wrong):
+            k = wrong[0]
+            name = self.classes[self.student_labels[k]]
+            raise CmkdError(
+                f"student '{self.student_ids[k]}' of class {name!r} "
+                + (
+                    "has no teacher, but the class map covers its class"
+                    if covered[k]
+                    else "has a teacher, but no teacher class maps to its class (uncovered)"
+                )
+            )
+        if (self.teacher_ids[~taught] != "").any():
+            raise CmkdError("pair list gives a teacher id to a pair without a teacher label")
+
+    @property
+    def covered_labels(self) -> np.ndarray:
+        """Labels of the classes some teacher class reaches (all of them without a map)."""
+        if self.class_map is None:
+            return np.arange(len(self.classes))
+        reached = set(self.class_map.values())
+        return np.array([i for i, c in enumerate(self.classes) if c in reached], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.student_ids)
@@ -86,7 +131,8 @@ class PairList:
             "method": self.method,
             "n_teacher": self.n_teacher,
             "classes": self.classes,
-            **{c: getattr(self, c).tolist() for c in _COLUMNS},
+            **({"class_map": self.class_map} if self.class_map is not None else {}),
+            **{c: _nulls(getattr(self, c).tolist()) for c in _COLUMNS},
             "scores": None
             if self.scores is None
             else [float(s) if np.isfinite(s) else None for s in self.scores],
@@ -114,15 +160,16 @@ class PairList:
         try:
             return cls(
                 doc["student_ids"],
-                doc["teacher_ids"],
+                _filled(doc["teacher_ids"], ""),
                 doc["classes"],
                 doc["student_labels"],
-                doc["teacher_labels"],
+                _filled(doc["teacher_labels"], -1),
                 str(doc["method"]),
                 scores,
                 doc.get("n_teacher"),
+                doc.get("class_map"),
             )
-        except (CmkdError, TypeError, ValueError) as e:
+        except (CmkdError, TypeError, ValueError, AttributeError) as e:
             raise CmkdError(f"pair list {path}: {e}") from None
 
     def to_table(self, student_ids: np.ndarray, teacher_ids: np.ndarray) -> np.ndarray:
@@ -130,18 +177,22 @@ class PairList:
 
         `student_ids` / `teacher_ids` are the ids of the training rows, in row order. The list
         may hold more students (other splits) than the training set; each training student
-        must be in it, and its teacher must be a teacher training row.
+        must be in it, and its teacher must be a teacher training row. A student without a
+        teacher (an uncovered class under a class map) gets row -1.
         """
         pair = _rows_of(
             np.asarray(student_ids, dtype=str),
             self.student_ids,
             "student training sample '{id}' has no pair in the list ({count} missing)",
         )
-        return _rows_of(
-            self.teacher_ids[pair],
+        taught = self.teacher_labels[pair] >= 0
+        table = np.full(len(pair), -1, dtype=np.int64)
+        table[taught] = _rows_of(
+            self.teacher_ids[pair][taught],
             np.asarray(teacher_ids, dtype=str),
             "teacher '{id}' of the pair list is not a teacher training sample ({count} pairs)",
         )
+        return table
 
     @classmethod
     def from_table(
@@ -151,8 +202,10 @@ class PairList:
         teacher: Samples,
         method: str,
         scores: np.ndarray | None = None,
+        class_map: ClassMap | None = None,
     ) -> PairList:
-        """The list for a row table over two training sets (student row r -> table[r])."""
+        """The list for a row table over two training sets (student row r -> table[r]; -1: no
+        teacher, under a `class_map` whose relabelled teacher samples `teacher` holds)."""
         table = np.asarray(table, dtype=np.int64)
         if len(table) != len(student):
             raise CmkdError(f"pair table has {len(table)} rows for {len(student)} students")
@@ -160,23 +213,36 @@ class PairList:
             raise CmkdError(
                 f"student and teacher class lists differ: {student.classes} vs {teacher.classes}"
             )
+        taught = table >= 0
+        if not taught.all() and class_map is None:
+            raise CmkdError("a pair table without a class map must give every student a teacher")
         return cls(
             student.ids,
-            teacher.ids[table],
+            np.where(taught, teacher.ids[np.where(taught, table, 0)], ""),
             list(student.classes),
             student.y,
-            teacher.y[table],
+            np.where(taught, teacher.y[np.where(taught, table, 0)], -1),
             method,
             scores,
             len(teacher),
+            None if class_map is None else dict(class_map.mapping),
         )
 
     def summary(self, n_teacher: int | None = None) -> str:
-        """What a user checks before training: coverage, reuse, and the same per class."""
+        """What a user checks before training: coverage, reuse, and the same per class (under a
+        class map: which teacher classes teach each student class, uncovered ones included)."""
         n = len(self)
-        _, uses = np.unique(self.teacher_ids, return_counts=True)
+        taught = self.teacher_labels >= 0
+        _, uses = np.unique(self.teacher_ids[taught], return_counts=True)
         distinct = len(uses)
         lines = [f"pair list ({self.method}): {n} pairs, {len(self.classes)} classes"]
+        if self.class_map is not None:
+            covered = len(self.covered_labels)
+            lines.append(
+                f"class map: {len(self.class_map)} teacher classes onto {covered} of "
+                f"{len(self.classes)} student classes; {int((~taught).sum())} students of "
+                f"{len(self.classes) - covered} uncovered classes have no teacher (CE only)"
+            )
         n_teacher = n_teacher or self.n_teacher
         coverage = f"coverage: {distinct} distinct teacher samples used"
         if n_teacher:
@@ -184,17 +250,32 @@ class PairList:
         lines.append(coverage)
         if distinct:
             lines.append(
-                f"reuse per teacher sample: max {uses.max()}, mean {n / distinct:.2f}; "
+                f"reuse per teacher sample: max {uses.max()}, mean {taught.sum() / distinct:.2f}; "
                 f"used more than 5 times: {int((uses > 5).sum())}"
             )
         width = max([len("class"), *(len(c) for c in self.classes)])
-        lines.append(f"{'class':<{width}}  students  teachers used  max reuse")
+        head = f"{'class':<{width}}  students  teachers used  max reuse"
+        lines.append(head + ("  teacher classes" if self.class_map is not None else ""))
         for label, name in enumerate(self.classes):
             mask = self.student_labels == label
-            _, c_uses = np.unique(self.teacher_ids[mask], return_counts=True)
+            _, c_uses = np.unique(self.teacher_ids[mask & taught], return_counts=True)
             top = c_uses.max() if len(c_uses) else 0
-            lines.append(f"{name:<{width}}  {int(mask.sum()):>8}  {len(c_uses):>13}  {top:>9}")
+            line = f"{name:<{width}}  {int(mask.sum()):>8}  {len(c_uses):>13}  {top:>9}"
+            if self.class_map is not None:
+                sources = [t for t, s in self.class_map.items() if s == name]
+                line += "  " + (", ".join(sources) if sources else "uncovered (no teacher)")
+            lines.append(line)
         return "\n".join(lines)
+
+
+def _nulls(column: list) -> list:
+    """A column for JSON: no teacher ("" or -1) as null."""
+    return [None if v == "" or (isinstance(v, int) and v < 0) else v for v in column]
+
+
+def _filled(column: list, missing: str | int) -> list:
+    """A column from JSON: null as no teacher."""
+    return [missing if v is None else v for v in column]
 
 
 def _rows_of(query: np.ndarray, ids: np.ndarray, missing: str) -> np.ndarray:

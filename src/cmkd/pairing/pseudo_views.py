@@ -112,8 +112,18 @@ def _eurosat_ms_to_rgb(calibrate: bool = True) -> PseudoView:
     )
 
 
+RGB_CHANNELS = ("red", "green", "blue")
+
+
+def _rgb_to_rgb(calibrate: bool = True) -> PseudoView:
+    """RGB of one sensor as RGB of another (EuroSAT's Sentinel-2 and UC Merced's aerial
+    camera): the same channels, each calibrated to the other set's mean and std."""
+    return BandSelectView(RGB_CHANNELS, RGB_CHANNELS, "rgb", "rgb", calibrate)
+
+
 PSEUDO_VIEWS: dict[str, Callable[..., PseudoView]] = {
     "eurosat_ms_to_rgb": _eurosat_ms_to_rgb,
+    "rgb_to_rgb": _rgb_to_rgb,
 }
 
 # Directions that cannot be derived, with the reason, so a request gets an explanation.

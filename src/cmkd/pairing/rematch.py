@@ -85,6 +85,11 @@ class DynamicMatching(Callback):
         module.model.eval()
         student_logits = self._logits(module.model, train.x, module.device)
         module.model.train(was_training)
+        class_map = getattr(module, "class_map", None)
+        if class_map is not None:
+            # The teacher's gallery is in the map's covered classes (MappedTeacher): compare the
+            # student's logits over the same classes.
+            student_logits = class_map.student_logits(student_logits)
         teacher_labels = module.teacher_labels
         before = np.array(module.pairing.table)
         module.pairing.rematch(

@@ -183,7 +183,8 @@ def _checked_table(table: np.ndarray | torch.Tensor) -> np.ndarray:
     table = np.array(table)
     if table.ndim != 1 or not np.issubdtype(table.dtype, np.integer):
         raise CmkdError(f"a pair table is a 1-d integer array, got {table.dtype} {table.shape}")
-    if len(table) and table.min() < 0:
+    # -1 is "no teacher": a student of a class no teacher class maps to (cmkd.pairing.covered).
+    if len(table) and table.min() < -1:
         raise CmkdError(f"pair table holds a negative teacher row ({table.min()})")
     return table.astype(np.int64)
 
@@ -272,10 +273,24 @@ class DynamicPairing(FixedPairing):
                 f"re-match got logits for {len(student_logits)} students, the table has "
                 f"{len(self._table)}"
             )
-        new = min_kl_match(
-            student_logits, teacher_logits, student_labels, teacher_labels, temperature
+        # Rows without a teacher (uncovered classes under a class map) stay without one.
+        taught = np.flatnonzero(self._table >= 0)
+        new = np.full(len(self._table), -1, dtype=np.int64)
+        rows = torch.from_numpy(taught)
+        labels = torch.as_tensor(
+            student_labels if torch.is_tensor(student_labels) else np.asarray(student_labels)
         )
-        new = new.cpu().numpy().astype(np.int64)
+        new[taught] = (
+            min_kl_match(
+                student_logits[rows.to(student_logits.device)],
+                teacher_logits,
+                labels[rows.to(labels.device)],
+                teacher_labels,
+                temperature,
+            )
+            .cpu()
+            .numpy()
+        )
         changed = int((new != self._table).sum())
         self._set(new)
         self.changes.append(changed)

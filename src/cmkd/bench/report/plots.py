@@ -238,7 +238,8 @@ def plot_gallery(table: Table, path: Path, info: dict, ctx: DataCache) -> None:
     t_index = {str(i): k for k, i in enumerate(teacher.ids)}
     by_class: dict[int, list[int]] = {}
     for k, label in enumerate(pairs.student_labels):
-        by_class.setdefault(int(label), []).append(k)
+        if pairs.teacher_labels[k] >= 0:  # under a class map, uncovered students have none
+            by_class.setdefault(int(label), []).append(k)
     chosen: list[int] = []
     while len(chosen) < min(8, len(pairs.student_ids)):
         for ks in by_class.values():

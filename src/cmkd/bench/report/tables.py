@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cmkd.bench.report.coverage import COLUMNS as COVERAGE_COLUMNS
+from cmkd.bench.report.coverage import GROUPS, covered_classes, group_acc, group_paired
 from cmkd.bench.scenarios import CONTROL_CM, CONTROL_TF, NO_KD, ORACLE, PAIRS, SEMBRIDGE, TEACHER
 from cmkd.bench.store import slug
 from cmkd.stats import interval, mean_ci, mean_std
@@ -52,6 +54,8 @@ class Table:
     scenario: str
     arch: dict[str, Any]
     rows: list[Row]
+    covered: tuple[str, ...] | None = None
+    """Under a class map, the student classes it covers (the page scores them apart)."""
 
     def row(self, label: str) -> Row | None:
         return next((r for r in self.rows if r.label == label), None)
@@ -185,7 +189,8 @@ def build_tables(info: dict[str, Any], records: list[dict[str, Any]]) -> list[Ta
             rows += [
                 Row(m, cells.get((sc, arch["name"], m), {})) for m in info["methods"].get(sc, [])
             ]
-            tables.append(Table(sc, arch, rows))
+            covered = covered_classes(info["scenarios"].get(sc, {}))
+            tables.append(Table(sc, arch, rows, covered))
     return tables
 
 
@@ -243,11 +248,14 @@ def render_table(table: Table, paper: dict[str, float]) -> list[str]:
     controls = {c: table.row(c) for c in CONTROLS}
     base_fit = mean(base.values(lambda r: r["result"].get("fit_seconds"))) if base else None
     gpu = any("peak_gpu_mib" in r for row in table.rows for r in row.cells.values())
-    header = COLUMNS + ["peak GPU MiB"] * gpu
+    groups = table.covered is not None
+    at = COLUMNS.index("Δ vs no-KD, last epoch") + 1  # the class groups after overall accuracy
+    header = COLUMNS[:at] + list(COVERAGE_COLUMNS) * groups + COLUMNS[at:]
+    header += ["peak GPU MiB"] * gpu
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.rows:
         if not row.cells:
-            cols = [row.label, "", "0", "not run yet"] + [""] * (len(COLUMNS) - 5)
+            cols = [row.label, "", "0", "not run yet"] + [""] * (len(header) - 5 - gpu)
             cols += [_fmt(paper.get(row.label), ".1f")] + [""] * gpu
             lines.append("| " + " | ".join(cols) + " |")
             continue
@@ -267,6 +275,8 @@ def render_table(table: Table, paper: dict[str, float]) -> list[str]:
             _delta(paired(row, base, "best")) if vs_base else "",
             _delta(paired(row, base, "last")) if vs_base else "",
         ]
+        if groups:
+            cols += _group_columns(row, base, table.covered, bool(vs_base))
         for c in CONTROLS:
             ctrl = controls[c]
             compare = row.is_method and row.label not in CONTROLS and ctrl is not None
@@ -282,7 +292,38 @@ def render_table(table: Table, paper: dict[str, float]) -> list[str]:
         if gpu:
             cols.append(_fmt(mean(row.values(lambda r: r.get("peak_gpu_mib")))))
         lines.append("| " + " | ".join(cols) + " |")
-    return [*lines, "", summary(table)]
+    groups_line = ["", group_summary(table)] if table.covered is not None else []
+    return [*lines, "", summary(table), *groups_line]
+
+
+def _group_columns(row: Row, base: Row | None, covered: tuple[str, ...], vs_base: bool):
+    """Accuracy on the covered and on the uncovered classes (best-on-validation weights), each
+    with its paired difference to no KD."""
+    cols = []
+    for group in GROUPS:
+        acc = list(group_acc(row.cells, covered, group).values())
+        diffs = group_paired(row.cells, base.cells, covered, group) if vs_base and base else []
+        cols += [mean_std(acc) if acc else "—", _delta(diffs) if vs_base else ""]
+    return cols
+
+
+def group_summary(table: Table) -> str:
+    """Per class group (covered, uncovered), the methods whose difference to no KD lies beyond
+    noise, in one line."""
+    base = table.row(NO_KD)
+    if base is None or not base.cells or table.covered is None:
+        return ""
+    parts = []
+    for group in GROUPS:
+        beyond = []
+        for row in (r for r in table.rows if r.is_method and r.cells):
+            ci = _interval(group_paired(row.cells, base.cells, table.covered, group))
+            if ci is not None and (ci[1] > 0 or ci[2] < 0):
+                beyond.append(f"{row.label} ({ci[0]:+.1f})")
+        parts.append(f"on {group} classes for " + (", ".join(beyond) or "no method"))
+    return (
+        "*By class group:* 95 % CI of Δ vs no-KD (best on val) excludes 0 " + "; ".join(parts) + "."
+    )
 
 
 def summary(table: Table) -> str:

@@ -14,6 +14,7 @@ from cmkd.data.sources.digits import fsdd_official_test_mask, load_fsdd, load_mn
 from cmkd.data.sources.eurosat import load_eurosat_ms, load_eurosat_paired, load_eurosat_rgb
 from cmkd.data.sources.mfeat import load_mfeat
 from cmkd.data.sources.npz import load_npz
+from cmkd.data.sources.ucmerced import load_ucmerced
 from cmkd.errors import CmkdError
 
 Source = Callable[..., dict[str, Samples]]
@@ -44,6 +45,7 @@ SOURCES: dict[str, Source] = {
     "fsdd": _one_modality("audio", load_fsdd),
     "mnist": _one_modality("image", load_mnist),
     "mfeat": load_mfeat,
+    "ucmerced": _one_modality("rgb", load_ucmerced),
     "folder": _folder,
     "npz": _npz,
 }

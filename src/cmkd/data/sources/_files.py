@@ -70,8 +70,12 @@ def read_tif(path: Path) -> np.ndarray:
     raise CmkdError(f"TIFF {path} has an unsupported layout {axes} {arr.shape}")
 
 
-def read_pil(path: Path) -> np.ndarray:
-    """A JPEG/PNG as C x H x W in its stored dtype (palette and 1-bit images are expanded)."""
+def read_pil(path: Path, size: int | None = None) -> np.ndarray:
+    """A JPEG/PNG as C x H x W in its stored dtype (palette and 1-bit images are expanded).
+
+    `size`: resized to size x size first, with PIL's bilinear filter, which widens with the
+    reduction factor when shrinking (antialiased, as torchvision's antialias=True): a 256 ->
+    64 reduction averages each output pixel's 4 x 4 footprint instead of aliasing."""
     try:
         with Image.open(path) as im:
             if im.mode == "1":
@@ -79,6 +83,8 @@ def read_pil(path: Path) -> np.ndarray:
             elif im.mode in ("P", "PA"):
                 alpha = im.mode == "PA" or "transparency" in im.info
                 im = im.convert("RGBA" if alpha else "RGB")
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(im)
     except (OSError, ValueError, SyntaxError) as err:
         raise CmkdError(f"cannot read image {path}: {err}") from err
