@@ -105,8 +105,7 @@ def test_teacher_trained_on_the_students_test_samples_is_refused(quiet_run, data
 def test_oracle_bank_pairs_each_ms_sample_with_its_true_rgb_twin(quiet_run, data_root) -> None:
     from lightning.pytorch.callbacks import Callback
 
-    from cmkd.bench.grid import oracle
-    from cmkd.bench.scenarios import SCENARIOS
+    from cmkd.bench.scenarios import SCENARIOS, oracle
     from cmkd.data.datamodule import ModalityDataset, prepare_data
 
     class Capture(Callback):

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 import cmkd.recipes
-from cmkd.bench.grid import Grid, GridRunner, load_grid
+from cmkd.bench.grid import GridRunner
+from cmkd.bench.grid_spec import Grid, load_grid
 from cmkd.bench.scenarios import (
     CONTROL_CM,
     CONTROL_TF,
@@ -117,7 +118,7 @@ def test_a_crashed_grid_resumes_and_a_changed_method_reruns_only_its_cells(
 
 
 def test_oracle_row_pairs_every_ms_sample_with_its_true_rgb_twin() -> None:
-    from cmkd.bench.grid import oracle
+    from cmkd.bench.scenarios import oracle
 
     sc = SCENARIOS["eurosat_rgb_to_ms"]
     o = oracle(KD, sc)

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cmkd.bench.grid import Architecture, Grid, GridRunner
+from cmkd.bench.grid import GridRunner
+from cmkd.bench.grid_spec import Architecture, Grid
 from cmkd.bench.pagestore import portable, publish, read_store
 from cmkd.bench.scenarios import NO_KD, SCENARIOS, TEACHER, Scenario
 from cmkd.bench.store import CellKey

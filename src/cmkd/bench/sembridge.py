@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from cmkd.bench.compare import compare_students
-from cmkd.bench.grid import oracle, sembridge_plugin
-from cmkd.bench.scenarios import SCENARIOS
+from cmkd.bench.scenarios import SCENARIOS, oracle, sembridge_plugin
 from cmkd.config import DistillConfig, PairingConfig, TermConfig
 from cmkd.errors import CmkdError
 

@@ -8,8 +8,9 @@ optimiser picks them up with the student. The trainer never changes for a new te
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -110,3 +111,20 @@ def build_term(
         return LOSSES[name].cls.from_networks(student, teacher, context or TermContext(), **params)
     except TypeError as err:
         raise CmkdError(f"bad parameters for distillation term '{name}': {err}") from None
+
+
+def term_spec(term: str | Any) -> dict[str, Any]:
+    """A term as the task modules take it, {name, weight, params}, from a registered name, a
+    `cmkd.TermConfig` or such a dict (weight 1 and no params unless given)."""
+    from dataclasses import asdict, is_dataclass
+
+    if isinstance(term, str):
+        return {"name": term, "weight": 1.0, "params": {}}
+    if is_dataclass(term) and not isinstance(term, type):
+        return asdict(term)
+    if isinstance(term, Mapping) and "name" in term:
+        unknown = set(term) - {"name", "weight", "params"}
+        if unknown:
+            raise CmkdError(f"term {term['name']!r}: unknown keys {sorted(unknown)}")
+        return {"weight": 1.0, "params": {}, **term}
+    raise CmkdError(f"a term is a name, a TermConfig or a dict with a 'name', got {term!r}")

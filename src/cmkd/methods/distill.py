@@ -40,7 +40,9 @@ from cmkd.config import ModelConfig, OptimConfig, PairingConfig, QualityConfig, 
 from cmkd.data.datamodule import ModalityDataModule, ModalityDataset, check_no_leak
 from cmkd.errors import CmkdError
 from cmkd.losses import TermContext, build_term
+from cmkd.losses.base import term_spec
 from cmkd.methods.classifier import ClassifierModule, task_args
+from cmkd.methods.controls import class_means, teacher_free_logits
 from cmkd.methods.quality import batch_weights, teacher_quality
 from cmkd.methods.teacher import Teacher, resolve_teacher
 from cmkd.models.inference import predict
@@ -217,7 +219,7 @@ class DistillModule(ClassifierModule):
             teacher_inputs=ModalityDataset(bank, "teacher").x,
             teacher_labels=torch.from_numpy(bank.y),
             pairing=pairing,
-            terms=[_term(t) for t in terms],
+            terms=[term_spec(t) for t in terms],
             ce_weight=ce_weight,
             cache_teacher=cache_teacher,
             teacher_target=teacher_target,
@@ -332,32 +334,14 @@ class DistillModule(ClassifierModule):
         """Per class, the teacher's outputs averaged over its training samples of that class (under
         a class map: per covered class, over the samples of the teacher classes mapped to it)."""
         labels = self._in_term_space(self.teacher_labels.to(cache.logits.device).long())
-        k = self.term_classes
-
-        def mean(t: torch.Tensor | None) -> torch.Tensor | None:
-            if t is None:
-                return None
-            flat = t.reshape(len(t), -1)
-            sums = torch.zeros(k, flat.shape[1], dtype=flat.dtype, device=flat.device)
-            sums.index_add_(0, labels, flat)
-            counts = torch.bincount(labels, minlength=k).clamp(min=1).unsqueeze(1)
-            return (sums / counts).reshape(k, *t.shape[1:])
-
-        return ModelOutput(mean(cache.logits), mean(cache.embedding), mean(cache.feature_map))
+        return class_means(cache, labels, self.term_classes)
 
     def _control_target(self, labels: torch.Tensor) -> ModelOutput:
-        """The controls that separate cross-modal knowledge from mere regularisation, indexed
-        by the *student's* labels so they carry nothing about the paired teacher sample.
-        class_mean: the teacher's class-mean outputs (class-level knowledge only);
-        teacher_free: logits log p with p = a on the true class and (1 - a) / (K - 1) elsewhere
-        (teacher-free KD, Yuan et al. 2020): no teacher information at all. `labels` are in the
-        terms' space (covered indices under a class map, where K is the covered classes)."""
+        """The control's target (`cmkd.methods.controls`) for student labels in the terms'
+        space (covered indices under a class map, where K is the covered classes)."""
         if self.hparams.teacher_target == "class_mean":
             return self.class_means.select(labels.to(self.class_means.logits.device))
-        k, a = self.term_classes, self.hparams.teacher_free_confidence
-        p = torch.full((len(labels), k), (1 - a) / (k - 1), device=labels.device)
-        p.scatter_(1, labels.long().unsqueeze(1), a)
-        return ModelOutput(p.log(), None, None)
+        return teacher_free_logits(labels, self.term_classes, self.hparams.teacher_free_confidence)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # What the pairing learnt (a DynM table) is training state: a resumed run continues
@@ -507,16 +491,3 @@ class DistillModule(ClassifierModule):
             for key, v in term.diagnostics().items():
                 self.log_epoch_mean(f"train/{name}/{key}", v, len(batch["label"]))
         return losses
-
-
-def _term(term: Term) -> dict[str, Any]:
-    if isinstance(term, str):
-        return {"name": term, "weight": 1.0, "params": {}}
-    if isinstance(term, TermConfig):
-        return asdict(term)
-    if isinstance(term, Mapping) and "name" in term:
-        unknown = set(term) - {"name", "weight", "params"}
-        if unknown:
-            raise CmkdError(f"term {term['name']!r}: unknown keys {sorted(unknown)}")
-        return {"weight": 1.0, "params": {}, **term}
-    raise CmkdError(f"a term is a name, a TermConfig or a dict with a 'name', got {term!r}")

@@ -155,9 +155,7 @@ def loops(
                 "cmkd_epoch_s": {p: median(seconds[p]) for p in precisions},
                 "speedup": {p: ref / median(seconds[p]) for p in precisions},
                 "cache_fill_s": median(cache) if cache else None,
-                "spread": {
-                    k: [float(np.min(v)), float(np.max(v))] for k, v in seconds.items()
-                },
+                "spread": {k: [float(np.min(v)), float(np.max(v))] for k, v in seconds.items()},
             }
     return out
 
