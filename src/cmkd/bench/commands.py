@@ -212,10 +212,11 @@ def perf(
     threads: int = 1,
     large_backbone: str = "resnet18",
 ) -> None:
-    """Time cmkd against same-process baselines (plain PyTorch, the reference codes' loops,
-    the no-KD student, per-sample matchers, ...) and write one Markdown page (and its store,
-    the .json beside it) with the ratios, the issues' aims and their verdicts, the machine
-    and the load each section ran under.
+    """Time cmkd against same-process baselines; one page with the issues' aims and verdicts.
+
+    The baselines: plain PyTorch, the reference codes' loops, the no-KD student, per-sample
+    matchers, ... The Markdown page (and its store, the .json beside it) gives the ratios, each
+    aim's verdict, the machine and the load each section ran under.
 
     Args:
         sections: Any of (in page order) help (`cmkd --help` start-up), runloop (a 1,000-step
