@@ -29,7 +29,7 @@ from cmkd.errors import CmkdError
 from cmkd.threads import passive_openmp_wait
 
 # Before anything imports torch: OpenMP reads its waiting policy once, when it loads. Idle
-# threads spinning on shared cores made a 2-thread step 9-15x slower (cmkd.bench.perf_runloop).
+# threads spinning on shared cores made a 2-thread step 9-15x slower (`cmkd bench perf`, threads).
 passive_openmp_wait()
 
 

@@ -2,12 +2,13 @@
 
 torch takes every core by default. On a machine whose cores are already busy (shared servers,
 several runs at once), a second thread mostly waits for a core. Measured on 2 shared cores
-(`cmkd.bench.perf_runloop`, a small-CNN step): with OpenMP's default waiting, 2 threads ran
-9-15x slower than 1 (idle threads spin on the cores the working one needs); with passive
-waiting, 1.25x slower at a load of 1.8 and as fast at a load of 5. `auto` therefore takes the
-cores not busy when the run starts (cores minus the 1-minute load average, rounded, at least 1),
-never more than torch's own default, so OMP_NUM_THREADS or an earlier `torch.set_num_threads`
-still caps it. The count is set for the run and put back afterwards; results.json records it.
+(`cmkd bench perf`, its threads section: a small-CNN step): with OpenMP's default waiting, 2
+threads ran 9-15x slower than 1 (idle threads spin on the cores the working one needs); with
+passive waiting, 1.25x slower at a load of 1.8 and as fast at a load of 5. `auto` therefore
+takes the cores not busy when the run starts (cores minus the 1-minute load average, rounded,
+at least 1), never more than torch's own default, so OMP_NUM_THREADS or an earlier
+`torch.set_num_threads` still caps it. The count is set for the run and put back afterwards;
+results.json records it.
 
 The count can differ between two runs of one config (the load differs), and a different count
 can change the last bits of float reductions: fix `run.threads` to a number where bit-equal

@@ -10,15 +10,7 @@ import torch
 
 from cmkd.bench.machine import machine, peak_memory
 from cmkd.bench.perf.loading import data_rates
-from cmkd.bench.perf.micro import (
-    _logits,
-    coral_cost,
-    dynm_speed,
-    min_kl_authors,
-    min_kl_loop,
-    ska_breakdown,
-    ska_vs_student,
-)
+from cmkd.bench.perf.micro import _logits, coral_cost, dynm_speed, min_kl_authors, min_kl_loop
 from cmkd.bench.perf.overhead import summarise_overhead
 from cmkd.bench.perf.page import render
 from cmkd.pairing.dynamic import min_kl_match
@@ -49,10 +41,6 @@ def test_dynm_and_coral_report_ratios_and_memory() -> None:
     assert min(dynm["same_pairs_fraction"].values()) > 0.99
     assert dynm["big_size"] == [1000, 1200, 5] and set(dynm["big"]) == {"64", "512"}
     assert all(v["median_s"] > 0 for v in dynm["big"].values())
-    ska = ska_breakdown(batch=4, channels=8, grid=2, dim=16, steps=2)
-    assert ska["total_ms"] > 0 and sum(ska["share"].values()) == pytest.approx(1.0)
-    scale = ska_vs_student(("small_cnn",), batch=4, steps=1, dim=16)
-    assert scale["small_cnn"]["feature_map"] == [128, 4, 4] and scale["small_cnn"]["ratio"] > 0
     coral = coral_cost(d=256, b=32, repeats=1)
     assert coral["speedup"] > 0 and coral["relative_difference"] < 1e-4
     # 100 MB: above glibc's largest mmap threshold (32 MB), so fresh pages, whatever ran before
@@ -129,8 +117,12 @@ def test_overhead_ratios_leave_out_warm_up_and_rematch_epochs() -> None:
     )
     assert page.startswith("# Performance") and "`cmkd bench perf`" in page
     assert "| KD (teacher cache) | 1.100 | 1.10 | 1.10-1.10 |" in page
-    assert "## (a') The same at a larger backbone" in page
-    assert "| SemBridge epoch / KD <= 1.05 with a big student and teacher" in page
+    assert "## Distillation overhead per epoch (larger backbone)" in page
+    assert "teacher t (MS), student big (RGB)" in page
+    # The SemBridge / KD aims are the issue's, at small_cnn and resnet18 only: none for the
+    # students "s" and "big".
+    assert "| #19 | SemBridge epoch <=" not in page
+    assert "| #8 | KD (teacher cache) epoch <= 1.10x no KD | x1.10 | met |" in page
     # Paired differences +2 and +4 points (mean +3, t interval 3 +- 12.71 * sqrt(2) / sqrt(2)).
     assert "| Δ, best on val | +3.0 [-9.7, +15.7] | | |" in page
     assert "| 2 DDP processes | 73.0 ± 1.4 | 61.0 ± 1.4 | 25.0 |" in page

@@ -204,7 +204,7 @@ def teacher_cache(
 
 
 def perf(
-    sections: list[str] = ["overhead", "overhead_large", "ska", "dynm", "coral", "data", "ddp"],  # noqa: B006
+    sections: list[str] | None = None,
     epochs: int = 5,
     repeats: int = 3,
     page: str | None = None,
@@ -212,13 +212,20 @@ def perf(
     threads: int = 1,
     large_backbone: str = "resnet18",
 ) -> None:
-    """Time distillation overhead, DynM matching, CORAL and data loading against same-process
-    baselines and write a Markdown page (and its store, the .json beside it) with the ratios
-    and the machine.
+    """Time cmkd against same-process baselines; one page with the issues' aims and verdicts.
+
+    The baselines: plain PyTorch, the reference codes' loops, the no-KD student, per-sample
+    matchers, ... The Markdown page (and its store, the .json beside it) gives the ratios, each
+    aim's verdict, the machine and the load each section ran under.
 
     Args:
-        sections: Any of overhead, overhead_large (the same at `large_backbone`), ska (SKA's
-            time per part), dynm, coral, data, ddp (accuracy of 2 DDP processes against 1).
+        sections: Any of (in page order) help (`cmkd --help` start-up), runloop (a 1,000-step
+            linear fit against a plain PyTorch loop, in process and as commands), loops
+            (cmkd's distillation epoch against the reference codes' loop, as found and under
+            load), overhead (each method's epoch against no KD), overhead_large (the same at
+            `large_backbone`), ska (SemBridge's step against KD's), precision (fp32 against
+            bf16 and channels-last), threads (1, 2, auto threads under load), checkpoints,
+            dynm, coral, data, ddp (accuracy of 2 DDP processes against 1). Default: all.
         epochs: Epochs per timed distillation run (>= 3).
         repeats: Interleaved repeats of every timing (medians are reported).
         page: The page (default <runs_dir>/performance.md; the raw numbers go beside it, same
@@ -230,10 +237,12 @@ def perf(
         large_backbone: Student and teacher backbone of the overhead_large section.
     """
     given = dict(locals())
+    from cmkd.bench.perf.run import SECTIONS
     from cmkd.bench.perf.run import perf as run
 
     command = command_line("bench perf", perf, given)
-    run(**{**given, "sections": tuple(sections), "command": command})
+    chosen = SECTIONS if sections is None else tuple(sections)
+    run(**{**given, "sections": chosen, "command": command})
 
 
 def losses(

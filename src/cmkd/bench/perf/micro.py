@@ -1,7 +1,7 @@
 """Micro-benchmarks, each against a baseline timed in the same process: (b) DynM's chunked
 min-KL matcher against per-sample loops (the authors' and a tight one), and the 60,000 x
 70,000 x 10 case with its peak memory; (c) CORAL through b x b Gram matrices against d x d
-covariances; where SKA's time goes, and SKA's step against the student's own.
+covariances.
 
 Every timing is one call through torch.utils.benchmark.Timer (after its two untimed warm-up
 calls), repeated and interleaved across the variants; medians are reported.
@@ -9,22 +9,14 @@ calls), repeated and interleaved across the variants; medians are reported.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from statistics import median
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.benchmark import Timer
 
 from cmkd.bench.machine import peak_memory
-
-
-def seconds(call: Callable[[], Any]) -> float:
-    """Seconds of one call, timed by torch.utils.benchmark.Timer (two untimed warm-up calls
-    first; CUDA synchronised; torch's thread count kept as it is)."""
-    timer = Timer("call()", globals={"call": call}, num_threads=torch.get_num_threads())
-    return timer.timeit(1).median
+from cmkd.bench.perf.timing import seconds
 
 
 def _logits(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,127 +184,3 @@ def coral_cost(d: int = 8192, b: int = 256, repeats: int = 3) -> dict[str, Any]:
         "memory_ratio": peak["direct"] / peak["gram"] if peak["gram"] and peak["direct"] else None,
         "relative_difference": abs(values["gram"] - values["direct"]) / abs(values["direct"]),
     }
-
-
-def ska_breakdown(
-    batch: int = 32, channels: int = 128, grid: int = 4, dim: int = 256, steps: int = 20
-) -> dict[str, Any]:
-    """Where one SKA step's time goes (median ms per part over `steps`, each part timed on its
-    own), at the shapes of the overhead runs: small_cnn on 64 x 64 inputs gives 128 channels on
-    a 4 x 4 grid, both sides."""
-    from cmkd.losses.ska import SKA, coral, cross_weights, refine
-    from cmkd.models.outputs import ModelOutput
-
-    torch.manual_seed(0)
-    ska = SKA(channels, channels, channels, channels, dim=dim)
-
-    def fm(grad: bool) -> ModelOutput:
-        return ModelOutput(
-            torch.randn(batch, 10),
-            torch.randn(batch, channels).requires_grad_(grad),
-            torch.randn(batch, channels, grid, grid).requires_grad_(grad),
-        )
-
-    def parts_of(s: ModelOutput, t: ModelOutput) -> dict[str, Callable[[dict], None]]:
-        """One SKA step in parts, in order; each reads what the earlier ones left in `x` and
-        can run again (the backward keeps its graph), so each is timed on its own."""
-
-        def tokens(x: dict) -> None:
-            x["st"], x["tt"] = ska.tokens(s.feature_map, t.feature_map)
-
-        def attention(x: dict) -> None:
-            x["a_t"], x["a_s"] = cross_weights(
-                ska.attn_t(x["tt"], ska._folded(ska.map_t)),
-                ska.attn_s(x["st"], ska._folded(ska.map_s)),
-            )
-
-        def refine_tokens(x: dict) -> None:
-            x["f_t"], x["f_s"] = refine(x["tt"], x["a_t"]), refine(x["st"], x["a_s"])
-
-        def coral_tokens(x: dict) -> None:
-            x["token_loss"] = ska.token_coral(x["f_t"], x["f_s"])
-
-        def pooled(x: dict) -> None:
-            pooled_loss = coral(ska.embed_t(t.embedding), ska.embed_s(s.embedding))
-            x["loss"] = x["token_loss"] + pooled_loss
-
-        def backward(x: dict) -> None:
-            x["loss"].backward(retain_graph=True)
-
-        return {
-            "tokens": tokens,
-            "attention": attention,
-            "refine": refine_tokens,
-            "coral_tokens": coral_tokens,
-            "pooled": pooled,
-            "backward": backward,
-        }
-
-    times: dict[str, list[float]] = {k: [] for k in parts_of(fm(True), fm(False))}
-    for _ in range(steps):
-        state: dict = {}
-        for name, part in parts_of(fm(True), fm(False)).items():
-            times[name].append(1000 * seconds(lambda part=part, state=state: part(state)))
-    med = {k: median(v) for k, v in times.items()}
-    total = sum(med.values())
-    return {
-        "shape": [batch, channels, grid, grid],
-        "dim": dim,
-        "median_ms": med,
-        "total_ms": total,
-        "share": {k: v / total for k, v in med.items()},
-    }
-
-
-def ska_vs_student(
-    backbones: tuple[str, ...] = ("small_cnn", "resnet18"),
-    batch: int = 32,
-    steps: int = 6,
-    dim: int = 256,
-) -> dict[str, Any]:
-    """One training step (forward, CE + KD, backward) of an RGB student against the same step
-    with SKA added, per backbone (teacher: the same backbone on 13-band MS, outputs fixed as a
-    cache would give them), 64 x 64 inputs; steps interleaved, medians. The ratio is SemBridge
-    over KD without DynM, at small and at ResNet scale."""
-    from cmkd.losses.ska import SKA
-    from cmkd.models.model import build_model
-
-    out: dict[str, Any] = {}
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, 64, 64, generator=g)
-    y = torch.randint(0, 10, (batch,), generator=g)
-    for backbone in backbones:
-        torch.manual_seed(0)
-        student = build_model({"backbone": backbone, "in_chans": 3, "num_classes": 10})
-        teacher = build_model({"backbone": backbone, "in_chans": 13, "num_classes": 10}).eval()
-        with torch.no_grad():
-            t = teacher(torch.randn(batch, 13, 64, 64, generator=g))
-        probe = student(x[:2])
-        ska = SKA(
-            probe.feature_map.shape[1],
-            t.feature_map.shape[1],
-            probe.embedding.shape[1],
-            t.embedding.shape[1],
-            dim=dim,
-        )
-
-        def step(with_ska: bool, student=student, ska=ska, t=t) -> None:
-            s = student(x)
-            loss = F.cross_entropy(s.logits, y) + 16 * F.kl_div(
-                F.log_softmax(s.logits / 4, 1), F.softmax(t.logits / 4, 1), reduction="batchmean"
-            )
-            if with_ska:
-                loss = loss + 0.003 * sum(ska(s, t, {}).values())
-            loss.backward()
-
-        times: dict[str, list[float]] = {"kd": [], "kd+ska": []}
-        for _ in range(steps):
-            times["kd"].append(seconds(lambda step=step: step(False)))
-            times["kd+ska"].append(seconds(lambda step=step: step(True)))
-        med = {k: median(v) for k, v in times.items()}
-        out[backbone] = {
-            "feature_map": list(probe.feature_map.shape[1:]),
-            "median_s": med,
-            "ratio": med["kd+ska"] / med["kd"],
-        }
-    return out

@@ -4,13 +4,11 @@ the DynM re-match are reported on their own."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from statistics import median
 from typing import Any
 
-from lightning.pytorch.callbacks import Callback
-
+from cmkd.bench.perf.timing import EpochClock
 from cmkd.config import (
     DataConfig,
     DistillConfig,
@@ -20,32 +18,6 @@ from cmkd.config import (
     RunConfig,
     TermConfig,
 )
-
-
-class EpochTimer(Callback):
-    """Per training epoch: wall seconds from its start to its end (batches, validation, any
-    callback that runs at epoch start after this one, such as DynM's re-match) and the seconds
-    inside the training steps (forward, backward, optimiser; not the data fetch)."""
-
-    def __init__(self) -> None:
-        self.epoch_seconds: list[float] = []
-        self.step_seconds: list[float] = []
-        self.samples: list[int] = []
-
-    def on_train_epoch_start(self, trainer, module) -> None:
-        self._epoch, self._steps, self._n = time.perf_counter(), 0.0, 0
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self._step = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self._steps += time.perf_counter() - self._step
-        self._n += len(batch["label"])
-
-    def on_train_epoch_end(self, trainer, module) -> None:
-        self.epoch_seconds.append(time.perf_counter() - self._epoch)
-        self.step_seconds.append(self._steps)
-        self.samples.append(self._n)
 
 
 def _methods(rematch_epoch: int) -> dict[str, DistillConfig | None]:
@@ -98,7 +70,7 @@ def distill_overhead(
     data = DataConfig(source="eurosat_paired", batch_size=batch_size)
     run = RunConfig(output_dir=output_dir, progress_bar=False, overwrite=True, accelerator="cpu")
     prepared = prepare_data(data, seed)
-    t_timer = EpochTimer()
+    t_timer = EpochClock()
     t_result = train_classifier(
         data, model=teacher, optim=OptimConfig(epochs=2), run=replace(run, name="teacher"),
         modality="ms", seed=seed, callbacks=(t_timer,), prepared=prepared,
@@ -110,7 +82,7 @@ def distill_overhead(
     for r in range(repeats):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            cfg, timer = methods[name], EpochTimer()
+            cfg, timer = methods[name], EpochClock()
             optim = OptimConfig(epochs=epochs)
             label = name.split(" (")[0].replace(" ", "-").lower() + f"-{names.index(name)}"
             if cfg is None:

@@ -1,310 +1,182 @@
 """The page of `cmkd bench perf`, rendered from its store (the raw report, the .json beside
-the page)."""
+the page): the machine, the issues' aims with their verdicts, then every section in `SECTIONS`
+order, each with a heading, what it compares with what and the aim it serves, the load it ran
+under, and its tables. Sections missing from the store are named, not rendered.
+
+The store may carry `bf16_accuracy` (added from a grid, not measured by `cmkd bench perf`):
+{"source": "<page or command>", "seeds": [...], "fp32": [...], "bf16": [...] (test
+accuracies, fractions, paired by seed), "margin_points": 1.0 (optional)}; it is shown in the
+`bf16_accuracy` section and judged among the aims.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from statistics import median
 from typing import Any
 
-from cmkd.stats import mean_ci, mean_std
+from cmkd.bench.perf.aims import aims_lines
+from cmkd.bench.perf.markdown import num
+from cmkd.bench.perf.tables_distill import loops_lines, overhead_lines, ska_lines
+from cmkd.bench.perf.tables_parts import coral_lines, data_lines, ddp_lines, dynm_lines
+from cmkd.bench.perf.tables_runloop import (
+    bf16_accuracy_lines,
+    checkpoints_lines,
+    help_lines,
+    precision_lines,
+    runloop_lines,
+    threads_lines,
+)
+
+Body = Callable[[dict[str, Any], dict[str, Any]], list[str]]
+"""A section's tables: (its entry in the store, the whole store) -> Markdown lines."""
+
+SECTIONS: dict[str, tuple[str, str, Body]] = {
+    "help": (
+        "Start-up: `cmkd --help`",
+        "The time to the first answer: `cmkd --help` and `cmkd train --help` as fresh "
+        "processes, beside a bare Python start-up and `import torch`. Aim (issue #16): under "
+        "2 s each.",
+        lambda e, r: help_lines(e),
+    ),
+    "runloop": (
+        "A tiny fit: cmkd against a plain PyTorch loop",
+        "A 1,000-step full-batch fit of a linear model through cmkd's run layer (with its "
+        "defaults and with other validation and checkpoint settings) against the same fit as a "
+        "plain PyTorch loop, in one process; then `cmkd train` against a plain PyTorch script, "
+        "each a fresh process. Aim (issue #16): cmkd within 3x the plain loop, start-up "
+        "included.",
+        lambda e, r: runloop_lines(e),
+    ),
+    "loops": (
+        "A distillation epoch: cmkd against the reference codes' loop",
+        "cmkd's epoch (SemBridge = KD + SKA, and plain KD) against a per-batch loop written "
+        "the way the SemBridge authors' and mdistiller's code are (the teacher's forward every "
+        "step, fp32), at a small CNN and at resnet18, cmkd at fp32 and bf16. Aim (issue #19): "
+        "with cmkd's defaults, a SemBridge epoch at least 3x faster than the authors' loop and "
+        "a plain-KD epoch at least 1.3x faster than mdistiller's, on the machine as found and "
+        "under load.",
+        lambda e, r: loops_lines(e),
+    ),
+    "overhead": (
+        "Distillation overhead per epoch (small CNN)",
+        "Each method's epoch through cmkd's trainer against the no-KD student's, and "
+        "SemBridge (KD + SKA + DynM) against plain KD. Aims: KD with the teacher cache within "
+        "1.10x no KD (issue #8); SemBridge within 1.10x plain KD at the small CNN (issue #19).",
+        lambda e, r: overhead_lines(e),
+    ),
+    "overhead_large": (
+        "Distillation overhead per epoch (larger backbone)",
+        "The same with a larger student and teacher, where SKA's nearly fixed cost is a "
+        "smaller share of the step. Aim (issue #19): SemBridge within 1.05x plain KD at "
+        "resnet18.",
+        lambda e, r: overhead_lines(e),
+    ),
+    "ska": (
+        "SemBridge's own overhead: a training step, KD + SKA against KD",
+        "Where SemBridge's extra time comes from: a KD + SKA training step against the KD "
+        "step at a small CNN and at resnet18, SKA by itself, its FLOPs, the matrix products "
+        "no exact implementation can avoid, SKA on every k-th step, the epoch ratio through "
+        "the trainer. It explains the SemBridge / KD aims (issue #19: <= 1.10x at the small "
+        "CNN, <= 1.05x at resnet18).",
+        lambda e, r: ska_lines(e),
+    ),
+    "precision": (
+        "Precision and memory layout",
+        "A distillation step and epoch in fp32 against bf16 (autocast, what `precision: auto` "
+        "picks on CPUs with AVX512-BF16 or AMX) and against channels-last (issue #19). No aim "
+        "of its own: it says what bf16 buys where it is the default.",
+        lambda e, r: precision_lines(e),
+    ),
+    "bf16_accuracy": (
+        "Accuracy: bf16 against fp32",
+        "The test accuracy of the same runs at bf16-mixed and at 32-true, paired by seed, "
+        "from a grid (added to this store; `cmkd bench perf` does not train to convergence). "
+        "Aim (issue #19): bf16 costs no accuracy (the paired interval lies above -1 point).",
+        lambda e, r: bf16_accuracy_lines(e),
+    ),
+    "threads": (
+        "Threads on shared cores",
+        "A training step with 1, 2 and `auto` threads, with and without busy processes "
+        "beside it, under OpenMP's default and passive waiting: the measurement behind cmkd's "
+        "defaults (`run.threads: auto`, passive waiting set by `cmkd`; issues #16, #19). No aim "
+        "of its own.",
+        lambda e, r: threads_lines(e),
+    ),
+    "checkpoints": (
+        "Checkpoint costs",
+        "The checkpoint time per epoch on the training thread as cmkd writes checkpoints now "
+        "(and with async checkpoints) against what cmkd 0.1 wrote, with the file sizes "
+        "(issue #19). No aim of its own.",
+        lambda e, r: checkpoints_lines(e),
+    ),
+    "dynm": (
+        "DynM matching: chunked matrix KL against per-sample loops",
+        "DynM's re-match through chunked matrix KL against the authors' per-sample loop and "
+        "a tight one, and at 60,000 x 70,000 with its memory. Aims (issue #8): >= 50x the "
+        "authors' loop; 60,000 x 70,000 x 10 within 30 s.",
+        lambda e, r: dynm_lines(e),
+    ),
+    "coral": (
+        "CORAL: Gram (b x b) against direct covariance (d x d)",
+        "CORAL's scatter gap through b x b Gram matrices against d x d covariances: time, "
+        "memory, agreement (issue #8). No aim of its own.",
+        lambda e, r: coral_lines(e),
+    ),
+    "data": (
+        "Data: decoded cache against decoding the files every epoch",
+        "Samples/s from the decoded cache against decoding the image files every epoch, and "
+        "reading the cache file. Aim (issue #8): the loader faster than the training step.",
+        lambda e, r: data_lines(e, r.get("overhead")),
+    ),
+    "ddp": (
+        "Scale out: 2 DDP processes against 1",
+        "The accuracy of KD in two DDP processes against one process, same seeds and global "
+        "batch (issue #8): the paired difference should hold 0. No speed aim on a CPU.",
+        lambda e, r: ddp_lines(e),
+    ),
+}
+"""Section key in the store -> (heading, what it compares and its aim, its tables), in page
+order (also the order `cmkd bench perf` runs them)."""
 
 
-def _f(x: float | None, digits: int = 2) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def _verdict(ok: bool) -> str:
-    return "met" if ok else "**not met**"
-
-
-def _targets(report: dict[str, Any]) -> list[str]:
-    """The issue's aims against this run's numbers."""
-    rows = []
-    a, b, d = report.get("overhead"), report.get("dynm"), report.get("data")
-    if a:
-        kd = a["methods"]["KD (teacher cache)"]["epoch_ratio"]
-        rows.append(f"| KD (cache) epoch / no-KD <= 1.10 | {_f(kd)} | {_verdict(kd <= 1.10)} |")
-        if a.get("sembridge"):
-            sb = a["sembridge"]["amortised_epoch_ratio_vs_kd"]
-            rows.append(
-                f"| SemBridge epoch / KD <= 1.05 (amortised re-match) | {_f(sb)} | "
-                f"{_verdict(sb <= 1.05)} |"
-            )
-    large = report.get("overhead_large")
-    if large and large.get("sembridge"):
-        sb = large["sembridge"]["amortised_epoch_ratio_vs_kd"]
-        rows.append(
-            f"| SemBridge epoch / KD <= 1.05 with a {large['student']} student and teacher "
-            f"(amortised re-match) | {_f(sb)} | {_verdict(sb <= 1.05)} |"
-        )
-    scale = (report.get("ska") or {}).get("scale") or {}
-    for name, v in scale.items():
-        if name != "small_cnn":
-            rows.append(
-                f"| (SKA step / KD step with a {name} student and teacher) | x{_f(v['ratio'])} "
-                f"| {'<=' if v['ratio'] <= 1.05 else '>'} 1.05 |"
-            )
-    if b:
-        rows.append(
-            f"| DynM chunked / authors' per-sample loop >= 50x | x{_f(b['speedup'], 0)} | "
-            f"{_verdict(b['speedup'] >= 50)} |"
-        )
-        best = min(v["median_s"] for v in b["big"].values())
-        size = " x ".join(f"{n:,}" for n in b["big_size"])
-        rows.append(f"| DynM {size} <= 30 s | {_f(best)} s | {_verdict(best <= 30)} |")
-    if d and a:
-        step = a["train_samples"] / a["methods"]["no KD"]["step_s"]
-        cache = d["rgb"]["median_samples_per_s"]["cache"]
-        rows.append(
-            f"| loader (cache, RGB) faster than the RGB training step | {_f(cache, 0)} vs "
-            f"{_f(step, 0)} samples/s | {_verdict(cache > step)} |"
-        )
-        decode = d["rgb"]["median_samples_per_s"]["decode"]
-        rows.append(
-            f"| (without the cache: decoding RGB vs the step) | {_f(decode, 0)} vs "
-            f"{_f(step, 0)} samples/s | {'faster' if decode > step else 'slower'} |"
-        )
-    if not rows:
+def _ran(ran: dict[str, Any] | None) -> list[str]:
+    if not ran:
         return []
-    return ["## The issue's aims", "", "| aim | this run | |", "|---|---|---|", *rows, ""]
+    start, end = ran["load"]
+    return [
+        f"*Ran {num(ran['minutes'], 1)} min; load average (1 min) {num(start)} at its start, "
+        f"{num(end)} at its end.*",
+        "",
+    ]
 
 
 def render(report: dict[str, Any], page: Path | None = None) -> str:
     """The page of a perf store (the report as `perf` wrote it)."""
     m = report["machine"]
+    bf16 = ", ".join(m.get("bf16_flags", [])) or "none"
     lines = [
-        "# Performance (issue #8)",
+        "# Performance (issues #8, #16, #19)",
         "",
         f"Produced by `{report['command']}` ({report['finished']}, {report['minutes']:.1f} min).",
         "",
-        f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), torch {m['torch']} "
+        f"Machine: {m['cpus']} CPUs ({m['cpu_model']}; bf16 flags: {bf16}), torch {m['torch']} "
         f"({m['torch_threads']} intra-op thread(s)), Python {m['python']}, {m['platform']}. "
-        f"Load average at start {m['load_average']}, at end {report['load_average_end']}: "
-        "the machine was shared with other jobs while this ran, so absolute times are noisy; "
-        "every ratio compares runs interleaved in this one process, and medians are taken.",
+        f"Load average at start {m['load_average']}, at end {report['load_average_end']}. "
+        "The machine may be shared with other jobs, so absolute times are noisy: every ratio "
+        "compares runs interleaved in one process (or its children), medians are taken, and "
+        "each section gives the load it ran under.",
         "",
     ]
-    for key, title in (
-        ("overhead", "## (a) Distillation overhead per epoch"),
-        ("overhead_large", "## (a') The same at a larger backbone"),
-    ):
-        if report.get(key):
-            lines += _overhead_lines(report[key], title)
-    lines += _dynm_to_end(report)
-    return "\n".join(lines)
-
-
-def _overhead_lines(a: dict[str, Any], title: str) -> list[str]:
-    lines: list[str] = []
-    if a:
-        lines += [
-            title,
-            "",
-            f"EuroSAT paired MS -> RGB, {a['train_samples']} training samples, batch "
-            f"{a['batch_size']}, teacher {a['teacher']} (MS), student {a['student']} (RGB); "
-            f"{a['epochs']} epochs x {a['repeats']} interleaved repeats. Per run the median "
-            f"epoch after the first (warm-up), leaving out the DynM re-match epoch "
-            f"({a['rematch_epoch']}); then the median over repeats. *Epoch* is wall time from "
-            "epoch start to end (steps, data, validation, checkpoint); *steps* the time "
-            "inside the training steps only. The teacher-cache fill happens once before "
-            "epoch 0 and is not in any epoch; it is listed on its own. *Per repeat*: the "
-            "lowest and highest of each repeat's ratio to the no-KD run of the same repeat, "
-            "the noise to read the medians against.",
-            "",
-            "| method | epoch (s) | epoch / no-KD | (per repeat) | steps (s) | steps / no-KD | "
-            "teacher forward (s) | test acc (last) |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for name, e in a["methods"].items():
-            lines.append(
-                f"| {name} | {_f(e['epoch_s'], 3)} | {_f(e['epoch_ratio'])} | "
-                f"{_f(e['epoch_ratio_range'][0])}-{_f(e['epoch_ratio_range'][1])} | "
-                f"{_f(e['step_s'], 3)} | {_f(e['step_ratio'])} | "
-                f"{_f(e.get('teacher_seconds'), 3)} | {_f(e['test_acc'], 3)} |"
-            )
-        sb = a.get("sembridge")
-        if sb:
-            lines += [
-                "",
-                f"SemBridge / KD (both with the teacher cache): epoch x"
-                f"{_f(sb['epoch_ratio_vs_kd'])}, steps x{_f(sb['step_ratio_vs_kd'])}. "
-                f"A DynM re-match adds {_f(sb['rematch_extra_s'], 3)} s to its epoch; at the "
-                f"authors' density (5 re-matches in 200 epochs) the amortised epoch ratio to KD "
-                f"is x{_f(sb['amortised_epoch_ratio_vs_kd'])}. Teacher forward (s) for cached "
-                "runs is the one-off fill; for the recomputed run, all teacher passes.",
-            ]
-        if a.get("ska_vs_kd"):
-            lines += [
-                "",
-                f"SKA alone (KD + SKA, no DynM) / KD: epoch x{_f(a['ska_vs_kd']['epoch_ratio'])},"
-                f" steps x{_f(a['ska_vs_kd']['step_ratio'])}.",
-            ]
-        lines += [
-            "",
-            f"Training step rates (samples/s): RGB student no-KD "
-            f"{_f(a['train_samples'] / a['methods']['no KD']['step_s'], 0)}, MS teacher "
-            f"{_f(a['teacher_step_samples_per_s'], 0)}.",
-            "",
-        ]
-    return lines
-
-
-def _dynm_to_end(report: dict[str, Any]) -> list[str]:
-    lines: list[str] = []
-    a, b = report.get("overhead"), report.get("dynm")
-    if b:
-        s, t, k = b["loop_size"]
-        bs, bt, bk = b["big_size"]
-        lines += [
-            "## (b) DynM matching: chunked matrix KL vs per-sample loop",
-            "",
-            f"{s:,} students x {t:,} teachers x {k} classes (random logits), the matching "
-            "alone (the student's logits given), interleaved repeats, medians:",
-            "",
-            "| matcher | s | chunked is faster by | same pairs as chunked |",
-            "|---|---|---|---|",
-            f"| authors' loop (their find_matches: per sample, cat the class gallery, "
-            f"KLDivLoss, topk) | {_f(b['median_s']['authors'], 3)} | "
-            f"**x{_f(b['speedup'], 0)}** | {100 * b['same_pairs_fraction']['authors']:.2f} % |",
-            f"| tight per-sample loop (galleries gathered once) | "
-            f"{_f(b['median_s']['loop'], 3)} | x{_f(b['speedup_vs_tight_loop'], 1)} | "
-            f"{100 * b['same_pairs_fraction']['loop']:.2f} % |",
-            f"| chunked matrix KL (`min_kl_match`) | {_f(b['median_s']['chunked'], 4)} | | |",
-            "",
-            f"{bs:,} x {bt:,} x {bk} with the chunked matcher (the loop would take about "
-            f"{_f(b['median_s']['authors'] * (bs / s) * (bt / t) / 60, 0)} min by linear "
-            "scaling, not run):",
-            "",
-            "| chunk (students) | median s | runs (s) | peak memory added (MB) |",
-            "|---|---|---|---|",
-        ]
-        for c_, v in b["big"].items():
-            lines.append(
-                f"| {c_} | **{_f(v['median_s'])}** | "
-                f"{', '.join(_f(x) for x in v['seconds'])} | {_f(v['peak_mb_max'], 0)} |"
-            )
-        lines += [
-            "",
-            "Peak memory is the rise of the process's resident high-water mark during the call "
-            "(the largest over repeats; later calls may reuse memory the allocator kept).",
-            "",
-        ]
-    k = (report.get("ska") or {}).get("parts")
-    if k:
-        lines += [
-            "## Where SKA's time goes",
-            "",
-            f"One SKA step (forward + backward) at the overhead runs' shapes "
-            f"({' x '.join(map(str, k['shape']))} maps on both sides, dim {k['dim']}): "
-            f"{_f(k['total_ms'], 1)} ms, median per part:",
-            "",
-            "| part | ms | share |",
-            "|---|---|---|",
-        ]
-        for part, ms in k["median_ms"].items():
-            lines.append(f"| {part} | {_f(ms, 2)} | {100 * k['share'][part]:.0f} % |")
-        lines.append("")
-    scale = (report.get("ska") or {}).get("scale")
-    if scale:
-        lines += [
-            "SKA against the student's own step (forward, CE + KD, backward; batch 32, "
-            "64 x 64, teacher outputs fixed as the cache gives them), interleaved steps, "
-            "medians:",
-            "",
-            "| student (= teacher backbone) | feature map | KD step (s) | KD + SKA step (s) | "
-            "ratio |",
-            "|---|---|---|---|---|",
-        ]
-        for name, v in scale.items():
-            lines.append(
-                f"| {name} | {' x '.join(map(str, v['feature_map']))} | "
-                f"{_f(v['median_s']['kd'], 3)} | {_f(v['median_s']['kd+ska'], 3)} | "
-                f"x{_f(v['ratio'])} |"
-            )
-        lines.append("")
-    c = report.get("coral")
-    if c:
-        lines += [
-            "## (c) CORAL: Gram (b x b) vs direct covariance (d x d)",
-            "",
-            f"d = {c['d']}, b = {c['b']}, one forward + backward of the scatter gap, "
-            "interleaved repeats:",
-            "",
-            "| path | median s | peak memory added (MB) |",
-            "|---|---|---|",
-            f"| Gram | {_f(c['median_s']['gram'], 3)} | {_f(c['peak_mb']['gram'], 0)} |",
-            f"| direct | {_f(c['median_s']['direct'], 3)} | {_f(c['peak_mb']['direct'], 0)} |",
-            "",
-            f"Time ratio direct / Gram **x{_f(c['speedup'], 1)}**, memory ratio "
-            f"**x{_f(c['memory_ratio'], 1)}**; relative difference of the two values "
-            f"{c['relative_difference']:.1e}.",
-            "",
-        ]
-    d = report.get("data")
-    if d:
-        lines += [
-            "## (d) Data: decoded cache vs decoding the files every epoch",
-            "",
-            "One epoch through a DataLoader (batch 32, shuffled, main process) over the "
-            "EuroSAT paired files; *cache file read* is what a run pays once at its start to get "
-            "the arrays from the cache (listing and stat-ing the source files for the cache key, "
-            "then np.load), per sample returned: for RGB it lists all 27,000 RGB files to find "
-            "the 369 twins. Medians of interleaved repeats.",
-            "",
-            "| modality | samples | from cache (samples/s) | decoding files (samples/s) | "
-            "cache / decode | cache file read (samples/s) |",
-            "|---|---|---|---|---|---|",
-        ]
-        for key, e in d.items():
-            m_ = e["median_samples_per_s"]
-            lines.append(
-                f"| {key} | {e['samples']} | {_f(m_['cache'], 0)} | {_f(m_['decode'], 0)} | "
-                f"x{_f(e['cache_over_decode'], 1)} | {_f(m_['cache_file'], 0)} |"
-            )
-        if a:
-            lines += [
-                "",
-                f"Beside the training step (section a): RGB student "
-                f"{_f(a['train_samples'] / a['methods']['no KD']['step_s'], 0)} samples/s, "
-                f"MS teacher {_f(a['teacher_step_samples_per_s'], 0)} samples/s.",
-            ]
-        lines.append("")
-    if report.get("ddp"):
-        lines += _ddp_lines(report["ddp"])
-    lines += _targets(report)
+    missing = [key for key in SECTIONS if not report.get(key)]
+    if missing:
+        lines += [f"Sections not in this store: {', '.join(missing)}.", ""]
+    lines += aims_lines(report)
+    for key, (title, intro, body) in SECTIONS.items():
+        entry = report.get(key)
+        if not entry:
+            continue
+        lines += [f"## {title}", "", intro, "", *_ran(report.get("ran", {}).get(key))]
+        lines += body(entry, report)
     lines += ["Raw numbers: the .json beside this page.", ""]
-    return lines
-
-
-def _ddp_lines(e: dict[str, Any]) -> list[str]:
-    one, two = e["runs"]["1 process"], e["runs"]["2 DDP processes"]
-    lines = [
-        "## (e) Scale out: 2 DDP processes against 1",
-        "",
-        f"`cmkd distill --config {e['config']}` (KD, EuroSAT paired MS -> RGB, small CNNs, "
-        f"{e['epochs']} epochs) per seed, once in one process and once as two DDP processes "
-        f"(gloo on the CPU, `--run.devices 2 --run.strategy ddp`), same split, same global "
-        f"batch ({e['batch_size']} = 2 x {e['batch_size'] // 2}); Δ: the paired difference "
-        "(2 processes minus 1) with its 95 % t interval. Seeds: "
-        f"{[r['seed'] for r in one]}.",
-        "",
-        "| run | test acc %, best on val | test acc %, last epoch | wall s (median) |",
-        "|---|---|---|---|",
-    ]
-    for label, rs in e["runs"].items():
-        lines.append(
-            f"| {label} | {mean_std([r['best'] for r in rs])} | "
-            f"{mean_std([r['last'] for r in rs])} | {_f(median([r['wall_s'] for r in rs]), 1)} |"
-        )
-    for key, title in (("best", "best on val"), ("last", "last epoch")):
-        diff = [b[key] - a[key] for a, b in zip(one, two, strict=True)]
-        lines.append(f"| Δ, {title} | {mean_ci(diff)} | | |")
-    lines += [
-        "",
-        "Every rank holding the same pairs after SSM and after each DynM re-match is checked by "
-        "`tests/test_ddp.py`. Several GPUs: `--run.accelerator gpu --run.devices 4`; several "
-        "nodes: `--run.num_nodes N` under torchrun or SLURM (README, Scale out).",
-        "",
-    ]
-    return lines
+    return "\n".join(lines)

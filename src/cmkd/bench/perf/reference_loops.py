@@ -12,20 +12,21 @@ Scenario (the issue's): RGB teacher -> MS student on the 221 EuroSAT MS training
 matched (here class-random, fixed) pairs, batch 64, one thread; SemBridge = 0.3 CE + 0.4 KD
 (T 3, no T^2) + 0.003 SKA (dim 256); plain KD = 0.5 CE + 0.5 KD (T 4). Per-epoch wall time,
 median over the epochs after the first (the cache is filled before the first epoch and its
-one-off cost is reported on its own), interleaved repeats.
+one-off cost is reported on its own), interleaved repeats; once on the machine as found and
+once with busy-looping processes added (other users' load).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from statistics import median
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cmkd.bench.perf.overhead import EpochTimer
+from cmkd.bench.perf.timing import EpochClock, busy_processes, load
 
 SEMBRIDGE = [
     {"name": "kd", "weight": 0.4, "params": {"temperature": 3.0, "scale_by_t2": False}},
@@ -107,7 +108,7 @@ def cmkd_epochs(task, data, epochs: int, precision: str) -> tuple[list[float], f
     filling the teacher cache."""
     import lightning as L
 
-    timer = EpochTimer()
+    timer = EpochClock()
     trainer = L.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
@@ -124,17 +125,13 @@ def cmkd_epochs(task, data, epochs: int, precision: str) -> tuple[list[float], f
     return timer.epoch_seconds, task.teacher_seconds
 
 
-def loops(
-    backbones: tuple[str, ...] = ("small_cnn", "resnet18"),
-    epochs: int = 4,
-    repeats: int = 3,
-    precisions: tuple[str, ...] = ("32-true", "bf16-mixed"),
-    seed: int = 0,
-    batch_size: int = 64,
-) -> dict[str, Any]:
-    """Per backbone and method: the reference loop's epoch seconds over cmkd's, for cmkd at each
-    precision (ratios > 1: cmkd is faster), medians over interleaved repeats."""
-    out: dict[str, Any] = {"epochs": epochs, "repeats": repeats, "batch_size": batch_size}
+def _compare(
+    backbones: tuple[str, ...], epochs: int, repeats: int, precisions: tuple[str, ...],
+    seed: int, batch_size: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Per backbone and method: the reference loop's epoch seconds over cmkd's at each
+    precision, medians over interleaved repeats."""
+    rows: dict[str, Any] = {}
     for backbone in backbones:
         for method in METHODS:
             seconds: dict[str, list[float]] = {"reference": []}
@@ -150,32 +147,47 @@ def loops(
                         cache.append(fill)
                     seconds.setdefault(variant, []).append(median(times[1:]))
             ref = median(seconds["reference"])
-            out[f"{backbone} {method}"] = {
+            rows[f"{backbone} {method}"] = {
+                "backbone": backbone,
+                "method": method,
                 "reference_epoch_s": ref,
                 "cmkd_epoch_s": {p: median(seconds[p]) for p in precisions},
                 "speedup": {p: ref / median(seconds[p]) for p in precisions},
                 "cache_fill_s": median(cache) if cache else None,
-                "spread": {k: [float(np.min(v)), float(np.max(v))] for k, v in seconds.items()},
+                "spread": {k: [min(v), max(v)] for k, v in seconds.items()},
+            }
+    return rows
+
+
+def loops(
+    backbones: tuple[str, ...] = ("small_cnn", "resnet18"),
+    epochs: int = 4,
+    repeats: int = 3,
+    precisions: tuple[str, ...] = ("32-true", "bf16-mixed"),
+    seed: int = 0,
+    batch_size: int = 64,
+    busy: int | None = None,
+) -> dict[str, Any]:
+    """Per backbone and method: the reference loop's epoch seconds over cmkd's, for cmkd at each
+    precision and at its default (`precision: auto` here; ratios > 1: cmkd is faster), medians
+    over interleaved repeats; on the machine as found, then with `busy` busy-looping processes
+    added (default: one per core; 0: none)."""
+    from cmkd.precision import resolve_precision
+
+    default = resolve_precision("auto", "cpu")
+    precisions = tuple(dict.fromkeys([*precisions, default]))
+    busy = (os.cpu_count() or 1) if busy is None else busy
+    out: dict[str, Any] = {
+        "epochs": epochs, "repeats": repeats, "batch_size": batch_size,
+        "default_precision": default, "conditions": {},
+    }  # fmt: skip
+    for extra in (0, busy) if busy else (0,):
+        with busy_processes(extra):
+            before = load()
+            rows = _compare(backbones, epochs, repeats, precisions, seed, batch_size)
+            out["conditions"][f"+{extra} busy"] = {
+                "busy": extra,
+                "load": [before, load()],
+                "rows": rows,
             }
     return out
-
-
-def render_loops(report: dict[str, Any]) -> list[str]:
-    """Markdown lines of the comparison."""
-    lines = [
-        "| backbones | method | reference loop, s/epoch | cmkd fp32, s/epoch | × | "
-        "cmkd bf16, s/epoch | × | teacher cache fill, s (once) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for key, row in report.items():
-        if not isinstance(row, dict):
-            continue
-        backbone, method = key.split(" ", 1)
-        cm, sp = row["cmkd_epoch_s"], row["speedup"]
-        lines.append(
-            f"| {backbone} | {method} | {row['reference_epoch_s']:.3f} "
-            f"| {cm.get('32-true', float('nan')):.3f} | {sp.get('32-true', float('nan')):.2f} "
-            f"| {cm.get('bf16-mixed', float('nan')):.3f} "
-            f"| {sp.get('bf16-mixed', float('nan')):.2f} | {row['cache_fill_s'] or 0:.2f} |"
-        )
-    return lines

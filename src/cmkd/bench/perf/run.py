@@ -1,10 +1,12 @@
-"""Running `cmkd bench perf`: the chosen sections, then the page and its store (the raw report,
-the .json beside the page; see cmkd.bench.pagestore)."""
+"""Running `cmkd bench perf`: the chosen sections in page order, each with the load average it
+ran under and its minutes, then the page and its store (the raw report, the .json beside the
+page; see cmkd.bench.pagestore)."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +16,85 @@ from cmkd.bench.machine import machine
 from cmkd.bench.pagestore import publish
 from cmkd.bench.perf.ddp import ddp_accuracy
 from cmkd.bench.perf.loading import data_rates
-from cmkd.bench.perf.micro import coral_cost, dynm_speed, ska_breakdown, ska_vs_student
+from cmkd.bench.perf.micro import coral_cost, dynm_speed
 from cmkd.bench.perf.overhead import distill_overhead
 from cmkd.bench.perf.page import render
+from cmkd.bench.perf.reference_loops import loops
+from cmkd.bench.perf.runloop import fit_vs_plain, help_times
+from cmkd.bench.perf.runloop_distill import checkpoint_costs, precision_steps
+from cmkd.bench.perf.ska import measure as ska_overhead
+from cmkd.bench.perf.threads import threads_under_load
+from cmkd.bench.perf.timing import load
 from cmkd.config import ModelConfig
 from cmkd.errors import CmkdError
 
-SECTIONS = ("data", "dynm", "coral", "ska", "overhead", "overhead_large", "ddp")
+SECTIONS = (
+    "help",
+    "runloop",
+    "loops",
+    "overhead",
+    "overhead_large",
+    "ska",
+    "precision",
+    "threads",
+    "checkpoints",
+    "dynm",
+    "coral",
+    "data",
+    "ddp",
+)
+"""What `cmkd bench perf` measures, in page order (cmkd.bench.perf.page.SECTIONS)."""
+
+
+def _steps(
+    epochs: int, repeats: int, runs_dir: str, large_backbone: str
+) -> dict[str, Callable[[], dict[str, Any]]]:
+    """Each section's measurement at the run's sizes: `repeats` interleaved repeats of every
+    timing (five times as many alternating steps for SKA's step ratios), `epochs` epochs per
+    timed distillation run."""
+    distill_costs = f"{runs_dir}/distill-costs"  # one trained teacher for both sections
+    return {
+        "help": lambda: help_times(repeats=max(repeats, 3)),
+        "runloop": lambda: fit_vs_plain(repeats=repeats, output_dir=f"{runs_dir}/runloop"),
+        "loops": lambda: loops(epochs=epochs, repeats=repeats),
+        "overhead": lambda: distill_overhead(epochs, repeats, output_dir=runs_dir),
+        # SKA's cost is nearly fixed while the student's grows with it: the paper's backbones
+        # are ResNet34 / MobileNetV2 / ShuffleNetV2, so time the ratio at resnet18 too.
+        "overhead_large": lambda: distill_overhead(
+            epochs,
+            repeats,
+            student=ModelConfig(backbone=large_backbone),
+            teacher=ModelConfig(backbone=large_backbone),
+            output_dir=runs_dir,
+            only=["KD (teacher cache)", "SemBridge (KD + SKA + DynM)"],
+        ),
+        "ska": lambda: ska_overhead(
+            repeats=5 * repeats,
+            epochs=epochs,
+            epoch_repeats=repeats,
+            output_dir=f"{runs_dir}/ska",
+        ),
+        "precision": lambda: precision_steps(repeats=repeats, output_dir=distill_costs),
+        "threads": lambda: threads_under_load(repeats=repeats),
+        "checkpoints": lambda: checkpoint_costs(epochs=min(epochs, 3), output_dir=distill_costs),
+        "dynm": lambda: dynm_speed(repeats=repeats),
+        "coral": lambda: coral_cost(repeats=repeats),
+        "data": lambda: data_rates(repeats=repeats),
+        "ddp": lambda: ddp_accuracy(output_dir=f"{runs_dir}/ddp"),
+    }
+
+
+def _machine() -> dict[str, Any]:
+    """`cmkd.bench.machine.machine()` with what the sections depend on besides: the CPU's
+    bf16 support (it decides `precision: auto`) and OpenMP's waiting policy."""
+    from cmkd.precision import cpu_flags
+
+    flags = sorted(f for f in cpu_flags() if "bf16" in f or f.startswith("amx"))
+    return {
+        **machine(),
+        "bf16_flags": flags,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
 
 
 def perf(
@@ -37,32 +111,23 @@ def perf(
     runs_dir/performance.md) and its store; returns the store."""
     unknown = set(sections) - set(SECTIONS)
     if unknown:
-        raise CmkdError(f"unknown perf section(s) {sorted(unknown)}")
+        raise CmkdError(f"unknown perf section(s) {sorted(unknown)}; known: {', '.join(SECTIONS)}")
+    if epochs < 3:
+        raise CmkdError(
+            f"bench perf: --epochs must be >= 3 (warm-up, re-match, steady), got {epochs}"
+        )
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    report: dict[str, Any] = {"kind": "perf", "command": command, "machine": machine()}
-    steps = {
-        "data": lambda: data_rates(repeats=repeats),
-        "dynm": lambda: dynm_speed(repeats=repeats),
-        "coral": lambda: coral_cost(repeats=repeats),
-        "ska": lambda: {"parts": ska_breakdown(), "scale": ska_vs_student()},
-        "overhead": lambda: distill_overhead(epochs, repeats, output_dir=runs_dir),
-        "ddp": lambda: ddp_accuracy(output_dir=f"{runs_dir}/ddp"),
-        # SKA's cost is nearly fixed while the student's grows with it: the paper's backbones
-        # are ResNet34 / MobileNetV2 / ShuffleNetV2, so time the ratio at resnet18 too.
-        "overhead_large": lambda: distill_overhead(
-            epochs,
-            repeats,
-            student=ModelConfig(backbone=large_backbone),
-            teacher=ModelConfig(backbone=large_backbone),
-            output_dir=runs_dir,
-            only=["KD (teacher cache)", "SemBridge (KD + SKA + DynM)"],
-        ),
-    }
+    report: dict[str, Any] = {"kind": "perf", "command": command, "machine": _machine()}
+    report["ran"] = {}
+    steps = _steps(epochs, repeats, runs_dir, large_backbone)
     for name in SECTIONS:
         if name in sections:
             print(f"perf: {name} ...", flush=True)
+            began, at = time.perf_counter(), load()
             report[name] = steps[name]()
+            minutes = (time.perf_counter() - began) / 60
+            report["ran"][name] = {"load": [at, load()], "minutes": minutes}
     report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     report["minutes"] = (time.perf_counter() - start) / 60
     report["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

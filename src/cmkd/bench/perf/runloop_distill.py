@@ -1,6 +1,6 @@
-"""Run-loop costs of a distillation (issues #19): the checkpoint share of an epoch and the
-sizes of its files, before and now; a KD+SKA step and epoch at 32-true against
-`precision: auto`, with and without channels-last. Part of `cmkd.bench.perf_runloop`.
+"""Run-loop costs of a distillation (issue #19): the checkpoint share of an epoch and the
+sizes of its files, before and now (`checkpoint_costs`); a KD+SKA step and epoch at 32-true
+against `precision: auto`, with and without channels-last (`precision_steps`).
 
 Both run under cmkd's thread policy (`run.threads: auto`), as a training run does.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from cmkd.bench.runloop_timing import Phases, load, quiet, ratios, spread, work_folder
+from cmkd.bench.perf.timing import EpochClock, load, quiet, ratios, spread, work_folder
 from cmkd.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, RunConfig, TermConfig
 from cmkd.threads import training_threads
 
@@ -88,24 +88,24 @@ def checkpoint_costs(
     checkpoint seconds per epoch on the training thread as written now and, in the same
     epochs, as cmkd 0.1 wrote them; then a run with async_checkpoints; and the file sizes."""
     quiet()
-    out: dict[str, Any] = {"teacher": teacher, "epochs": epochs}
+    out: dict[str, Any] = {"teacher": teacher, "epochs": epochs, "students": {}}
     with work_folder(output_dir) as folder:
         distill = DistillConfig(teacher=_teacher(folder, teacher), terms=[KD_SKA[0]])
         for student in students:
             old_folder = folder / f"old-{student}"
-            phases, old = Phases(), _OldCheckpoints(old_folder)
+            clock, old = EpochClock(), _OldCheckpoints(old_folder)
             at = load()
-            result = _distill_run(folder, student, student, epochs, distill, (phases, old))
-            epoch = statistics.median(phases.epochs)
+            result = _distill_run(folder, student, student, epochs, distill, (clock, old))
+            epoch = statistics.median(clock.epoch_seconds)
             new = result["run"]["checkpoint_seconds"] / epochs
             before = statistics.median(old.seconds)
             ckpt = folder / student / "seed0" / "checkpoints"
-            async_phases = Phases()
+            async_clock = EpochClock()
             async_result = _distill_run(folder, f"{student}-async", student, epochs, distill,
-                                        (async_phases,), async_checkpoints=True)  # fmt: skip
-            async_epoch = statistics.median(async_phases.epochs)
+                                        (async_clock,), async_checkpoints=True)  # fmt: skip
+            async_epoch = statistics.median(async_clock.epoch_seconds)
             async_new = async_result["run"]["checkpoint_seconds"] / epochs
-            out[student] = {
+            out["students"][student] = {
                 "load": at,
                 "epoch_seconds": epoch,
                 "before": {"seconds": before, "share": before / (epoch + before),
@@ -185,7 +185,7 @@ def precision_steps(
     from cmkd.precision import resolve_precision
 
     quiet()
-    out: dict[str, Any] = {"auto_is": resolve_precision("auto", "cpu")}
+    out: dict[str, Any] = {"auto_is": resolve_precision("auto", "cpu"), "pairs": {}}
     variants = {"fp32": (False, False), "fp32 channels-last": (False, True),
                 "bf16": (True, False), "bf16 channels-last": (True, True)}  # fmt: skip
     with work_folder(output_dir) as folder, training_threads("auto") as threads:
@@ -211,11 +211,11 @@ def precision_steps(
             epochs: dict[str, list[float]] = {"32-true": [], "auto": []}
             for _ in range(epoch_repeats):
                 for precision in epochs:
-                    phases = Phases()
+                    clock = EpochClock()
                     _distill_run(folder, f"{teacher}-{student}-{precision}", student, 1,
-                                 distill, (phases,), precision=precision)  # fmt: skip
-                    epochs[precision].append(phases.epochs[0])
+                                 distill, (clock,), precision=precision)  # fmt: skip
+                    epochs[precision].append(clock.epoch_seconds[0])
             entry["epoch_seconds"] = {k: spread(v) for k, v in epochs.items()}
             entry["epoch_auto_vs_fp32"] = ratios(epochs["auto"], epochs["32-true"])
-            out[f"{teacher} -> {student}"] = entry
+            out["pairs"][f"{teacher} -> {student}"] = entry
     return out

@@ -15,9 +15,8 @@ there), which a shared machine's other jobs disturb much less. The load average 
 `attention_products` times the matrix products that SKA's attention cannot avoid (the q, k maps
 forward and backward on both sides): the floor under any exact implementation.
 `compile_cost` measures torch.compile of the SKA module; `epoch_overhead` the epoch time
-through cmkd's own trainer (`cmkd.recipes.distill_student`).
-
-Run `python -m cmkd.bench.perf_ska` for the markdown lines on stdout.
+through cmkd's own trainer (`cmkd.recipes.distill_student`); `measure` runs them all (the `ska`
+section of `cmkd bench perf`).
 """
 
 from __future__ import annotations
@@ -31,7 +30,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
+
+from cmkd.bench.perf.timing import EpochClock, cpu_ms, load, ratios
 
 GRID = {"dim": 256}
 """SKA's options in the SemBridge grid (`cmkd.bench.grid.sembridge_plugin`)."""
@@ -47,11 +47,6 @@ SCENARIOS: tuple[tuple[str, int, dict[str, dict[str, Any]]], ...] = (
 """(backbone, batch, {label: SKA options}): the SKA arms timed against KD in one loop."""
 
 CE_WEIGHT, KD_WEIGHT, SKA_WEIGHT, TEMPERATURE = 0.3, 0.4, 0.3 * 0.01, 3.0
-
-
-def load_average() -> list[float]:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return [round(x, 2) for x in load]
 
 
 def _networks(backbone: str, batch: int, seed: int):
@@ -102,10 +97,6 @@ def _stepper(student, ska, cached, x, y) -> Callable[[], tuple[float, float]]:
     return step
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def step_overhead(
     backbone: str = "small_cnn",
     batch: int = 32,
@@ -125,7 +116,7 @@ def step_overhead(
     for step in steppers.values():  # warm-up, untimed (a multiple of every `every`)
         for _ in range(steps):
             step()
-    load_before = load_average()
+    load_before = load()
     means: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in steppers}
     for _ in range(repeats):
         sums = {k: [0.0, 0.0] for k in steppers}
@@ -146,16 +137,13 @@ def step_overhead(
         "kd_step_ms": {c: 1000 * statistics.median(means["kd"][c]) for c in ("wall", "cpu")},
         "arms": {},
         "load_before": load_before,
-        "load_after": load_average(),
+        "load_after": load(),
     }
     for label, options in arms.items():
         out["arms"][label] = {
             "options": options if isinstance(options, dict) else {"term": str(options)},
             "step_ms": {c: 1000 * statistics.median(means[label][c]) for c in ("wall", "cpu")},
-            "ratio": {
-                c: _spread([a / k for a, k in zip(means[label][c], means["kd"][c], strict=True)])
-                for c in ("wall", "cpu")
-            },
+            "ratio": {c: ratios(means[label][c], means["kd"][c]) for c in ("wall", "cpu")},
         }
     return out
 
@@ -189,16 +177,6 @@ def flop_share(
     }
 
 
-def _cpu_ms(fn: Callable[[], Any], steps: int) -> float:
-    fn(), fn()
-    times = []
-    for _ in range(steps):
-        start = time.thread_time()
-        fn()
-        times.append(time.thread_time() - start)
-    return 1000 * statistics.median(times)
-
-
 def ska_alone(
     backbone: str = "small_cnn",
     batch: int = 32,
@@ -215,7 +193,7 @@ def ska_alone(
     with torch.no_grad():
         out = student(x)
     s = ModelOutput(out.logits, out.embedding.requires_grad_(), out.feature_map.requires_grad_())
-    ms = _cpu_ms(lambda: sum(ska(s, cached, {}).values()).backward(), steps)
+    ms = cpu_ms(lambda: sum(ska(s, cached, {}).values()).backward(), steps)
     return {"backbone": backbone, "batch": batch, "options": dict(options or {}), "cpu_ms": ms}
 
 
@@ -250,7 +228,7 @@ def attention_products(
         "tokens": tokens,
         "width": width,
         "dim": dim,
-        "cpu_ms": _cpu_ms(products, steps),
+        "cpu_ms": cpu_ms(products, steps),
         "flop": flop,
     }
 
@@ -273,24 +251,8 @@ def compile_cost(backbone: str = "small_cnn", batch: int = 32) -> dict[str, Any]
         "first_step_s": first,
         "eager_ratio": steady["arms"]["eager"]["ratio"],
         "compiled_ratio": steady["arms"]["compiled"]["ratio"],
-        "load": load_average(),
+        "load": load(),
     }
-
-
-class _EpochClock(Callback):
-    """Each training epoch, start to end (steps, data, validation): wall seconds and the CPU
-    seconds of the thread running it (the loaders run in it: cmkd uses no worker processes
-    on the CPU)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, list[float]] = {"wall": [], "cpu": []}
-
-    def on_train_epoch_start(self, trainer, module) -> None:
-        self._start = (time.perf_counter(), time.thread_time())
-
-    def on_train_epoch_end(self, trainer, module) -> None:
-        self.seconds["wall"].append(time.perf_counter() - self._start[0])
-        self.seconds["cpu"].append(time.thread_time() - self._start[1])
 
 
 def epoch_overhead(
@@ -330,166 +292,56 @@ def epoch_overhead(
     for r in range(repeats):
         names = list(configs)
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            clock = _EpochClock()
+            clock = EpochClock()
             distill_student(
                 data, model, cfg.OptimConfig(epochs=epochs), replace(run, name=f"r{r}"),
                 configs[name], "rgb", seed, callbacks=(clock,), prepared=prepared,
             )  # fmt: skip
-            for c in ("wall", "cpu"):
-                epoch_s[name][c].append(statistics.median(clock.seconds[c][1:]))
+            epoch_s[name]["wall"].append(statistics.median(clock.epoch_seconds[1:]))
+            epoch_s[name]["cpu"].append(statistics.median(clock.epoch_cpu_seconds[1:]))
     return {
         "epochs": epochs,
         "repeats": repeats,
         "epoch_s": {k: {c: statistics.median(v[c]) for c in v} for k, v in epoch_s.items()},
         "ratio": {
-            label: {
-                c: _spread(
-                    [a / k for a, k in zip(epoch_s[label][c], epoch_s["kd"][c], strict=True)]
-                )
-                for c in ("wall", "cpu")
-            }
+            label: {c: ratios(epoch_s[label][c], epoch_s["kd"][c]) for c in ("wall", "cpu")}
             for label in arms
         },
-        "load": load_average(),
+        "load": load(),
     }
 
 
 def measure(
-    repeats: int = 15, steps: int = 10, epoch_too: bool = True, compile_too: bool = False
+    repeats: int = 15,
+    steps: int = 10,
+    epochs: int = 8,
+    epoch_repeats: int = 5,
+    compile_too: bool = False,
+    scenarios: tuple[tuple[str, int, dict[str, dict[str, Any]]], ...] = SCENARIOS,
+    output_dir: str = "runs/bench/perf-ska",
 ) -> dict[str, Any]:
-    """Every scenario's step ratios, SKA alone, FLOPs, the attention's product floor, with
-    epoch_too the epoch ratios through the trainer (~2 min) and with compile_too
-    torch.compile's cost (minutes of code generation)."""
-    torch.set_num_threads(1)
-    exact = [(b, n, o) for b, n, arms in SCENARIOS for o in arms.values() if "every" not in o]
-    report: dict[str, Any] = {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "steps": [step_overhead(b, n, arms, repeats, steps) for b, n, arms in SCENARIOS],
-        "ska_alone": [ska_alone(b, n, o) for b, n, o in exact],
-        "flops": [flop_share(b, n, o) for b, n, o in exact],
-        "attention_products": [attention_products(b, dim=d) for b in (32, 64) for d in (256, 512)],
-    }
-    if epoch_too:
-        arms = {"grid": GRID, "grid, every 5": EVERY}
-        report["epoch"] = epoch_overhead(epochs=8, repeats=5, arms=arms)
-    if compile_too:
-        report["compile"] = compile_cost()
+    """Every scenario's step ratios, SKA alone, FLOPs, the attention's product floor; the
+    epoch ratios through the trainer (`epochs` x `epoch_repeats`; none with epochs 0) and with
+    compile_too torch.compile's cost (minutes of code generation). One intra-op thread
+    throughout (the CPU clock is the calling thread's), the caller's count restored after."""
+    from cmkd.threads import training_threads
+
+    exact = [(b, n, o) for b, n, arms in scenarios for o in arms.values() if "every" not in o]
+    with training_threads(1) as threads:
+        report: dict[str, Any] = {
+            "torch": torch.__version__,
+            "threads": threads,
+            "cpus": os.cpu_count(),
+            "steps": [step_overhead(b, n, arms, repeats, steps) for b, n, arms in scenarios],
+            "ska_alone": [ska_alone(b, n, o) for b, n, o in exact],
+            "flops": [flop_share(b, n, o) for b, n, o in exact],
+            "attention_products": [
+                attention_products(b, dim=d) for b in (32, 64) for d in (256, 512)
+            ],
+        }
+        if epochs:
+            arms = {"grid": GRID, "grid, every 5": EVERY}
+            report["epoch"] = epoch_overhead(epochs, epoch_repeats, arms, output_dir=output_dir)
+        if compile_too:
+            report["compile"] = compile_cost()
     return report
-
-
-def _options(options: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in options.items()) or "defaults (dim 512)"
-
-
-def render_ska(report: dict[str, Any]) -> list[str]:
-    """Markdown lines for a `measure` report."""
-    alone = {(r["backbone"], r["batch"], _options(r["options"])): r for r in report["ska_alone"]}
-    lines = [
-        "## SemBridge's own overhead: a training step, KD + SKA against KD",
-        "",
-        f"torch {report['torch']}, {report['threads']} intra-op thread(s) on {report['cpus']} "
-        "CPUs. A training step (forward, 0.3 CE + 0.4 KD at T = 3, + 0.003 SKA, backward, Adam) "
-        "of an RGB student; the teacher (same backbone, 13-band MS) run once, its outputs fixed "
-        "as the teacher cache gives them; 64 x 64 inputs. Steps alternate between the arms; "
-        "per repeat each arm's mean step and its ratio to KD's, then the median over repeats "
-        "and the range. *CPU*: the stepping thread's CPU time, *wall*: the clock. "
-        "*SKA alone*: SKA's forward + backward by itself (CPU ms).",
-        "",
-        "| backbone | batch | feature map | SKA | KD step ms (CPU / wall) | KD + SKA step ms "
-        "(CPU / wall) | ratio, CPU (range) | ratio, wall (range) | SKA alone | load before / "
-        "after |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["steps"]:
-        for label, arm in r["arms"].items():
-            key = (r["backbone"], r["batch"], _options(arm["options"]))
-            ska_ms = f"{alone[key]['cpu_ms']:.2f}" if key in alone else ""
-            cpu, wall = arm["ratio"]["cpu"], arm["ratio"]["wall"]
-            lines.append(
-                f"| {r['backbone']} | {r['batch']} | {' x '.join(map(str, r['feature_map']))} "
-                f"| {label}: {_options(arm['options'])} | {r['kd_step_ms']['cpu']:.1f} / "
-                f"{r['kd_step_ms']['wall']:.1f} | {arm['step_ms']['cpu']:.1f} / "
-                f"{arm['step_ms']['wall']:.1f} | **x{cpu['median']:.3f}** "
-                f"({cpu['min']:.3f}-{cpu['max']:.3f}) | x{wall['median']:.3f} "
-                f"({wall['min']:.3f}-{wall['max']:.3f}) | {ska_ms} | "
-                f"{r['load_before'][0]:.2f} / {r['load_after'][0]:.2f} |"
-            )
-    flops = report.get("flops") or []
-    if flops:
-        lines += [
-            "",
-            "FLOPs of a KD step (student forward + backward) and those SKA adds "
-            "(torch.utils.flop_counter), with the parameter counts:",
-            "",
-            "| backbone | batch | SKA | KD step GFLOP | SKA adds GFLOP | SKA / KD | student "
-            "params | SKA params |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {f['backbone']} | {f['batch']} | {_options(f['options'])} | "
-            f"{f['kd_gflop']:.3f} | {f['ska_gflop']:.3f} | {f['ska_gflop'] / f['kd_gflop']:.2f} "
-            f"| {f['student_params']:,} | {f['ska_params']:,} |"
-            for f in flops
-        ]
-    products = report.get("attention_products") or []
-    if products:
-        lines += [
-            "",
-            "The matrix products SKA's attention cannot avoid (q, k maps of both sides, forward "
-            "and backward, small_cnn's 128-channel 4 x 4 tokens folded into dim x dim maps), "
-            "timed alone: the floor under any exact implementation.",
-            "",
-            "| batch | dim | MFLOP | CPU ms |",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| {p['batch']} | {p['dim']} | {p['flop'] / 1e6:.0f} | {p['cpu_ms']:.2f} |"
-            for p in products
-        ]
-    e = report.get("epoch")
-    if e:
-        lines += [
-            "",
-            f"Through cmkd's trainer (`distill_student`, EuroSAT paired MS -> RGB, small_cnn, "
-            f"batch 32, teacher cache; {e['epochs']} epochs x {e['repeats']} interleaved "
-            "repeats, per run the median epoch after the first): KD epoch "
-            f"{e['epoch_s']['kd']['cpu']:.3f} s CPU.",
-            "",
-            "| SKA | epoch ratio, CPU (range) | epoch ratio, wall (range) |",
-            "|---|---|---|",
-        ]
-        for label, r in e["ratio"].items():
-            cpu, wall = r["cpu"], r["wall"]
-            lines.append(
-                f"| {label} | **x{cpu['median']:.3f}** ({cpu['min']:.3f}-{cpu['max']:.3f}) | "
-                f"x{wall['median']:.3f} ({wall['min']:.3f}-{wall['max']:.3f}) |"
-            )
-    c = report.get("compile")
-    if c:
-        lines += [
-            "",
-            f"torch.compile of the SKA module (grid setting, small_cnn, batch 32): first step "
-            f"{c['first_step_s']:.1f} s wall; then steps interleaved, ratio to KD "
-            f"x{c['compiled_ratio']['cpu']['median']:.3f} CPU compiled, "
-            f"x{c['eager_ratio']['cpu']['median']:.3f} eager.",
-        ]
-    return lines
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m cmkd.bench.perf_ska", description=__doc__)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=10, help="a multiple of 5 (every 5)")
-    parser.add_argument("--no-epoch", action="store_true", help="skip the trainer's epochs")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
-    args = parser.parse_args(argv)
-    report = measure(args.repeats, args.steps, not args.no_epoch, args.compile)
-    print("\n".join(render_ska(report)))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,162 @@
+"""Every section of `cmkd bench perf` runs at toy sizes on the real data and reports what its
+page section shows; the page renders all of them, in page order, and renders again from its
+store alone (`cmkd report`). No timing is asserted: speed is measured by the benchmark, not by
+tests."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from cmkd.bench.pagestore import publish, store_path
+from cmkd.bench.perf import micro, overhead, reference_loops, runloop, runloop_distill, ska
+from cmkd.bench.perf.ddp import ddp_accuracy
+from cmkd.bench.perf.loading import data_rates
+from cmkd.bench.perf.page import SECTIONS, render
+from cmkd.bench.perf.run import SECTIONS as MEASURED
+from cmkd.bench.perf.run import _machine, perf
+from cmkd.bench.perf.threads import threads_under_load
+from cmkd.cli import main
+
+TINY_SKA = {"grid": {"dim": 16, "heads": 4}, "every 2": {"dim": 16, "heads": 4, "every": 2}}
+
+
+def _toy_sections(folder: Path) -> dict[str, Any]:
+    """Each section's measurement at toy sizes (the same functions `perf` calls)."""
+    return {
+        "help": lambda: runloop.help_times(repeats=1),
+        "runloop": lambda: runloop.fit_vs_plain(repeats=1, epochs=20, output_dir=folder / "fit"),
+        "loops": lambda: reference_loops.loops(("small_cnn",), epochs=2, repeats=1, busy=1),
+        "overhead": lambda: overhead.distill_overhead(
+            3,
+            1,
+            output_dir=str(folder / "oh"),
+            only=["KD (teacher cache)", "SemBridge (KD + SKA + DynM)"],
+        ),
+        "ska": lambda: ska.measure(
+            repeats=2,
+            steps=2,
+            epochs=2,
+            epoch_repeats=1,
+            scenarios=(("small_cnn", 4, TINY_SKA),),
+            output_dir=str(folder / "ska"),
+        ),  # fmt: skip
+        "precision": lambda: runloop_distill.precision_steps(
+            (("small_cnn", "small_cnn"),),
+            repeats=1,
+            steps=1,
+            epoch_repeats=1,
+            output_dir=folder / "costs",
+        ),  # fmt: skip
+        "threads": lambda: threads_under_load(busy=0, repeats=1, steps=1),
+        "checkpoints": lambda: runloop_distill.checkpoint_costs(
+            ("small_cnn",), teacher="small_cnn", epochs=1, output_dir=folder / "costs"
+        ),
+        "dynm": lambda: micro.dynm_speed(
+            100, 300, 1000, 1200, classes=5, repeats=1, big_chunks=(64,)
+        ),
+        "coral": lambda: micro.coral_cost(d=256, b=32, repeats=1),
+        "data": lambda: data_rates(limit=8, repeats=1, batch_size=4),
+        "ddp": lambda: ddp_accuracy(seeds=(0,), epochs=1, output_dir=str(folder / "ddp")),
+    }
+
+
+@pytest.fixture(scope="module")
+def toy_store(data_root, tmp_path_factory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("perf")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    store: dict[str, Any] = {"kind": "perf", "command": "cmkd bench perf", "machine": _machine()}
+    store["ran"] = {}
+    for name, measure in _toy_sections(folder).items():
+        start = time.perf_counter()
+        store[name] = measure()
+        store["ran"][name] = {"load": [1.0, 1.5], "minutes": (time.perf_counter() - start) / 60}
+    torch.set_num_threads(threads)
+    # overhead_large is the overhead measurement at a larger backbone (too slow for a test):
+    # its page section is rendered from the small one's numbers.
+    store["overhead_large"] = store["overhead"]
+    store["ran"]["overhead_large"] = store["ran"]["overhead"]
+    store["bf16_accuracy"] = {"source": "a grid", "seeds": [0, 1], "fp32": [0.8, 0.7],
+                              "bf16": [0.81, 0.7]}  # fmt: skip
+    store.update({"load_average_end": [1.0, 1.0, 1.0], "minutes": 1.0, "finished": "now"})
+    return json.loads(json.dumps(store))  # as the store file holds it
+
+
+def test_every_section_reports_what_its_page_section_shows(toy_store) -> None:
+    s = toy_store
+    assert set(SECTIONS) <= set(s)
+    # help: both commands answer without importing torch (they read signatures only).
+    assert s["help"]["imports_torch"] == {"cmkd --help": False, "cmkd train --help": False}
+    assert {"python (bare start-up)", "cmkd train --help"} <= set(s["help"]["seconds"])
+    # runloop: every variant against the plain loop of its repeat; the commands fit alike.
+    fit = s["runloop"]
+    assert list(fit["in_process"])[0] == "plain PyTorch loop" and len(fit["in_process"]) == 6
+    assert fit["in_process"]["plain PyTorch loop"]["ratio"]["median"] == 1.0
+    assert fit["in_process"]["cmkd (defaults)"]["epochs_per_lightning_epoch"] == 1
+    assert (
+        fit["in_process"]["cmkd, validate and checkpoint every 20 epochs"][
+            "epochs_per_lightning_epoch"
+        ]
+        == 20
+    )
+    commands = fit["commands"]
+    assert set(commands) == {"plain PyTorch script", "cmkd train"}
+    assert all(0 <= e["test_acc"] <= 1 and e["ratio"]["n"] == 1 for e in commands.values())
+    # loops: the default precision is measured, as found and under load, both methods.
+    lo = s["loops"]
+    assert set(lo["conditions"]) == {"+0 busy", "+1 busy"}
+    for c in lo["conditions"].values():
+        assert len(c["rows"]) == 2
+        assert all(lo["default_precision"] in row["speedup"] for row in c["rows"].values())
+    assert s["overhead"]["sembridge"]["amortised_epoch_ratio_vs_kd"] > 0
+    steps = s["ska"]["steps"][0]
+    assert steps["feature_map"] == [128, 4, 4] and set(steps["arms"]) == set(TINY_SKA)
+    assert set(s["ska"]["epoch"]["ratio"]) == {"grid", "grid, every 5"}
+    pair = s["precision"]["pairs"]["small_cnn -> small_cnn"]
+    assert pair["fp32"]["vs_fp32"]["median"] == 1.0 and "bf16 channels-last" in pair
+    assert set(s["threads"]["conditions"]) == {"+0 busy, default", "+0 busy, PASSIVE"}
+    ckpt = s["checkpoints"]["students"]["small_cnn"]
+    # cmkd 0.1 kept the teacher's weights in last.ckpt; now it is referenced by path.
+    assert ckpt["now"]["last_mb"] < ckpt["before"]["last_mb"]
+    assert s["dynm"]["speedup"] > 0 and s["coral"]["speedup"] > 0
+    assert s["data"]["rgb"]["samples"] == 8
+    assert [r["seed"] for r in s["ddp"]["runs"]["2 DDP processes"]] == [0]
+
+
+def test_the_page_shows_every_section_in_order_and_renders_again_from_its_store(
+    toy_store, tmp_path
+) -> None:
+    page = publish(tmp_path / "performance.md", toy_store, render)
+    text = page.read_text()
+    headings = [line[3:] for line in text.splitlines() if line.startswith("## ")]
+    assert headings == ["The issues' aims", *(title for title, _, _ in SECTIONS.values())]
+    assert "Sections not in this store" not in text
+    # each measured section says the load it ran under (bf16_accuracy comes from a grid)
+    ran = text.count("load average (1 min) 1.00 at its start, 1.50 at its end")
+    assert ran == len(MEASURED) == len(SECTIONS) - 1
+    verdicts = re.findall(r"\| (met|\*\*not met\*\*|not measured) \|$", text, re.M)
+    assert verdicts and "not measured" not in verdicts  # every aim has its numbers
+    # `cmkd report` renders the same page from the store alone
+    page.unlink()
+    assert main(["report", str(store_path(page)), "--plots", "false"]) == 0
+    assert page.read_text() == text
+
+
+def test_perf_runs_the_chosen_sections_and_records_the_load_of_each(data_root, tmp_path) -> None:
+    threads = torch.get_num_threads()
+    try:
+        report = perf(sections=("help",), repeats=1, page=tmp_path / "p.md", runs_dir=str(tmp_path))
+    finally:
+        torch.set_num_threads(threads)
+    assert set(report["ran"]) == {"help"} and report["ran"]["help"]["minutes"] > 0
+    assert len(report["ran"]["help"]["load"]) == 2
+    text = (tmp_path / "p.md").read_text()
+    assert "## Start-up: `cmkd --help`" in text and "## Checkpoint costs" not in text
+    assert json.loads((tmp_path / "p.json").read_text())["kind"] == "perf"
