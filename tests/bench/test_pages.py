@@ -24,7 +24,6 @@ AWAITING_RERUN = {
     "discomkd.md",
     "losses-eurosat-paired.md",
     "performance.md",
-    "sembridge.md",
     "softcmkd.md",
 }
 
