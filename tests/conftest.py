@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,3 +36,44 @@ def data_root() -> Path:
 def quiet_run(tmp_path: Path) -> RunConfig:
     """Run settings for tests: CPU, no progress bar, outputs in tmp_path."""
     return RunConfig(output_dir=str(tmp_path / "runs"), accelerator="cpu", progress_bar=False)
+
+
+# A `cmkd` command with a callback that SIGKILLs its own process after step {step} of epoch
+# {epoch}. Nothing can catch SIGKILL, so this is as abrupt as a kill from outside, but it lands
+# mid-epoch whatever the machine's speed (a watcher that kills "a moment after" a checkpoint
+# appears misses the epoch on a loaded machine).
+_VICTIM = """
+import os, signal, sys
+from lightning.pytorch.callbacks import Callback
+from cmkd import training
+from cmkd.cli import main
+
+class Kill(Callback):
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.current_epoch == {epoch} and batch_idx == {step}:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+build = training.build_trainer
+training.build_trainer = lambda run_dir, run, plan, callbacks=(): build(
+    run_dir, run, plan, [*callbacks, Kill()]
+)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture
+def killed_run() -> Callable[..., subprocess.Popen]:
+    """Start `cmkd ARGS` in a child process that kills itself (SIGKILL) after step `step` of
+    epoch `epoch`; one thread, so that a resume can be compared bit for bit."""
+
+    def start(args: list[str], epoch: int, step: int) -> subprocess.Popen:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        script = _VICTIM.format(epoch=epoch, step=step)
+        return subprocess.Popen(
+            [sys.executable, "-c", script, *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    return start

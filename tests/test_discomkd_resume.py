@@ -5,10 +5,7 @@ uninterrupted run's weights, selection and exported students, bit for bit."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,26 +20,7 @@ from cmkd.methods.discomkd import BEST_KEY, DisComConfig, DisComKDModule, train_
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "discomkd" / "mfeat2.yaml"
 EPOCHS = 4
-KILL_EPOCH, KILL_STEP = 2, 5  # 11 steps per epoch: 1,400 training digits, batches of 128
-# The victim: `cmkd discomkd` with a callback that SIGKILLs its own process after step
-# KILL_STEP of epoch KILL_EPOCH (as tests/test_faults.py does for `cmkd train`).
-VICTIM = f"""
-import os, signal, sys
-from lightning.pytorch.callbacks import Callback
-from cmkd import training
-from cmkd.cli import main
-
-class Kill(Callback):
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if trainer.current_epoch == {KILL_EPOCH} and batch_idx == {KILL_STEP}:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-build = training.build_trainer
-training.build_trainer = lambda run_dir, run, plan, callbacks=(): build(
-    run_dir, run, plan, [*callbacks, Kill()]
-)
-sys.exit(main(sys.argv[1:]))
-"""
+KILL_EPOCH, KILL_STEP = 2, 5  # 11 steps per epoch (1,400 digits, batches of 128); see killed_run
 
 
 def _config(tmp_path: Path) -> Path:
@@ -74,7 +52,7 @@ def _args(config: Path, out: Path, name: str, *extra: str) -> list[str]:
 
 
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
-    tmp_path, data_root, monkeypatch
+    tmp_path, data_root, monkeypatch, killed_run
 ) -> None:
     from lightning.pytorch.callbacks import Callback
 
@@ -84,15 +62,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
     config, out = _config(tmp_path), tmp_path / "runs"
     killed, full = out / "killed" / "seed0", out / "full" / "seed0"
     last = killed / "checkpoints" / "last.ckpt"
-    # One thread everywhere: the killed process, the reference and the resumed run reduce in
-    # one order, so "equal" can mean bit-equal.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    victim = subprocess.Popen(
-        [sys.executable, "-c", VICTIM, *_args(config, out, "killed")],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    victim = killed_run(_args(config, out, "killed"), KILL_EPOCH, KILL_STEP)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

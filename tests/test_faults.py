@@ -8,8 +8,6 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -46,32 +44,11 @@ def _checkpoint_epoch(path: Path) -> int | None:
         return None
 
 
-KILL_EPOCH, KILL_STEP = 1, 5
-# The victim: `cmkd train` with a callback that SIGKILLs its own process after step KILL_STEP of
-# epoch KILL_EPOCH. Nothing can catch SIGKILL, so this is as abrupt as a kill from outside, but
-# it lands mid-epoch whatever the machine's speed (a watcher that kills "a moment after" a
-# checkpoint appears misses the epoch on a loaded machine).
-VICTIM = f"""
-import os, signal, sys
-from lightning.pytorch.callbacks import Callback
-from cmkd import training
-from cmkd.cli import main
-
-class Kill(Callback):
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if trainer.current_epoch == {KILL_EPOCH} and batch_idx == {KILL_STEP}:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-build = training.build_trainer
-training.build_trainer = lambda run_dir, run, epochs, callbacks=(): build(
-    run_dir, run, epochs, [*callbacks, Kill()]
-)
-sys.exit(main(sys.argv[1:]))
-"""
+KILL_EPOCH, KILL_STEP = 1, 5  # the victim: see killed_run in conftest.py
 
 
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
-    tmp_path, data_root, monkeypatch
+    tmp_path, data_root, monkeypatch, killed_run
 ) -> None:
     from lightning.pytorch.callbacks import Callback
 
@@ -80,15 +57,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
 
     out = tmp_path / "runs"
     last = out / "killed" / "seed0" / "checkpoints" / "last.ckpt"
-    # One thread everywhere: the killed process, the reference and the resumed run then
-    # reduce in one order, so "equal" can mean bit-equal.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    victim = subprocess.Popen(
-        [sys.executable, "-c", VICTIM, *_args(out, "killed")],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    victim = killed_run(_args(out, "killed"), KILL_EPOCH, KILL_STEP)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
