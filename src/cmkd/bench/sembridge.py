@@ -11,22 +11,24 @@ from cmkd.errors import CmkdError
 
 
 def sembridge_grid(
-    scenario: str = "eurosat_ms_to_rgb",
-    seeds: list[int] = [0, 1, 2],  # noqa: B006
-    epochs: int = 30,
-    matcher_epochs: int = 30,
-    rgb_per_class: int | None = 300,
-    backbone: str = "small_cnn",
-    output_dir: str | None = None,
-    page: str | None = None,
-    command: str = "",
+    *,
+    scenario: str,
+    seeds: list[int],
+    epochs: int,
+    matcher_epochs: int,
+    rgb_per_class: int | None,
+    backbone: str,
+    output_dir: str | None,
+    page: str | None,
+    command: str,
 ) -> str:
     """SemBridge against its baselines on an asymmetric scenario (teacher and student share
     only labels): no KD, KD with class-random pairs, KD with matched pairs (SSM, or the
     teacher's embedding space when only the student can be mapped into the teacher's modality,
     or fixed class-random pairs where no pseudo-view exists), and SemBridge + KD (matched pairs,
     DynM re-matching, SKA). Every KD uses the SemBridge paper's weights (0.3 CE + 0.4 KD at
-    T = 3 without T^2) so the rows differ only in pairing and alignment."""
+    T = 3 without T^2) so the rows differ only in pairing and alignment. Arguments and their
+    defaults: `cmkd bench sembridge` (cmkd.bench.commands.sembridge)."""
     if scenario not in SCENARIOS or scenario == "eurosat_paired":
         raise CmkdError(
             f"unknown asymmetric scenario '{scenario}'; choose from "

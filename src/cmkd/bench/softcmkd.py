@@ -77,21 +77,23 @@ def softcmkd_methods(
 
 
 def softcmkd_grid(
-    scenarios: list[str] = ["eurosat_paired", "fsdd_to_mnist", "mnist_to_fsdd"],  # noqa: B006
-    seeds: list[int] = [0, 1, 2],  # noqa: B006
-    epochs: int = 15,
-    fraction: float = 0.3,
-    quality_source: str = "confidence",
-    backbone: str = "small_cnn",
-    conditions: list[str] = ["clean", "corrupted"],  # noqa: B006
-    output_dir: str = "runs/bench/softcmkd",
-    page: str | None = None,
-    command: str = "",
+    *,
+    scenarios: list[str],
+    seeds: list[int],
+    epochs: int,
+    fraction: float,
+    quality_source: str,
+    backbone: str,
+    conditions: list[str],
+    output_dir: str,
+    page: str | None,
+    command: str,
     echo: Callable = print,
 ) -> Path:
     """Soft-constrained CMKD against no KD and the hard L2 ablation, clean and with a share of
     the teacher's inputs corrupted; writes the page (default output_dir/softcmkd.md, its store
-    beside it, rewritten after every scenario) and the weight plot beside it."""
+    beside it, rewritten after every scenario) and the weight plot beside it. Arguments and
+    their defaults: `cmkd bench softcmkd` (cmkd.bench.commands.softcmkd)."""
     unknown = sorted(set(scenarios) - set(CORRUPTIONS)) + sorted(
         set(conditions) - {"clean", "corrupted"}
     )

@@ -13,18 +13,20 @@ from cmkd.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, Run
 
 
 def teacher_cache(
-    teacher_backbone: str = "resnet34",
-    student_backbone: str = "small_cnn",
-    epochs: int = 5,
-    repeats: int = 3,
-    seed: int = 0,
-    output_dir: str = "runs/bench/teacher-cache",
-    page: str | None = None,
-    command: str = "",
+    *,
+    teacher_backbone: str,
+    student_backbone: str,
+    epochs: int,
+    repeats: int,
+    seed: int,
+    output_dir: str,
+    page: str | None,
+    command: str,
 ) -> dict[str, Any]:
     """Time paired KD (EuroSAT MS -> RGB twins) with the frozen teacher's outputs cached once
     versus recomputed every step, `repeats` interleaved runs each; writes the page (default
-    output_dir/results.md, its store beside it) and returns the store."""
+    output_dir/results.md, its store beside it) and returns the store. Arguments and their
+    defaults: `cmkd bench teacher-cache` (cmkd.bench.commands.teacher_cache)."""
     from cmkd.data.datamodule import prepare_data
     from cmkd.recipes import distill_student, train_classifier
 
