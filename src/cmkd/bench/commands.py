@@ -219,13 +219,14 @@ def perf(
     aim's verdict, the machine and the load each section ran under.
 
     Args:
-        sections: Any of (in page order) help (`cmkd --help` start-up), runloop (a 1,000-step
-            linear fit against a plain PyTorch loop, in process and as commands), loops
-            (cmkd's distillation epoch against the reference codes' loop, as found and under
-            load), overhead (each method's epoch against no KD), overhead_large (the same at
-            `large_backbone`), ska (SemBridge's step against KD's), precision (fp32 against
-            bf16 and channels-last), threads (1, 2, auto threads under load), checkpoints,
-            dynm, coral, data, ddp (accuracy of 2 DDP processes against 1). Default: all.
+        sections: Run in the order given (the page is rewritten after each), any of, in page
+            order: help (`cmkd --help` start-up), runloop (a 1,000-step linear fit against a
+            plain PyTorch loop, in process and as commands), loops (cmkd's distillation epoch
+            against the reference codes' loop, as found and under load), overhead (each
+            method's epoch against no KD), overhead_large (the same at `large_backbone`), ska
+            (SemBridge's step against KD's), precision (fp32 against bf16 and channels-last),
+            threads (1, 2, auto threads under load), checkpoints, dynm, coral, data, ddp
+            (accuracy of 2 DDP processes against 1). Default: all.
         epochs: Epochs per timed distillation run (>= 3).
         repeats: Interleaved repeats of every timing (medians are reported).
         page: The page (default <runs_dir>/performance.md; the raw numbers go beside it, same

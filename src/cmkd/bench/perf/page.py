@@ -137,7 +137,7 @@ SECTIONS: dict[str, tuple[str, str, Body]] = {
     ),
 }
 """Section key in the store -> (heading, what it compares and its aim, its tables), in page
-order (also the order `cmkd bench perf` runs them)."""
+order (`cmkd bench perf` runs them in the order its --sections gives)."""
 
 
 def _ran(ran: dict[str, Any] | None) -> list[str]:

@@ -121,17 +121,22 @@ def perf(
     report: dict[str, Any] = {"kind": "perf", "command": command, "machine": _machine()}
     report["ran"] = {}
     steps = _steps(epochs, repeats, runs_dir, large_backbone)
-    for name in SECTIONS:
-        if name in sections:
-            print(f"perf: {name} ...", flush=True)
-            began, at = time.perf_counter(), load()
-            report[name] = steps[name]()
-            minutes = (time.perf_counter() - began) / 60
-            report["ran"][name] = {"load": [at, load()], "minutes": minutes}
-    report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    report["minutes"] = (time.perf_counter() - start) / 60
-    report["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    page = publish(page or Path(runs_dir) / "performance.md", report, render)
+    page = Path(page or Path(runs_dir) / "performance.md")
+    # Sections run in the order given (the page keeps its own order); the page is written after
+    # each one, so a run stopped part-way still leaves what it measured.
+    chosen = list(dict.fromkeys(sections))
+    for done, name in enumerate(chosen, 1):
+        print(f"perf: {name} ...", flush=True)
+        began, at = time.perf_counter(), load()
+        report[name] = steps[name]()
+        minutes = (time.perf_counter() - began) / 60
+        report["ran"][name] = {"load": [at, load()], "minutes": minutes}
+        report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+        report["minutes"] = (time.perf_counter() - start) / 60
+        report["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        if done < len(chosen):
+            report["finished"] += f"; partial, still to run: {', '.join(chosen[done:])}"
+        publish(page, report, render)
     print(page.read_text())
     print(f"Saved {page}")
     return report
