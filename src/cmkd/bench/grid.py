@@ -74,6 +74,7 @@ class GridRunner:
             "teacher_epochs": g.teacher_epochs,
             "precision": g.precision,
             "paper": g.paper,
+            "contrasts": g.contrasts,
             "machine": machine(),
         }
 

@@ -12,6 +12,7 @@ import yaml
 from cmkd.bench.scenarios import (
     CONTROL_CM,
     CONTROL_TF,
+    NO_KD,
     ORACLE,
     SCENARIOS,
     SEMBRIDGE,
@@ -77,6 +78,9 @@ class Grid:
     class_maps: dict[str, str] = field(default_factory=dict)
     """Per scenario, a class map file (path relative to the grid file) where the teacher's
     classes differ from the student's; the page then scores covered classes apart."""
+    contrasts: dict[str, list[str]] = field(default_factory=dict)
+    """Label -> [row A, row B]: the page gives the paired difference A - B per scenario (an
+    ablation's module effects, e.g. matched + DynM against matched)."""
     custom_scenarios: dict[str, Scenario] = field(default_factory=dict)
 
     def seeds_of(self, scenario: str) -> list[int]:
@@ -161,4 +165,15 @@ def load_grid(path: str | Path) -> Grid:
     doc["class_maps"] = {
         sc: str(path.parent / file) for sc, file in (doc.get("class_maps") or {}).items()
     }
-    return Grid(name=doc.pop("name", path.stem), methods=methods, architectures=archs, **doc)
+    grid = Grid(name=doc.pop("name", path.stem), methods=methods, architectures=archs, **doc)
+    known = {NO_KD} | {
+        label for n in grid.scenarios for label in grid.all_methods(grid.scenario(n))
+    }
+    for label, pair in grid.contrasts.items():
+        unknown = [row for row in pair if row not in known]
+        if len(pair) != 2 or unknown:
+            raise CmkdError(
+                f"grid {path}, contrast '{label}': give two of the grid's rows [A, B] (the page "
+                f"shows A - B); unknown: {unknown}; rows: {sorted(known)}"
+            )
+    return grid

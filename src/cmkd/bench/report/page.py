@@ -22,6 +22,7 @@ from cmkd.bench.report.tables import (
     build_tables,
     expected_cells,
     info_from_cells,
+    render_contrasts,
     render_selection,
     render_table,
 )
@@ -189,6 +190,10 @@ def render_grid_page(store: dict[str, Any], page: Path) -> str:
             lines += ["*No finished cells yet.*", ""]
             continue
         lines += render_table(table, paper_row) + [""]
+        contrasts = render_contrasts(table, info.get("contrasts") or {})
+        if contrasts:
+            lines += ["**Contrasts** (the grid's `contrasts`: row A − row B, paired by seed).", ""]
+            lines += [*contrasts, ""]
         selection = render_selection(table)
         if selection:
             lines += ["**Which epoch is scored.**", "", *selection, ""]

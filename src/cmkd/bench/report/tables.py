@@ -20,7 +20,7 @@ from cmkd.bench.report.coverage import COLUMNS as COVERAGE_COLUMNS
 from cmkd.bench.report.coverage import GROUPS, covered_classes, group_acc, group_paired
 from cmkd.bench.scenarios import CONTROL_CM, CONTROL_TF, NO_KD, ORACLE, PAIRS, SEMBRIDGE, TEACHER
 from cmkd.bench.store import slug
-from cmkd.stats import interval, mean_ci, mean_std
+from cmkd.stats import interval, mean_ci, mean_std, width
 
 CONTROLS = (CONTROL_TF, CONTROL_CM)
 WIN = "✓"
@@ -399,3 +399,23 @@ def render_selection(table: Table) -> list[str]:
         "its results are the first columns.*"
     )
     return [*lines, "", note]
+
+
+def render_contrasts(table: Table, contrasts: dict[str, list[str]]) -> list[str]:
+    """The grid's contrasts (row A - row B, paired by seed) on this table, for best-on-val and
+    last-epoch weights; empty when none applies (a row missing from this scenario)."""
+    lines = []
+    for label, (a, b) in contrasts.items():
+        row_a, row_b = table.row(a), table.row(b)
+        if row_a is None or row_b is None:
+            continue
+        best, last = paired(row_a, row_b, "best"), paired(row_a, row_b, "last")
+        spread = f"{width(best):.1f}" if len(best) > 1 else "—"
+        lines.append(f"| {label} | {a} − {b} | {_delta(best)} | {_delta(last)} | {spread} |")
+    if not lines:
+        return []
+    head = [
+        "| contrast | rows | Δ, best on val | Δ, last epoch | 95 % interval width, best on val |",
+        "|---|---|---|---|---|",
+    ]
+    return [*head, *lines]
