@@ -213,3 +213,16 @@ def test_class_maps_for_an_unknown_scenario_is_a_clear_error(tmp_path: Path) -> 
     path.write_text("name: g\nscenarios: [fsdd_to_mnist]\nmethods: {}\nclass_maps: {x: m.yaml}\n")
     with pytest.raises(CmkdError, match="class_maps for scenarios not in the grid"):
         load_grid(path)
+
+
+def test_a_contrast_naming_an_unknown_row_is_refused_before_anything_runs(tmp_path) -> None:
+    grid = tmp_path / "g.yaml"
+    grid.write_text(
+        "scenarios: [fsdd_to_mnist]\n"
+        "methods:\n  KD: {terms: [{name: kd, weight: 0.5}]}\n"
+        'contrasts:\n  typo: ["KD", "KD, matched"]\n'
+    )
+    with pytest.raises(CmkdError, match=r"contrast 'typo'.*unknown: \['KD, matched'\]"):
+        load_grid(grid)
+    grid.write_text(grid.read_text().replace('"KD, matched"', '"control: class-mean"'))
+    assert load_grid(grid).contrasts == {"typo": ["KD", "control: class-mean"]}

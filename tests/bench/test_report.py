@@ -272,3 +272,17 @@ def test_images_and_pca():
     xy = pca_2d(emb)
     assert xy.shape == (50, 2)
     assert np.allclose(np.abs(xy[:, 0]), np.abs(t) * 2**0.5, atol=0.05)
+
+
+def test_contrasts_give_a_minus_b_by_seed_and_skip_rows_a_scenario_lacks():
+    from cmkd.bench.report.tables import Table, render_contrasts
+
+    # a - b per seed: +2, +4 points; mean +3, t(0.975, 1) = 12.706, sd 1.414: half 12.7 points.
+    a = Row("a", {s: _record("a", s, acc, 1) for s, acc in [(0, 0.72), (1, 0.74)]})
+    b = Row("b", {s: _record("b", s, acc, 1) for s, acc in [(0, 0.70), (1, 0.70)]})
+    table = Table(SC, {"name": ARCH}, [a, b])
+    lines = render_contrasts(table, {"a over b": ["a", "b"], "absent": ["a", "oracle"]})
+    assert len(lines) == 3  # header, rule, one contrast: 'absent' names a row not in the table
+    assert lines[2].startswith("| a over b | a − b | +3.0 [-9.7, +15.7] n=2 | +3.0 [-9.7, +15.7]")
+    assert lines[2].endswith("| 25.4 |")
+    assert render_contrasts(table, {}) == []

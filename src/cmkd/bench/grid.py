@@ -261,9 +261,13 @@ class GridRunner:
             distill = replace(distill, pairing=replace(distill.pairing, pairs=pairs))
         key = CellKey(name, arch.name, label, seed)
         model = ModelConfig(backbone=arch.student)
+        spec = asdict(distill)
+        if spec["class_map"] is None:
+            # Added after stores were written: left out while unset, so their cells stay valid.
+            del spec["class_map"]
         config = {
             **self._config(sc.student_data, model, sc.student_modality, seed, arch),
-            "distill": asdict(distill),
+            "distill": spec,
             "teacher": teacher["config_hash"],
         }
         return self._cell(
