@@ -286,3 +286,18 @@ def test_contrasts_give_a_minus_b_by_seed_and_skip_rows_a_scenario_lacks():
     assert lines[2].startswith("| a over b | a − b | +3.0 [-9.7, +15.7] n=2 | +3.0 [-9.7, +15.7]")
     assert lines[2].endswith("| 25.4 |")
     assert render_contrasts(table, {}) == []
+
+
+def test_a_shared_teacher_counts_once_among_the_expected_cells():
+    from cmkd.bench.report.tables import expected_cells
+
+    info = {
+        "scenarios": {"a": {}, "b": {}},
+        "seeds": [0, 1, 2],
+        "architectures": [{"name": "S/S", "teacher": "small_cnn", "student": "small_cnn"}],
+        "methods": {"a": ["KD"], "b": ["KD"]},
+        "teacher_seeds": {"a": [0]},
+    }
+    teachers = sorted((k[0], k[3]) for k in expected_cells(info) if k[2] == TEACHER)
+    assert teachers == [("a", 0), ("b", 0), ("b", 1), ("b", 2)]
+    assert len(expected_cells(info)) == 4 + 2 * 3 * 2  # teachers + (no KD, KD) x seeds x 2

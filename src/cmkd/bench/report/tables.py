@@ -162,14 +162,17 @@ def info_from_cells(root: Path, records: list[dict[str, Any]]) -> dict[str, Any]
 
 def expected_cells(info: dict[str, Any]) -> set[tuple[str, str, str, int]]:
     """The training cells (scenario, group, method, seed) the grid will have, pair lists not
-    counted: per scenario and seed one teacher per teacher backbone, one no-KD student per
-    student backbone and every method per architecture pair."""
+    counted: per scenario and seed one teacher per teacher backbone (or one per shared teacher
+    seed, `teacher_seeds`), one no-KD student per student backbone and every method per
+    architecture pair."""
     keys = set()
     for sc in info["scenarios"]:
         extra = (info.get("extra_seeds") or {}).get(sc, [])
+        shared = (info.get("teacher_seeds") or {}).get(sc)
         for seed in info["seeds"] + [s for s in extra if s not in info["seeds"]]:
             for a in info["architectures"]:
-                keys.add((sc, f"teacher-{a['teacher']}", TEACHER, seed))
+                teacher_seed = shared[seed % len(shared)] if shared else seed
+                keys.add((sc, f"teacher-{a['teacher']}", TEACHER, teacher_seed))
                 keys.add((sc, f"student-{a['student']}", NO_KD, seed))
                 keys |= {(sc, a["name"], m, seed) for m in info["methods"].get(sc, [])}
     return keys
