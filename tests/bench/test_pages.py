@@ -23,7 +23,6 @@ NOT_PAGES = {
 AWAITING_RERUN = {
     "discomkd.md",
     "losses-eurosat-paired.md",
-    "performance.md",
     "softcmkd.md",
 }
 
