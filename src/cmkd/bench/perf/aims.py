@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cmkd.bench.perf.markdown import num, table, verdict
+from cmkd.config import RunConfig
 from cmkd.stats import interval
 
 HELP_S = 2.0
@@ -75,7 +76,9 @@ def _loops(report: dict[str, Any]) -> list[Row]:
     )
     if not lo:
         return [_row("#19", f"{m} epoch >= {b:g}x {ref}", None, None) for m, ref, b in aims]
-    default = lo["default_precision"]
+    # The verdict is on the precision a run uses unless told (RunConfig's), whatever the store
+    # called its default; every measured precision is shown beside it.
+    default = RunConfig().precision
     backbones = list(dict.fromkeys(
         row["backbone"] for c in lo["conditions"].values() for row in c["rows"].values()
     ))  # fmt: skip
@@ -83,16 +86,20 @@ def _loops(report: dict[str, Any]) -> list[Row]:
     for method, reference, bound in aims:
         for backbone in backbones:
             found = {
-                condition: c["rows"][f"{backbone} {method}"]["speedup"][default]
+                condition: c["rows"][f"{backbone} {method}"]["speedup"]
                 for condition, c in lo["conditions"].items()
                 if f"{backbone} {method}" in c["rows"]
             }
-            value = ", ".join(f"x{num(x)} ({condition})" for condition, x in found.items())
-            text = (
-                f"{method} epoch with cmkd's defaults ({default}) >= {bound:g}x {reference}, "
-                f"{backbone}, on the machine as found and under load"
+            value = "; ".join(
+                f"{condition}: " + ", ".join(f"x{num(x)} {p}" for p, x in speedup.items())
+                for condition, speedup in found.items()
             )
-            rows.append(_row("#19", text, value, all(x >= bound for x in found.values())))
+            text = (
+                f"{method} epoch at the default precision ({default}) >= {bound:g}x "
+                f"{reference}, {backbone}, on the machine as found and under load"
+            )
+            met = all(s.get(default, 0) >= bound for s in found.values())
+            rows.append(_row("#19", text, value, met))
     return rows
 
 

@@ -169,17 +169,19 @@ def loops(
     busy: int | None = None,
 ) -> dict[str, Any]:
     """Per backbone and method: the reference loop's epoch seconds over cmkd's, for cmkd at each
-    precision and at its default (`precision: auto` here; ratios > 1: cmkd is faster), medians
-    over interleaved repeats; on the machine as found, then with `busy` busy-looping processes
-    added (default: one per core; 0: none)."""
+    precision, its default and what `precision: auto` picks here (ratios > 1: cmkd is faster),
+    medians over interleaved repeats; on the machine as found, then with `busy` busy-looping
+    processes added (default: one per core; 0: none)."""
+    from cmkd.config import RunConfig
     from cmkd.precision import resolve_precision
 
-    default = resolve_precision("auto", "cpu")
-    precisions = tuple(dict.fromkeys([*precisions, default]))
+    default = resolve_precision(RunConfig().precision, "cpu")
+    auto = resolve_precision("auto", "cpu")
+    precisions = tuple(dict.fromkeys([*precisions, default, auto]))
     busy = (os.cpu_count() or 1) if busy is None else busy
     out: dict[str, Any] = {
         "epochs": epochs, "repeats": repeats, "batch_size": batch_size,
-        "default_precision": default, "conditions": {},
+        "auto_precision": auto, "conditions": {},
     }  # fmt: skip
     for extra in (0, busy) if busy else (0,):
         with busy_processes(extra):
