@@ -77,3 +77,32 @@ def killed_run() -> Callable[..., subprocess.Popen]:
         )
 
     return start
+
+
+@pytest.fixture
+def record_epochs(monkeypatch) -> Callable[[], list[int]]:
+    """Call it to have every Trainer built from then on (cmkd.training.build_trainer) append
+    each epoch it starts to the list it returns: a resumed run must start after its checkpoint."""
+
+    def start() -> list[int]:
+        from lightning.pytorch.callbacks import Callback
+
+        from cmkd import training
+
+        epochs: list[int] = []
+
+        class _Epochs(Callback):
+            def on_train_epoch_start(self, trainer, module) -> None:
+                epochs.append(trainer.current_epoch)
+
+        build = training.build_trainer
+        monkeypatch.setattr(
+            training,
+            "build_trainer",
+            lambda run_dir, run, plan, callbacks=(): build(
+                run_dir, run, plan, [*callbacks, _Epochs()]
+            ),
+        )
+        return epochs
+
+    return start

@@ -52,11 +52,8 @@ def _args(config: Path, out: Path, name: str, *extra: str) -> list[str]:
 
 
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
-    tmp_path, data_root, monkeypatch, killed_run
+    tmp_path, data_root, killed_run, record_epochs
 ) -> None:
-    from lightning.pytorch.callbacks import Callback
-
-    from cmkd import training
     from cmkd.cli import main
 
     config, out = _config(tmp_path), tmp_path / "runs"
@@ -80,20 +77,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
         # lies before the resume point (lost with it, its export would differ).
         assert any(r["best"]["epoch"] < KILL_EPOCH for r in reference.values()), reference
 
-        epochs_run: list[int] = []
-
-        class _Epochs(Callback):
-            def on_train_epoch_start(self, trainer, module) -> None:
-                epochs_run.append(trainer.current_epoch)
-
-        build = training.build_trainer
-        monkeypatch.setattr(
-            training,
-            "build_trainer",
-            lambda run_dir, run, plan, callbacks=(): build(
-                run_dir, run, plan, [*callbacks, _Epochs()]
-            ),
-        )
+        epochs_run = record_epochs()
         assert main(_args(config, out, "killed", "--run.resume=true")) == 0
         assert epochs_run == list(range(KILL_EPOCH, EPOCHS))  # only the epochs after it
     finally:

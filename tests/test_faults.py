@@ -48,11 +48,8 @@ KILL_EPOCH, KILL_STEP = 1, 5  # the victim: see killed_run in conftest.py
 
 
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
-    tmp_path, data_root, monkeypatch, killed_run
+    tmp_path, data_root, killed_run, record_epochs
 ) -> None:
-    from lightning.pytorch.callbacks import Callback
-
-    from cmkd import training
     from cmkd.cli import main
 
     out = tmp_path / "runs"
@@ -72,20 +69,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(
         assert saved == KILL_EPOCH - 1
         # The resumed run trains only the epochs after the checkpoint (a rerun from scratch
         # would end with the same weights too, so this is checked on its own).
-        epochs_run: list[int] = []
-
-        class _Epochs(Callback):
-            def on_train_epoch_start(self, trainer, module) -> None:
-                epochs_run.append(trainer.current_epoch)
-
-        build = training.build_trainer
-        monkeypatch.setattr(
-            training,
-            "build_trainer",
-            lambda run_dir, run, epochs, callbacks=(): build(
-                run_dir, run, epochs, [*callbacks, _Epochs()]
-            ),
-        )
+        epochs_run = record_epochs()
         assert main(_args(out, "killed", "--run.resume=true")) == 0
         assert epochs_run == list(range(saved + 1, EPOCHS))
     finally:
