@@ -94,7 +94,7 @@ def test_a_crashed_grid_resumes_and_a_changed_method_reruns_only_its_cells(
 
     runner = GridRunner(_tiny_grid(), out, echo=lambda *_: None)
     runner.run()
-    assert runner.counts == {"ran": 1, "reused": 2}
+    assert runner.counts == {"ran": 1, "reused": 2, "busy": 0}
     assert teacher_file.stat().st_mtime_ns == stamp
     record = json.loads(CellKey("fsdd_to_mnist", "S/S", "KD", 0).path(out).read_text())
     assert (
@@ -106,7 +106,7 @@ def test_a_crashed_grid_resumes_and_a_changed_method_reruns_only_its_cells(
 
     again = GridRunner(_tiny_grid(), out, echo=lambda *_: None)
     again.run()
-    assert again.counts == {"ran": 0, "reused": 3}
+    assert again.counts == {"ran": 0, "reused": 3, "busy": 0}
 
     # A new KD weight reruns the KD cell only: the teacher and no-KD cells stay.
     heavier = DistillConfig(
@@ -114,7 +114,7 @@ def test_a_crashed_grid_resumes_and_a_changed_method_reruns_only_its_cells(
     )
     changed = GridRunner(_tiny_grid(heavier), out, echo=lambda *_: None)
     changed.run()
-    assert changed.counts == {"ran": 1, "reused": 2}
+    assert changed.counts == {"ran": 1, "reused": 2, "busy": 0}
 
 
 def test_oracle_row_pairs_every_ms_sample_with_its_true_rgb_twin() -> None:
@@ -190,7 +190,8 @@ def test_class_map_scenarios_share_one_teacher_and_keep_test_supports(
     )
     runner = GridRunner(grid, tmp_path, echo=lambda *_: None)
     runner.run()
-    assert runner.counts == {"ran": 5, "reused": 1}  # 1 teacher, 2 no-KD, 2 KD; 1 shared
+    # 1 teacher, 2 no-KD, 2 KD; 1 shared
+    assert runner.counts == {"ran": 5, "reused": 1, "busy": 0}
     store = Store(tmp_path)
     first, second = (store.get(CellKey(sc, "teacher-small_cnn", TEACHER, 0)) for sc in scenarios)
     assert second["shared_from"] == scenarios[0] and second["wall_seconds"] == 0
@@ -226,3 +227,53 @@ def test_a_contrast_naming_an_unknown_row_is_refused_before_anything_runs(tmp_pa
         load_grid(grid)
     grid.write_text(grid.read_text().replace('"KD, matched"', '"control: class-mean"'))
     assert load_grid(grid).contrasts == {"typo": ["KD", "control: class-mean"]}
+
+
+def test_a_pair_at_another_precision_keeps_its_own_teacher_and_no_kd_cells() -> None:
+    from cmkd.bench.store import side_group
+
+    assert side_group("teacher", "small_cnn", None, "32-true") == "teacher-small_cnn"
+    assert side_group("teacher", "small_cnn", "32-true", "32-true") == "teacher-small_cnn"
+    assert side_group("student", "small_cnn", "bf16-mixed", "32-true") == (
+        "student-small_cnn@bf16-mixed"
+    )
+
+
+def test_a_cell_another_worker_holds_is_passed_over_or_waited_for(tmp_path: Path) -> None:
+    import threading
+
+    runner = GridRunner(_tiny_grid(), tmp_path, echo=lambda *_: None)
+    key = CellKey("fsdd_to_mnist", "S/S", "KD", 0)
+    config = {"x": 1}
+    record = {**key.__dict__, "config_hash": config_hash(config), "result": {"by": "other"}}
+
+    def never() -> dict:
+        raise AssertionError("a held cell must not be trained twice")
+
+    other = Store(tmp_path)
+    with other.claim(key, wait=False) as held:
+        assert held
+        assert runner._cell(key, config, never, wait=False) is None  # passed over
+        got = []
+        waiter = threading.Thread(target=lambda: got.append(runner._cell(key, config, never)))
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive() and not got  # a needed cell waits for the other worker
+        other.put(key, record)
+    waiter.join(10)
+    assert got == [record]  # and then reuses what that worker stored
+    assert runner.counts == {"ran": 0, "reused": 1, "busy": 1}
+
+
+def test_an_architecture_contrast_naming_an_unknown_pair_is_refused(tmp_path) -> None:
+    grid = tmp_path / "g.yaml"
+    grid.write_text(
+        "scenarios: [fsdd_to_mnist]\n"
+        "methods:\n  KD: {terms: [{name: kd, weight: 0.5}]}\n"
+        "architectures: [{name: fp32}, {name: bf16, precision: bf16-mixed}]\n"
+        "architecture_contrasts:\n  bf16 - fp32: [bf16, fp23]\n"
+    )
+    with pytest.raises(CmkdError, match=r"architecture contrast 'bf16 - fp32'.*\['fp23'\]"):
+        load_grid(grid)
+    grid.write_text(grid.read_text().replace("fp23", "fp32"))
+    assert load_grid(grid).architecture_contrasts == {"bf16 - fp32": ["bf16", "fp32"]}

@@ -301,3 +301,22 @@ def test_a_shared_teacher_counts_once_among_the_expected_cells():
     teachers = sorted((k[0], k[3]) for k in expected_cells(info) if k[2] == TEACHER)
     assert teachers == [("a", 0), ("b", 0), ("b", 1), ("b", 2)]
     assert len(expected_cells(info)) == 4 + 2 * 3 * 2  # teachers + (no KD, KD) x seeds x 2
+
+
+def test_architecture_contrasts_give_pair_a_minus_pair_b_for_every_shared_row():
+    from cmkd.bench.report.tables import Table, render_architecture_contrasts
+
+    def rows(accs: list[float]) -> list[Row]:
+        return [
+            Row(label, {s: _record(label, s, acc, 1) for s, acc in enumerate(accs)})
+            for label in (NO_KD, "KD")
+        ]
+
+    # bf16 - fp32 per seed: +1, +3 points on both rows; mean +2, sd 1.414, half 12.7 points.
+    bf16 = Table(SC, {"name": "bf16"}, rows([0.71, 0.73]))
+    fp32 = Table(SC, {"name": "fp32"}, rows([0.70, 0.70]))
+    lines = render_architecture_contrasts([fp32, bf16], {"bf16 - fp32": ["bf16", "fp32"]})
+    assert len(lines) == 4  # header, rule, one line per shared row
+    assert lines[2].startswith(f"| bf16 - fp32 | {NO_KD} | +2.0 [-10.7, +14.7] n=2 |")
+    assert lines[3].startswith("| bf16 - fp32 | KD | +2.0 [-10.7, +14.7] n=2 |")
+    assert render_architecture_contrasts([fp32], {"bf16 - fp32": ["bf16", "fp32"]}) == []

@@ -63,12 +63,14 @@ def bench_grid(
 ) -> None:
     """Run a benchmark grid cell by cell; cells already in its results store with the same
     config are reused, so an interrupted grid continues where it stopped. Then write its page
-    (`cmkd report`).
+    (`cmkd report`). Several workers may run one grid at once (the same command started again,
+    one per core, with one torch thread each): each cell is trained by one of them, and the
+    last to finish writes the complete page.
 
     Args:
         grid: Grid YAML (configs/bench/*.yaml).
         output_dir: Results store and runs (default runs/bench/<grid name>).
-        fresh: Drop the stored cells and rerun everything.
+        fresh: Drop the stored cells and rerun everything (never while other workers run).
         report: Write the page, its compact store and its plots afterwards.
         page: The page (default <output_dir>/<grid name>.md; its store <name>.json and its
             plots <name>/ beside it), e.g. benchmarks/<grid name>.md.

@@ -28,7 +28,7 @@ from cmkd.bench.scenarios import (
     TEACHER,
     Scenario,
 )
-from cmkd.bench.store import CellKey, Store, config_hash, slug
+from cmkd.bench.store import CellKey, Store, config_hash, side_group, slug
 from cmkd.config import (
     DataConfig,
     ModelConfig,
@@ -51,7 +51,7 @@ class GridRunner:
         self.run_cfg = RunConfig(
             output_dir=str(self.out / "runs"), progress_bar=False, track_test=True
         )
-        self.counts = {"ran": 0, "reused": 0}
+        self.counts = {"ran": 0, "reused": 0, "busy": 0}
 
     def describe(self, command: str = "") -> dict[str, Any]:
         """The grid as the report needs it (written to grid.json beside the cells)."""
@@ -75,6 +75,7 @@ class GridRunner:
             "precision": g.precision,
             "paper": g.paper,
             "contrasts": g.contrasts,
+            "architecture_contrasts": g.architecture_contrasts,
             "machine": machine(),
         }
 
@@ -103,16 +104,33 @@ class GridRunner:
         self.echo(
             f"grid {self.grid.name}: {self.counts['ran']} cells run, "
             f"{self.counts['reused']} reused from {self.store.root}"
+            + (f", {self.counts['busy']} left to other workers" if self.counts["busy"] else "")
         )
         return self.store
 
     # One cell: reuse its record when the config is unchanged, else run and store it.
-    def _cell(self, key: CellKey, config: dict[str, Any], fn: Callable[[], dict]) -> dict:
+    def _cell(
+        self, key: CellKey, config: dict[str, Any], fn: Callable[[], dict], wait: bool = True
+    ) -> dict | None:
+        """The cell's record; None where another worker is running it and not `wait` (cells
+        that others need, a teacher or a pair list, wait for it)."""
         digest = config_hash(config)
         old = self.store.get(key)
         if old is not None and old.get("config_hash") == digest:
             self.counts["reused"] += 1
             return old
+        with self.store.claim(key, wait) as held:
+            if not held:
+                self.counts["busy"] += 1
+                self.echo(f"    {key.method:32s} running in another worker: passed over")
+                return None
+            old = self.store.get(key)  # finished by another worker while this one waited
+            if old is not None and old.get("config_hash") == digest:
+                self.counts["reused"] += 1
+                return old
+            return self._run_cell(key, config, digest, fn)
+
+    def _run_cell(self, key: CellKey, config: dict, digest: str, fn: Callable[[], dict]) -> dict:
         start = time.perf_counter()
         with peak_memory() as memory:
             result = fn()
@@ -146,6 +164,9 @@ class GridRunner:
     def _precision(self, arch: Architecture) -> str:
         return arch.precision or self.grid.precision
 
+    def _group(self, side: str, backbone: str, arch: Architecture) -> str:
+        return side_group(side, backbone, arch.precision, self.grid.precision)
+
     def _run(self, key: CellKey, arch: Architecture) -> RunConfig:
         name = str(Path(*map(slug, (key.scenario, key.group, key.method))))
         return replace(self.run_cfg, name=name, overwrite=True, precision=self._precision(arch))
@@ -154,7 +175,7 @@ class GridRunner:
         from cmkd.recipes import train_classifier
 
         t_seed = self.grid.teacher_seed(name, seed)
-        key = CellKey(name, f"teacher-{arch.teacher}", TEACHER, t_seed)
+        key = CellKey(name, self._group("teacher", arch.teacher, arch), TEACHER, t_seed)
         model = ModelConfig(backbone=arch.teacher)
         optim = replace(self.optim, epochs=self.grid.teacher_epochs.get(name, self.optim.epochs))
         config = self._config(sc.teacher_data, model, sc.teacher_modality, t_seed, arch, optim)
@@ -192,10 +213,10 @@ class GridRunner:
                 return record
         return None
 
-    def _no_kd(self, name, sc: Scenario, arch, seed, prepared) -> dict:
+    def _no_kd(self, name, sc: Scenario, arch, seed, prepared) -> dict | None:
         from cmkd.recipes import train_classifier
 
-        key = CellKey(name, f"student-{arch.student}", NO_KD, seed)
+        key = CellKey(name, self._group("student", arch.student, arch), NO_KD, seed)
         model = ModelConfig(backbone=arch.student)
         config = self._config(sc.student_data, model, sc.student_modality, seed, arch)
         return self._cell(
@@ -213,13 +234,14 @@ class GridRunner:
                 )
                 | test_support(prepared(), sc.student_modality)
             ),
+            wait=False,
         )
 
     def _pairs(self, name, sc: Scenario, arch, seed, teacher: dict) -> str:
         from cmkd.recipes import match_pairs
 
         matcher = arch.matcher or arch.student
-        key = CellKey(name, f"{arch.teacher}-{matcher}", PAIRS, seed)
+        key = CellKey(name, self._group(arch.teacher, matcher, arch), PAIRS, seed)
         path = self.out / "pairs" / slug(name) / slug(key.group) / f"seed{seed}.json"
         config = {
             "teacher": teacher["config_hash"],
@@ -250,7 +272,7 @@ class GridRunner:
 
         return self._cell(key, config, match)["result"]["pairs"]
 
-    def _distill(self, name, sc, arch, seed, prepared, label, distill, teacher) -> dict:
+    def _distill(self, name, sc, arch, seed, prepared, label, distill, teacher) -> dict | None:
         from cmkd.recipes import distill_student
 
         distill = replace(distill, teacher=teacher["result"]["checkpoint"])
@@ -286,6 +308,7 @@ class GridRunner:
                 )
                 | test_support(prepared(), sc.student_modality)
             ),
+            wait=False,
         )
 
     def _config(

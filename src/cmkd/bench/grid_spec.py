@@ -81,6 +81,9 @@ class Grid:
     contrasts: dict[str, list[str]] = field(default_factory=dict)
     """Label -> [row A, row B]: the page gives the paired difference A - B per scenario (an
     ablation's module effects, e.g. matched + DynM against matched)."""
+    architecture_contrasts: dict[str, list[str]] = field(default_factory=dict)
+    """Label -> [pair A, pair B] (architecture names): the page gives A - B per scenario for
+    every row, paired by seed (e.g. one pair at bf16 against the same pair at fp32)."""
     custom_scenarios: dict[str, Scenario] = field(default_factory=dict)
 
     def seeds_of(self, scenario: str) -> list[int]:
@@ -176,4 +179,15 @@ def load_grid(path: str | Path) -> Grid:
                 f"grid {path}, contrast '{label}': give two of the grid's rows [A, B] (the page "
                 f"shows A - B); unknown: {unknown}; rows: {sorted(known)}"
             )
+    names = [a.name for a in grid.architectures]
+    for label, pair in grid.architecture_contrasts.items():
+        unknown = [name for name in pair if name not in names]
+        if len(pair) != 2 or unknown:
+            raise CmkdError(
+                f"grid {path}, architecture contrast '{label}': give two of the grid's "
+                f"architecture pairs [A, B] (the page shows A - B); unknown: {unknown}; "
+                f"pairs: {names}"
+            )
+    if len(set(names)) != len(names):
+        raise CmkdError(f"grid {path}: two architecture pairs share a name ({names})")
     return grid

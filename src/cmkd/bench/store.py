@@ -6,6 +6,10 @@ run's metrics, wall time, throughput and peak memory. A grid skips a cell whose 
 with the same config hash, so a crashed grid continues where it stopped and a changed grid
 reruns only the cells it changed. Plain JSON: readable by anything, loadable without
 executing code.
+
+Several workers (processes, machines on one file system) may run one grid into one store: a
+worker claims a cell (a lock file beside it, released by the system if the worker dies) before
+training it, and passes over a cell another worker holds.
 """
 
 from __future__ import annotations
@@ -13,9 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from cmkd.errors import CmkdError
 from cmkd.io import write_json
@@ -24,13 +32,22 @@ from cmkd.io import write_json
 @dataclass(frozen=True)
 class CellKey:
     scenario: str
-    group: str  # an architecture pair ('R/R'), 'teacher-<backbone>' or 'student-<backbone>'
+    group: str  # an architecture pair ('R/R') or a side_group ('teacher-<backbone>', ...)
     method: str
     seed: int
 
     def path(self, root: Path) -> Path:
         parts = (self.scenario, self.group, self.method)
         return root / "cells" / Path(*map(slug, parts)) / f"seed{self.seed}.json"
+
+
+def side_group(side: str, backbone: str, precision: str | None, grid_precision: str) -> str:
+    """The group of a grid's teacher or no-KD student cells ('teacher-<backbone>'), tagged with
+    the precision where an architecture pair overrides the grid's: two pairs of the same
+    backbones at two precisions (bf16 against fp32) must not share, and overwrite, one cell.
+    Untagged otherwise, so stores written before the tag stay valid."""
+    group = f"{side}-{backbone}"
+    return f"{group}@{precision}" if precision and precision != grid_precision else group
 
 
 def slug(label: str) -> str:
@@ -60,6 +77,23 @@ class Store:
 
     def put(self, key: CellKey, record: dict[str, Any]) -> None:
         write_json(key.path(self.root), record)
+
+    @contextmanager
+    def claim(self, key: CellKey, wait: bool) -> Iterator[bool]:
+        """Hold the cell against other workers while the block runs: yields True once held;
+        False at once when another worker holds it and not `wait`."""
+        path = key.path(self.root).with_suffix(".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(path)
+        try:
+            lock.acquire(timeout=-1 if wait else 0)
+        except Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
 
     def records(self) -> list[dict[str, Any]]:
         """Every cell's record, in a stable order."""

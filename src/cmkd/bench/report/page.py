@@ -19,9 +19,11 @@ from cmkd.bench.pagestore import plots_folder, portable, publish, read_store, st
 from cmkd.bench.report.plots import PLOTS, DataCache, first_seed
 from cmkd.bench.report.tables import (
     WIN,
+    Table,
     build_tables,
     expected_cells,
     info_from_cells,
+    render_architecture_contrasts,
     render_contrasts,
     render_selection,
     render_table,
@@ -172,7 +174,10 @@ def render_grid_page(store: dict[str, Any], page: Path) -> str:
         "",
     ]
     seed = first_seed(info)
-    for table in build_tables(info, records):
+    tables = build_tables(info, records)
+    for i, table in enumerate(tables):
+        if i and tables[i - 1].scenario != table.scenario:
+            lines += _architecture_contrasts(info, tables, tables[i - 1].scenario)
         sc_info = info["scenarios"].get(table.scenario, {})
         arch = table.arch
         lines += [
@@ -206,7 +211,22 @@ def render_grid_page(store: dict[str, Any], page: Path) -> str:
                 if plot.caption:
                     lines += ["", "*" + plot.caption.format(seed=seed) + "*", ""]
         lines.append("")
+    if tables:
+        lines += _architecture_contrasts(info, tables, tables[-1].scenario)
     return "\n".join(lines)
+
+
+def _architecture_contrasts(info: dict[str, Any], tables: list[Table], scenario: str) -> list[str]:
+    rows = render_architecture_contrasts(
+        [t for t in tables if t.scenario == scenario], info.get("architecture_contrasts") or {}
+    )
+    if not rows:
+        return []
+    head = (
+        f"**Architecture contrasts, {scenario}** (the grid's `architecture_contrasts`: pair "
+        "A − pair B for every row, paired by seed)."
+    )
+    return [head, "", *rows, ""]
 
 
 def draw_grid_plots(store: dict[str, Any], page: Path, echo: Callable = print) -> None:

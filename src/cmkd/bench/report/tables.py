@@ -19,7 +19,7 @@ from typing import Any
 from cmkd.bench.report.coverage import COLUMNS as COVERAGE_COLUMNS
 from cmkd.bench.report.coverage import GROUPS, covered_classes, group_acc, group_paired
 from cmkd.bench.scenarios import CONTROL_CM, CONTROL_TF, NO_KD, ORACLE, PAIRS, SEMBRIDGE, TEACHER
-from cmkd.bench.store import slug
+from cmkd.bench.store import side_group, slug
 from cmkd.stats import interval, mean_ci, mean_std, width
 
 CONTROLS = (CONTROL_TF, CONTROL_CM)
@@ -160,6 +160,12 @@ def info_from_cells(root: Path, records: list[dict[str, Any]]) -> dict[str, Any]
     }
 
 
+def _side(info: dict[str, Any], arch: dict[str, Any], side: str) -> str:
+    """The group of an architecture pair's teacher or no-KD cells (cmkd.bench.store.side_group)."""
+    grid_precision = info.get("precision") or "32-true"
+    return side_group(side, arch[side], arch.get("precision"), grid_precision)
+
+
 def expected_cells(info: dict[str, Any]) -> set[tuple[str, str, str, int]]:
     """The training cells (scenario, group, method, seed) the grid will have, pair lists not
     counted: per scenario and seed one teacher per teacher backbone (or one per shared teacher
@@ -172,8 +178,8 @@ def expected_cells(info: dict[str, Any]) -> set[tuple[str, str, str, int]]:
         for seed in info["seeds"] + [s for s in extra if s not in info["seeds"]]:
             for a in info["architectures"]:
                 teacher_seed = shared[seed % len(shared)] if shared else seed
-                keys.add((sc, f"teacher-{a['teacher']}", TEACHER, teacher_seed))
-                keys.add((sc, f"student-{a['student']}", NO_KD, seed))
+                keys.add((sc, _side(info, a, "teacher"), TEACHER, teacher_seed))
+                keys.add((sc, _side(info, a, "student"), NO_KD, seed))
                 keys |= {(sc, a["name"], m, seed) for m in info["methods"].get(sc, [])}
     return keys
 
@@ -186,8 +192,8 @@ def build_tables(info: dict[str, Any], records: list[dict[str, Any]]) -> list[Ta
     for sc in info["scenarios"]:
         for arch in info["architectures"]:
             rows = [
-                Row(TEACHER, cells.get((sc, f"teacher-{arch['teacher']}", TEACHER), {})),
-                Row(NO_KD, cells.get((sc, f"student-{arch['student']}", NO_KD), {})),
+                Row(TEACHER, cells.get((sc, _side(info, arch, "teacher"), TEACHER), {})),
+                Row(NO_KD, cells.get((sc, _side(info, arch, "student"), NO_KD), {})),
             ]
             rows += [
                 Row(m, cells.get((sc, arch["name"], m), {})) for m in info["methods"].get(sc, [])
@@ -419,6 +425,37 @@ def render_contrasts(table: Table, contrasts: dict[str, list[str]]) -> list[str]
         return []
     head = [
         "| contrast | rows | Δ, best on val | Δ, last epoch | 95 % interval width, best on val |",
+        "|---|---|---|---|---|",
+    ]
+    return [*head, *lines]
+
+
+def render_architecture_contrasts(
+    tables: list[Table], contrasts: dict[str, list[str]]
+) -> list[str]:
+    """The grid's architecture contrasts (pair A - pair B, e.g. the same backbones at bf16 and at
+    fp32) on one scenario's tables: every row the two share (teacher, no KD, each method), paired
+    by seed, for best-on-val and last-epoch weights; empty when neither pair has cells here."""
+    by_name = {t.arch["name"]: t for t in tables}
+    lines = []
+    for label, (a, b) in contrasts.items():
+        if a not in by_name or b not in by_name:
+            continue
+        for row_a in by_name[a].rows:
+            row_b = by_name[b].row(row_a.label)
+            if row_b is None:
+                continue
+            best, last = paired(row_a, row_b, "best"), paired(row_a, row_b, "last")
+            if not best:
+                continue
+            spread = f"{width(best):.1f}" if len(best) > 1 else "—"
+            lines.append(
+                f"| {label} | {row_a.label} | {_delta(best)} | {_delta(last)} | {spread} |"
+            )
+    if not lines:
+        return []
+    head = [
+        "| contrast | row | Δ, best on val | Δ, last epoch | 95 % interval width, best on val |",
         "|---|---|---|---|---|",
     ]
     return [*head, *lines]
