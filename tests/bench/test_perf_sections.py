@@ -23,6 +23,7 @@ from cmkd.bench.perf.run import SECTIONS as MEASURED
 from cmkd.bench.perf.run import _machine, perf
 from cmkd.bench.perf.threads import threads_under_load
 from cmkd.cli import main
+from cmkd.errors import CmkdError
 
 TINY_SKA = {"grid": {"dim": 16, "heads": 4}, "every 2": {"dim": 16, "heads": 4, "every": 2}}
 
@@ -161,3 +162,69 @@ def test_perf_runs_the_chosen_sections_and_records_the_load_of_each(data_root, t
     text = (tmp_path / "p.md").read_text()
     assert "## Start-up: `cmkd --help`" in text and "## Checkpoint costs" not in text
     assert json.loads((tmp_path / "p.json").read_text())["kind"] == "perf"
+
+
+def _precision_grid_store() -> dict[str, Any]:
+    """A grid's compact store as configs/bench/precision.yaml writes it: pairs fp32 and bf16,
+    one scenario, teacher, no-KD and KD cells; seed 2 has not finished its bf16 KD."""
+    archs = [
+        {"name": "fp32", "teacher": "small_cnn", "student": "small_cnn", "precision": "32-true"},
+        {"name": "bf16", "teacher": "small_cnn", "student": "small_cnn", "precision": "bf16-mixed"},
+    ]
+    info = {
+        "scenarios": {"s": {}},
+        "methods": {"s": ["KD"]},
+        "architectures": archs,
+        "precision": "32-true",
+        "seeds": [0, 1, 2],
+        "architecture_contrasts": {"bf16 - fp32": ["bf16", "fp32"]},
+    }
+    acc = {  # (group, method) -> accuracy per seed
+        ("teacher-small_cnn", "teacher"): [0.90, 0.80, 0.85],
+        ("student-small_cnn", "student, no KD"): [0.70, 0.60, 0.65],
+        ("fp32", "KD"): [0.74, 0.62, 0.66],
+        ("teacher-small_cnn@bf16-mixed", "teacher"): [0.91, 0.80, 0.85],
+        ("student-small_cnn@bf16-mixed", "student, no KD"): [0.70, 0.58, 0.65],
+        ("bf16", "KD"): [0.75, 0.63],
+    }
+    cells = [
+        {"scenario": "s", "group": g, "method": m, "seed": seed,
+         "result": {"best": {"test": {"acc": a}}, "last": {"test": {"acc": a}}}}
+        for (g, m), values in acc.items()
+        for seed, a in enumerate(values)
+    ]  # fmt: skip
+    return {"kind": "grid", "info": info, "cells": cells}
+
+
+def test_the_bf16_check_pairs_every_model_of_a_seed_at_both_precisions(tmp_path) -> None:
+    from cmkd.bench.perf.accuracy import bf16_accuracy
+
+    grid = tmp_path / "precision.json"
+    grid.write_text(json.dumps(_precision_grid_store()))
+    got = bf16_accuracy(grid)
+    assert got["seeds"] == [0, 1] and got["models"] == 3  # seed 2 lacks a bf16 KD cell
+    assert got["pairs"] == ["bf16", "fp32"]
+    assert got["bf16"] == pytest.approx([(0.91 + 0.70 + 0.75) / 3, (0.80 + 0.58 + 0.63) / 3])
+    assert got["fp32"] == pytest.approx([(0.90 + 0.70 + 0.74) / 3, (0.80 + 0.60 + 0.62) / 3])
+
+
+HELP = {"seconds": {}, "imports_torch": {}, "repeats": 1, "load": [1.0]}
+
+
+def test_perf_adds_the_bf16_check_and_keeps_the_sections_it_does_not_measure(tmp_path) -> None:
+    grid, page = tmp_path / "precision.json", tmp_path / "perf.md"
+    grid.write_text(json.dumps(_precision_grid_store()))
+    earlier = {"kind": "perf", "command": "cmkd bench perf --page perf.md", "finished": "then",
+               "machine": _machine(), "ran": {"help": {"load": [1.0, 1.5], "minutes": 0.1}},
+               "help": HELP}  # fmt: skip
+    publish(page, earlier, lambda store, _: "")
+    report = perf(sections=(), page=page, runs_dir=str(tmp_path), accuracy_grid=grid)
+    assert report["help"] == HELP and report["bf16_accuracy"]["seeds"] == [0, 1]
+    assert report["ran"]["help"]["command"] == "cmkd bench perf --page perf.md"
+    text = page.read_text()
+    assert "Measured by an earlier run: `cmkd bench perf --page perf.md` (then)" in text
+    assert "## Accuracy: bf16 against fp32" in text
+    earlier["machine"] = {**earlier["machine"], "cpu_model": "another CPU"}
+    publish(page, earlier, lambda store, _: "")
+    with pytest.raises(CmkdError, match="measured on another machine"):
+        perf(sections=(), page=page, runs_dir=str(tmp_path))

@@ -213,6 +213,8 @@ def perf(
     runs_dir: str = "runs/bench/perf",
     threads: int = 1,
     large_backbone: str = "resnet18",
+    accuracy_grid: str | None = None,
+    keep: bool = True,
 ) -> None:
     """Time cmkd against same-process baselines; one page with the issues' aims and verdicts.
 
@@ -238,6 +240,11 @@ def perf(
             oversubscribed machine several threads per op spin against each other and times
             swing by 10x or more.
         large_backbone: Student and teacher backbone of the overhead_large section.
+        accuracy_grid: A grid that trains the same models at bf16 and fp32 (its page, store or
+            results folder; configs/bench/precision.yaml), read into the bf16 accuracy check.
+            `--sections '[]' --accuracy_grid benchmarks/precision.md` adds only that check.
+        keep: Keep the page's stored sections that this run does not measure (each names the
+            run that measured it); refused where the page was measured on another machine.
     """
     given = dict(locals())
     from cmkd.bench.perf.run import SECTIONS

@@ -21,7 +21,7 @@ KD_VS_NO_KD = 1.10
 DYNM_SPEEDUP, DYNM_BIG_S = 50.0, 30.0
 BF16_MARGIN_POINTS = 1.0
 """The default margin of the bf16 accuracy check: the 95 % interval of bf16 - fp32 must lie
-above -1 point (a store's `bf16_accuracy.margin_points` overrides it)."""
+within +-1 point (a store's `bf16_accuracy.margin_points` overrides it)."""
 
 Row = list[str]
 
@@ -137,7 +137,7 @@ def _bf16(report: dict[str, Any]) -> list[Row]:
     margin = (b or {}).get("margin_points", BF16_MARGIN_POINTS)
     text = (
         f"bf16-mixed costs no accuracy: the 95 % interval of the paired test-accuracy "
-        f"difference bf16 - fp32 lies above -{margin:g} point(s)"
+        f"difference bf16 - fp32 lies within +-{margin:g} point(s)"
     )
     if not b:
         return [_row("#19", text, None, None)]
@@ -146,7 +146,8 @@ def _bf16(report: dict[str, Any]) -> list[Row]:
     if found is None or len(diffs) < 2:
         return [_row("#19", text, f"{len(diffs)} seed(s): no interval", None)]
     mean, low, high = found
-    return [_row("#19", text, f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]", low >= -margin)]
+    within = -margin <= low and high <= margin
+    return [_row("#19", text, f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]", within)]
 
 
 def _issue8(report: dict[str, Any]) -> list[Row]:

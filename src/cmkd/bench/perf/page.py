@@ -3,10 +3,10 @@ the page): the machine, the issues' aims with their verdicts, then every section
 order, each with a heading, what it compares with what and the aim it serves, the load it ran
 under, and its tables. Sections missing from the store are named, not rendered.
 
-The store may carry `bf16_accuracy` (added from a grid, not measured by `cmkd bench perf`):
-{"source": "<page or command>", "seeds": [...], "fp32": [...], "bf16": [...] (test
-accuracies, fractions, paired by seed), "margin_points": 1.0 (optional)}; it is shown in the
-`bf16_accuracy` section and judged among the aims.
+The store may carry `bf16_accuracy` (taken from a grid by `cmkd bench perf --accuracy_grid`,
+cmkd.bench.perf.accuracy): {"source": "<grid page>", "seeds": [...], "fp32": [...], "bf16":
+[...] (test accuracies, fractions, paired by seed), "models", "pairs", "margin_points" (both
+optional)}; it is shown in the `bf16_accuracy` section and judged among the aims.
 """
 
 from __future__ import annotations
@@ -91,8 +91,8 @@ SECTIONS: dict[str, tuple[str, str, Body]] = {
     "bf16_accuracy": (
         "Accuracy: bf16 against fp32",
         "The test accuracy of the same runs at bf16-mixed and at 32-true, paired by seed, "
-        "from a grid (added to this store; `cmkd bench perf` does not train to convergence). "
-        "Aim (issue #19): bf16 costs no accuracy (the paired interval lies above -1 point).",
+        "from a grid (`--accuracy_grid`; `cmkd bench perf` does not train to convergence). "
+        "Aim (issue #19): bf16 costs no accuracy (the paired interval lies within +-1 point).",
         lambda e, r: bf16_accuracy_lines(e),
     ),
     "threads": (
@@ -144,9 +144,14 @@ def _ran(ran: dict[str, Any] | None) -> list[str]:
     if not ran:
         return []
     start, end = ran["load"]
+    kept = (
+        f" Measured by an earlier run: `{ran['command']}` ({ran['finished']})."
+        if ran.get("command")
+        else ""
+    )
     return [
         f"*Ran {num(ran['minutes'], 1)} min; load average (1 min) {num(start)} at its start, "
-        f"{num(end)} at its end.*",
+        f"{num(end)} at its end.{kept}*",
         "",
     ]
 

@@ -97,6 +97,34 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _kept(page: Path, here: dict[str, Any], measured: set[str]) -> dict[str, Any]:
+    """The sections of the page's store that this run does not measure, each with the command
+    and date of the run that measured it; nothing where the page has no perf store."""
+    from cmkd.bench.pagestore import read_store, store_path
+
+    if not store_path(page).is_file():
+        return {}
+    old = read_store(page)
+    if old.get("kind") != "perf":
+        return {}
+    same = ("cpus", "cpu_model", "torch")
+    if any(old["machine"].get(k) != here.get(k) for k in same):
+        raise CmkdError(
+            f"{page} was measured on another machine "
+            f"({', '.join(str(old['machine'].get(k)) for k in same)}): "
+            "its ratios cannot sit beside this run's; pass --keep false to start afresh"
+        )
+    kept: dict[str, Any] = {"ran": {}}
+    for name in SECTIONS + ("bf16_accuracy",):
+        if name in measured or name not in old:
+            continue
+        kept[name] = old[name]
+        ran = old.get("ran", {}).get(name)
+        if ran is not None:
+            kept["ran"][name] = {"command": old["command"], "finished": old["finished"], **ran}
+    return kept
+
+
 def perf(
     sections: tuple[str, ...] = SECTIONS,
     epochs: int = 5,
@@ -105,10 +133,15 @@ def perf(
     runs_dir: str = "runs/bench/perf",
     threads: int = 1,
     large_backbone: str = "resnet18",
+    accuracy_grid: str | Path | None = None,
+    keep: bool = True,
     command: str = "cmkd bench perf",
 ) -> dict[str, Any]:
     """Time the sections against their same-process baselines, then write the page (default
-    runs_dir/performance.md) and its store; returns the store."""
+    runs_dir/performance.md) and its store; returns the store. `accuracy_grid`: a grid with a
+    bf16 - fp32 architecture contrast, read into the page's bf16 accuracy check. `keep`: the
+    page's stored sections that this run does not measure stay (each names the run it came
+    from), where the page was measured on the same machine."""
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise CmkdError(f"unknown perf section(s) {sorted(unknown)}; known: {', '.join(SECTIONS)}")
@@ -116,15 +149,25 @@ def perf(
         raise CmkdError(
             f"bench perf: --epochs must be >= 3 (warm-up, re-match, steady), got {epochs}"
         )
-    torch.set_num_threads(threads)
-    start = time.perf_counter()
+    page = Path(page or Path(runs_dir) / "performance.md")
     report: dict[str, Any] = {"kind": "perf", "command": command, "machine": _machine()}
     report["ran"] = {}
+    if keep:
+        report.update(_kept(page, report["machine"], set(sections)))
+    if accuracy_grid is not None:
+        from cmkd.bench.perf.accuracy import bf16_accuracy
+
+        report["bf16_accuracy"] = bf16_accuracy(accuracy_grid)  # checked before any timing
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
     steps = _steps(epochs, repeats, runs_dir, large_backbone)
-    page = Path(page or Path(runs_dir) / "performance.md")
     # Sections run in the order given (the page keeps its own order); the page is written after
     # each one, so a run stopped part-way still leaves what it measured.
     chosen = list(dict.fromkeys(sections))
+    report["minutes"], report["finished"] = 0.0, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    if not chosen:
+        publish(page, report, render)
     for done, name in enumerate(chosen, 1):
         print(f"perf: {name} ...", flush=True)
         began, at = time.perf_counter(), load()

@@ -149,10 +149,16 @@ def bf16_accuracy_lines(b: dict[str, Any]) -> list[str]:
     diffs = [x - y for x, y in zip(b["bf16"], b["fp32"], strict=True)]
     found = interval(diffs)
     delta = "n/a" if found is None else f"{found[0]:+.1f} [{found[1]:+.1f}, {found[2]:+.1f}]"
+    models = (
+        f"per seed the mean over the {b['models']} models trained at both precisions "
+        f"(pairs {' and '.join(b['pairs'])}), "
+        if b.get("models")
+        else ""
+    )
     return [
         f"Test accuracy of the same runs at bf16-mixed and at 32-true, paired by "
-        f"seed ({len(diffs)} seeds: {b['seeds']}), from {b['source']}; Δ: bf16 minus fp32 in "
-        "points with its 95 % t interval.",
+        f"seed ({len(diffs)} seeds: {b['seeds']}), {models}from {b['source']}; Δ: bf16 minus "
+        "fp32 in points with its 95 % t interval.",
         "",
         *table(
             ["fp32 test acc %", "bf16 test acc %", "Δ bf16 - fp32"],
