@@ -172,22 +172,23 @@ def load_grid(path: str | Path) -> Grid:
     known = {NO_KD} | {
         label for n in grid.scenarios for label in grid.all_methods(grid.scenario(n))
     }
-    for label, pair in grid.contrasts.items():
-        unknown = [row for row in pair if row not in known]
-        if len(pair) != 2 or unknown:
-            raise CmkdError(
-                f"grid {path}, contrast '{label}': give two of the grid's rows [A, B] (the page "
-                f"shows A - B); unknown: {unknown}; rows: {sorted(known)}"
-            )
     names = [a.name for a in grid.architectures]
-    for label, pair in grid.architecture_contrasts.items():
-        unknown = [name for name in pair if name not in names]
-        if len(pair) != 2 or unknown:
-            raise CmkdError(
-                f"grid {path}, architecture contrast '{label}': give two of the grid's "
-                f"architecture pairs [A, B] (the page shows A - B); unknown: {unknown}; "
-                f"pairs: {names}"
-            )
     if len(set(names)) != len(names):
         raise CmkdError(f"grid {path}: two architecture pairs share a name ({names})")
+    _check_contrasts(path, "contrast", grid.contrasts, "rows", sorted(known))
+    _check_contrasts(path, "architecture contrast", grid.architecture_contrasts, "pairs", names)
     return grid
+
+
+def _check_contrasts(
+    path: Path, kind: str, contrasts: dict[str, list[str]], what: str, known: list[str]
+) -> None:
+    """Each contrast names two of the grid's rows (or architecture pairs): a typo is an error
+    before anything runs, not an empty table after hours."""
+    for label, pair in contrasts.items():
+        unknown = [name for name in pair if name not in known]
+        if len(pair) != 2 or unknown:
+            raise CmkdError(
+                f"grid {path}, {kind} '{label}': give two of the grid's {what} [A, B] (the "
+                f"page shows A - B); unknown: {unknown}; {what}: {known}"
+            )
