@@ -22,7 +22,6 @@ NOT_PAGES = {
 # command in benchmarks/README.md. Remove a page from here when its store is committed.
 AWAITING_RERUN = {
     "discomkd.md",
-    "losses-eurosat-paired.md",
     "softcmkd.md",
 }
 
@@ -53,6 +52,8 @@ def test_notes_go_before_the_first_section(tmp_path) -> None:
     assert with_notes(text, page) == text  # no notes file: the page as rendered
     notes_path(page).write_text("**Reading.** By hand.\n")
     assert with_notes(text, page) == "# Title\n\nintro\n\n**Reading.** By hand.\n\n## A\n\ntable\n"
+    # a page without sections gets them at its end, as a paragraph of their own
+    assert with_notes("# T\n\ntable\n", page) == "# T\n\ntable\n\n**Reading.** By hand.\n\n"
 
 
 def test_every_page_has_a_store_or_awaits_its_rerun():

@@ -53,7 +53,10 @@ def with_notes(text: str, page: Path) -> str:
     block = notes.read_text().strip() + "\n\n"
     lines = text.splitlines(keepends=True)
     at = next((i for i, line in enumerate(lines) if line.startswith("## ")), len(lines))
-    return "".join(lines[:at]) + block + "".join(lines[at:])
+    head = "".join(lines[:at])
+    if head and not head.endswith("\n\n"):  # a page without sections: notes at its end
+        head = head.rstrip("\n") + "\n\n"
+    return head + block + "".join(lines[at:])
 
 
 def publish(page: str | Path, store: dict[str, Any], render: Render) -> Path:
