@@ -53,7 +53,10 @@ def bf16_accuracy(source: str | Path) -> dict[str, Any]:
     for scenario in info["scenarios"]:
         side = {t.arch["name"]: t for t in tables if t.scenario == scenario}
         for row in side[contrast[0]].rows:
-            a, b = row.acc(), (side[contrast[1]].row(row.label) or row).acc()
+            other = side[contrast[1]].row(row.label)
+            if other is None:  # a row only one pair has: nothing to pair it with
+                continue
+            a, b = row.acc(), other.acc()
             for seed in set(a) | set(b):
                 if seed in a and seed in b:
                     pairs.setdefault(seed, []).append((a[seed], b[seed]))
