@@ -216,17 +216,31 @@ def test_class_maps_for_an_unknown_scenario_is_a_clear_error(tmp_path: Path) -> 
         load_grid(path)
 
 
-def test_a_contrast_naming_an_unknown_row_is_refused_before_anything_runs(tmp_path) -> None:
+@pytest.mark.parametrize(
+    "key, extra, typo, fixed, error",
+    [
+        ("contrasts", "", '"KD, matched"', '"control: class-mean"',
+         r"contrast 'typo'.*unknown: \['KD, matched'\]"),
+        ("architecture_contrasts",
+         "architectures: [{name: fp32}, {name: bf16, precision: bf16-mixed}]\n",
+         "fp23", "fp32", r"architecture contrast 'typo'.*\['fp23'\]"),
+    ],
+    ids=["rows", "architecture pairs"],
+)  # fmt: skip
+def test_a_contrast_naming_an_unknown_row_or_pair_is_refused_before_anything_runs(
+    tmp_path, key, extra, typo, fixed, error
+) -> None:
+    first = '"KD"' if key == "contrasts" else "bf16"
     grid = tmp_path / "g.yaml"
     grid.write_text(
         "scenarios: [fsdd_to_mnist]\n"
         "methods:\n  KD: {terms: [{name: kd, weight: 0.5}]}\n"
-        'contrasts:\n  typo: ["KD", "KD, matched"]\n'
+        f"{extra}{key}:\n  typo: [{first}, {typo}]\n"
     )
-    with pytest.raises(CmkdError, match=r"contrast 'typo'.*unknown: \['KD, matched'\]"):
+    with pytest.raises(CmkdError, match=error):
         load_grid(grid)
-    grid.write_text(grid.read_text().replace('"KD, matched"', '"control: class-mean"'))
-    assert load_grid(grid).contrasts == {"typo": ["KD", "control: class-mean"]}
+    grid.write_text(grid.read_text().replace(typo, fixed))
+    assert getattr(load_grid(grid), key) == {"typo": [first.strip('"'), fixed.strip('"')]}
 
 
 def test_a_pair_at_another_precision_keeps_its_own_teacher_and_no_kd_cells() -> None:
@@ -263,17 +277,3 @@ def test_a_cell_another_worker_holds_is_passed_over_or_waited_for(tmp_path: Path
     waiter.join(10)
     assert got == [record]  # and then reuses what that worker stored
     assert runner.counts == {"ran": 0, "reused": 1, "busy": 1}
-
-
-def test_an_architecture_contrast_naming_an_unknown_pair_is_refused(tmp_path) -> None:
-    grid = tmp_path / "g.yaml"
-    grid.write_text(
-        "scenarios: [fsdd_to_mnist]\n"
-        "methods:\n  KD: {terms: [{name: kd, weight: 0.5}]}\n"
-        "architectures: [{name: fp32}, {name: bf16, precision: bf16-mixed}]\n"
-        "architecture_contrasts:\n  bf16 - fp32: [bf16, fp23]\n"
-    )
-    with pytest.raises(CmkdError, match=r"architecture contrast 'bf16 - fp32'.*\['fp23'\]"):
-        load_grid(grid)
-    grid.write_text(grid.read_text().replace("fp23", "fp32"))
-    assert load_grid(grid).architecture_contrasts == {"bf16 - fp32": ["bf16", "fp32"]}
