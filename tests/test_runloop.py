@@ -407,8 +407,12 @@ def test_precision_auto_follows_the_hardware(monkeypatch) -> None:
     assert precision.resolve_precision("16-mixed", "cpu") == "16-mixed"
 
 
-def test_auto_precision_and_layout_are_used_and_recorded(quiet_run, data_root) -> None:
+def test_auto_precision_and_layout_are_the_defaults_used_and_recorded(
+    quiet_run, data_root
+) -> None:
     from cmkd.precision import resolve_precision
+
+    assert (quiet_run.precision, quiet_run.channels_last) == ("auto", "auto")
 
     seen = {}
 
@@ -420,7 +424,7 @@ def test_auto_precision_and_layout_are_used_and_recorded(quiet_run, data_root) -
 
     data = DataConfig(source="eurosat_paired", batch_size=64)
     model = ModelConfig(backbone="small_cnn", options={"widths": [8, 16]})
-    run = replace(quiet_run, precision="auto", channels_last="auto")
+    run = quiet_run
     result = train_classifier(
         data, model, OptimConfig(epochs=1), run, "rgb", 0, callbacks=(_Look(),)
     )

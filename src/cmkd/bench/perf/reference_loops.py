@@ -103,11 +103,15 @@ def reference_epochs(task, data, table: torch.Tensor, epochs: int) -> list[float
     return times
 
 
-def cmkd_epochs(task, data, epochs: int, precision: str) -> tuple[list[float], float]:
-    """cmkd's Trainer on the same task: each epoch's wall seconds, and the one-off seconds of
-    filling the teacher cache."""
+def cmkd_epochs(task, data, epochs: int, variant: str) -> tuple[list[float], float]:
+    """cmkd's Trainer on the same task at `variant` (a Lightning precision, optionally followed
+    by " channels-last"): each epoch's wall seconds, and the one-off seconds of filling the
+    teacher cache."""
     import lightning as L
 
+    precision, _, layout = variant.partition(" ")
+    if layout:
+        task.to(memory_format=torch.channels_last)  # as cmkd's fit does
     timer = EpochClock()
     trainer = L.Trainer(
         max_epochs=epochs,
@@ -130,7 +134,7 @@ def _compare(
     seed: int, batch_size: int,
 ) -> dict[str, Any]:  # fmt: skip
     """Per backbone and method: the reference loop's epoch seconds over cmkd's at each
-    precision, medians over interleaved repeats."""
+    variant (precision and layout), medians over interleaved repeats."""
     rows: dict[str, Any] = {}
     for backbone in backbones:
         for method in METHODS:
@@ -169,19 +173,22 @@ def loops(
     busy: int | None = None,
 ) -> dict[str, Any]:
     """Per backbone and method: the reference loop's epoch seconds over cmkd's, for cmkd at each
-    precision, its default and what `precision: auto` picks here (ratios > 1: cmkd is faster),
-    medians over interleaved repeats; on the machine as found, then with `busy` busy-looping
-    processes added (default: one per core; 0: none)."""
+    precision and at cmkd's defaults (precision and layout as RunConfig picks them here; ratios
+    > 1: cmkd is faster), medians over interleaved repeats; on the machine as found, then with
+    `busy` busy-looping processes added (default: one per core; 0: none)."""
     from cmkd.config import RunConfig
     from cmkd.precision import resolve_precision
 
-    default = resolve_precision(RunConfig().precision, "cpu")
+    defaults = RunConfig()
     auto = resolve_precision("auto", "cpu")
-    precisions = tuple(dict.fromkeys([*precisions, default, auto]))
+    default = resolve_precision(defaults.precision, "cpu")
+    if defaults.channels_last in (True, "auto"):  # both backbones are convolutional
+        default += " channels-last"
+    precisions = tuple(dict.fromkeys([*precisions, auto, default]))
     busy = (os.cpu_count() or 1) if busy is None else busy
     out: dict[str, Any] = {
         "epochs": epochs, "repeats": repeats, "batch_size": batch_size,
-        "auto_precision": auto, "conditions": {},
+        "auto_precision": auto, "default_variant": default, "conditions": {},
     }  # fmt: skip
     for extra in (0, busy) if busy else (0,):
         with busy_processes(extra):

@@ -8,14 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 from cmkd.bench.perf.markdown import num, table
-from cmkd.config import RunConfig
 
 REFERENCE = {"SemBridge (KD + SKA)": "the SemBridge authors'", "plain KD": "mdistiller's"}
 """Whose training loop the reference loop is written after, per method."""
 
 
 def loops_lines(lo: dict[str, Any]) -> list[str]:
-    default = RunConfig().precision
+    default = lo.get("default_variant", "32-true")  # as measured (see aims._loops)
     # What `precision: auto` picked (stores before 2026-11-30 named it default_precision).
     auto = lo.get("auto_precision") or lo["default_precision"]
     conditions = lo["conditions"]
@@ -43,8 +42,9 @@ def loops_lines(lo: dict[str, Any]) -> list[str]:
         "The reference loop does what the SemBridge authors' and mdistiller's training loops do "
         "every step: the frozen teacher's forward pass on the batch, the student's forward, "
         "the loss, backward and an Adam step, in fp32, through a DataLoader. cmkd runs the same "
-        "method through its Trainer (teacher outputs cached once per run) at each precision; "
-        f"the default is {default}, `precision: auto` is {auto} here. SemBridge = 0.3 CE + "
+        "method through its Trainer (teacher outputs cached once per run) at each precision "
+        f"and layout; cmkd's default when this ran: {default}; `precision: auto` is {auto} here. "
+        "SemBridge = 0.3 CE + "
         "0.4 KD (T 3) + 0.003 SKA "
         f"(dim 256); plain KD = 0.5 CE + 0.5 KD (T 4). {lo['epochs']} epochs x {lo['repeats']} "
         "interleaved repeats, per run the median epoch after the first, then the median over "
