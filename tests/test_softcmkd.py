@@ -131,6 +131,19 @@ def test_bench_page_command_names_only_changed_arguments():
         "cmkd bench softcmkd --scenarios '[eurosat_paired]' --epochs 3 "
         "--page benchmarks/softcmkd.md"
     )
+    given["scenario_seeds"] = {"eurosat_paired": 65}
+    assert command_line("bench softcmkd", softcmkd, given).endswith(
+        "--page benchmarks/softcmkd.md --scenario_seeds '{eurosat_paired: 65}'"
+    )
+
+
+@pytest.mark.parametrize("bad", [{"mnist_to_fsdd": 20}, {"eurosat_paired": 1}])
+def test_bench_scenario_seeds_are_checked_before_anything_runs(tmp_path, bad):
+    from cmkd.bench.commands import softcmkd
+
+    with pytest.raises(CmkdError, match="scenario_seeds"):
+        softcmkd(scenarios=["eurosat_paired"], scenario_seeds=bad, output_dir=str(tmp_path))
+    assert not any(tmp_path.iterdir())
 
 
 def test_bench_effects_are_paired_differences(tmp_path):

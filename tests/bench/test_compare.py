@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cmkd.bench.compare import compare_students, render_compare_page
 from cmkd.bench.scenarios import NO_KD, TEACHER
 from cmkd.config import DistillConfig, TermConfig
@@ -40,3 +42,12 @@ def test_compare_students_writes_the_table(tmp_path, data_root) -> None:
     # The store alone renders the page again (no run folder read).
     assert saved["kind"] == "compare" and "acc_per_class" not in json.dumps(saved)
     assert render_compare_page(saved, tmp_path / "results.md") == page
+    # A second call reuses every cell: its own clock is short, the compute stays the cells'.
+    cells = [json.loads(p.read_text()) for p in (tmp_path / "cells").rglob("seed*.json")]
+    compare_students({"KD": kd}, [0, 1], 1, str(tmp_path), echo=lines.append)
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["compute_seconds"] == saved["compute_seconds"] > 0
+    assert again["compute_seconds"] == pytest.approx(sum(c["wall_seconds"] for c in cells))
+    assert again["wall_seconds"] < saved["wall_seconds"]
+    page = (tmp_path / "results.md").read_text()
+    assert f"Compute {saved['compute_seconds'] / 60:.1f} min" in page

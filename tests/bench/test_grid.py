@@ -277,3 +277,35 @@ def test_a_cell_another_worker_holds_is_passed_over_or_waited_for(tmp_path: Path
     waiter.join(10)
     assert got == [record]  # and then reuses what that worker stored
     assert runner.counts == {"ran": 0, "reused": 1, "busy": 1}
+
+
+def test_run_to_the_end_waits_for_the_cells_other_workers_hold(tmp_path: Path) -> None:
+    import threading
+
+    runner = GridRunner(_tiny_grid(), tmp_path, echo=lambda *_: None)
+    key = CellKey("fsdd_to_mnist", "S/S", "KD", 0)
+    other, held, release = Store(tmp_path), threading.Event(), threading.Event()
+
+    def other_worker() -> None:
+        with other.claim(key, wait=False):
+            held.set()
+            release.wait(10)
+            other.put(key, {"by": "other"})
+
+    passes: list[dict | None] = []
+
+    def one_pass(command: str = "") -> Store:
+        # first pass: the cell is held elsewhere and passed over; then it is in the store
+        passes.append(runner.store.get(key))
+        runner.passed_over = [key] if len(passes) == 1 else []
+        if len(passes) == 1:
+            threading.Timer(0.3, release.set).start()
+        return runner.store
+
+    worker = threading.Thread(target=other_worker)
+    worker.start()
+    held.wait(10)
+    runner.run = one_pass
+    runner.run_to_the_end()
+    worker.join(10)
+    assert passes == [None, {"by": "other"}]  # waited, then ran again over the stored cell

@@ -43,8 +43,9 @@ def command_line(
 
 
 def _value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "'" + json.dumps(list(value)).replace('"', "") + "'"
+    if isinstance(value, (list, tuple, dict)):  # YAML flow style, names unquoted
+        plain = list(value) if not isinstance(value, dict) else value
+        return "'" + json.dumps(plain).replace('"', "") + "'"
     if isinstance(value, bool) or value is None:
         return json.dumps(value)
     return shlex.quote(str(value))
@@ -320,6 +321,7 @@ def sembridge(
 def softcmkd(
     scenarios: list[str] = ["eurosat_paired", "fsdd_to_mnist", "mnist_to_fsdd"],  # noqa: B006
     seeds: list[int] = [0, 1, 2],  # noqa: B006
+    scenario_seeds: dict[str, int] | None = None,
     epochs: int = 15,
     fraction: float = 0.3,
     quality_source: str = "confidence",
@@ -336,6 +338,8 @@ def softcmkd(
         scenarios: fsdd_to_mnist, mnist_to_fsdd, eurosat_paired, eurosat_ms_to_rgb,
             eurosat_rgb_to_ms (see cmkd.bench.scenarios.SCENARIOS).
         seeds: One split, teacher and student set per seed.
+        scenario_seeds: Seeds 0..N-1 instead of `seeds` for the scenarios named, e.g.
+            '{eurosat_paired: 65}' where a comparison needs more seeds for a narrow interval.
         epochs: Epochs of every teacher and student.
         fraction: Share of the teacher's training inputs corrupted in the corrupted condition.
         quality_source: confidence, norm or dropout, for the "+ quality weights" row.

@@ -57,6 +57,7 @@ class GridRunner:
             channels_last=False,
         )
         self.counts = {"ran": 0, "reused": 0, "busy": 0}
+        self.passed_over: list[CellKey] = []  # cells of this run that other workers held
 
     def describe(self, command: str = "") -> dict[str, Any]:
         """The grid as the report needs it (written to grid.json beside the cells)."""
@@ -86,6 +87,7 @@ class GridRunner:
 
     def run(self, command: str = "") -> Store:
         write_json(self.out / "grid.json", self.describe(command))
+        self.passed_over = []
         g = self.grid
         total = len(g.architectures) * sum(len(g.seeds_of(name)) for name in g.scenarios)
         done = 0
@@ -113,6 +115,18 @@ class GridRunner:
         )
         return self.store
 
+    def run_to_the_end(self, command: str = "") -> Store:
+        """`run`, then wait for the cells other workers were running and run again, until
+        every cell is stored: what a caller that reads every cell needs (a cell a stopped
+        worker left is run here)."""
+        store = self.run(command)
+        while self.passed_over:
+            for key in self.passed_over:
+                with self.store.claim(key, wait=True):
+                    pass  # held once the other worker is done with it
+            store = self.run(command)
+        return store
+
     # One cell: reuse its record when the config is unchanged, else run and store it.
     def _cell(
         self, key: CellKey, config: dict[str, Any], fn: Callable[[], dict], wait: bool = True
@@ -127,6 +141,7 @@ class GridRunner:
         with self.store.claim(key, wait) as held:
             if not held:
                 self.counts["busy"] += 1
+                self.passed_over.append(key)
                 self.echo(f"    {key.method:32s} running in another worker: passed over")
                 return None
             old = self.store.get(key)  # finished by another worker while this one waited

@@ -80,6 +80,7 @@ def softcmkd_grid(
     *,
     scenarios: list[str],
     seeds: list[int],
+    scenario_seeds: dict[str, int] | None,
     epochs: int,
     fraction: float,
     quality_source: str,
@@ -94,6 +95,7 @@ def softcmkd_grid(
     the teacher's inputs corrupted; writes the page (default output_dir/softcmkd.md, its store
     beside it, rewritten after every scenario) and the weight plot beside it. Arguments and
     their defaults: `cmkd bench softcmkd` (cmkd.bench.commands.softcmkd)."""
+    scenario_seeds = scenario_seeds or {}
     unknown = sorted(set(scenarios) - set(CORRUPTIONS)) + sorted(
         set(conditions) - {"clean", "corrupted"}
     )
@@ -102,11 +104,18 @@ def softcmkd_grid(
             f"unknown scenario or condition {unknown}; scenarios: {sorted(CORRUPTIONS)}, "
             "conditions: clean, corrupted"
         )
+    odd = {k: v for k, v in scenario_seeds.items() if k not in scenarios or int(v) < 2}
+    if odd:
+        raise CmkdError(
+            f"scenario_seeds {odd}: each key must be one of the scenarios run {scenarios} and "
+            "each count at least 2 (a paired interval needs two seeds)"
+        )
     page_path = Path(page or Path(output_dir) / "softcmkd.md")
     store: dict[str, Any] = {
         "kind": "softcmkd",
         "command": command,
         "seeds": list(seeds),
+        **({"scenario_seeds": dict(scenario_seeds)} if scenario_seeds else {}),
         "epochs": epochs,
         "backbone": backbone,
         "quality_source": quality_source,
@@ -131,7 +140,7 @@ def softcmkd_grid(
         out = Path(output_dir) / name
         compare_students(
             methods=methods,
-            seeds=list(seeds),
+            seeds=list(range(scenario_seeds[name])) if name in scenario_seeds else list(seeds),
             epochs=epochs,
             output_dir=str(out),
             scenario=sc,
@@ -204,6 +213,14 @@ def _weighted(store: dict[str, Any]) -> list[str]:
     return [n for n, s in store["scenarios"].items() if s["quality"].get("corrupted")]
 
 
+def _more_seeds(store: dict[str, Any]) -> str:
+    more = store.get("scenario_seeds") or {}
+    if not more:
+        return ""
+    named = ", ".join(f"{name} seeds 0-{n - 1}" for name, n in more.items())
+    return f" ({named}: more seeds where the paired intervals needed them)"
+
+
 def render_softcmkd(store: dict[str, Any], page: Path) -> str:
     """The page of a softcmkd store: the budget, then per scenario the comparison table, the
     paired effects and the teacher-sample quality of the quality-weighted runs."""
@@ -214,7 +231,8 @@ def render_softcmkd(store: dict[str, Any], page: Path) -> str:
         "",
         f"`{store['command']}`",
         "",
-        f"Budget: {len(seeds)} seeds {seeds}, {store['epochs']} epochs, {store['backbone']} "
+        f"Budget: {len(seeds)} seeds {seeds}{_more_seeds(store)}, {store['epochs']} epochs, "
+        f"{store['backbone']} "
         "teacher and students, Adam 1e-3 (the shared comparison settings), 2 CPU cores. Rows: "
         f"{HARD}; {MARGIN}; {CLASSIFIER} (AM-Softmax through the teacher's frozen classifier, "
         f"s 16, m 0.2, plus a logit term tolerant within 1.0, weight 0.5); {QUALITY} (source "
