@@ -405,6 +405,13 @@ def test_precision_auto_follows_the_hardware(monkeypatch) -> None:
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
     assert precision.resolve_precision("auto", "cpu") == "bf16-mixed"
     assert precision.resolve_precision("16-mixed", "cpu") == "16-mixed"
+    # bf16 only for networks large enough to gain from it (trainable parameters counted)
+    small, large = torch.nn.Linear(998, 1000), torch.nn.Linear(1000, 1000)
+    assert precision.resolve_precision("auto", "cpu", small) == "32-true"  # 998,000 + 1,000
+    assert precision.resolve_precision("auto", "cpu", large) == "bf16-mixed"  # 1,001,000
+    large.requires_grad_(False)  # a frozen teacher's weights do not count
+    assert precision.resolve_precision("auto", "cpu", large) == "32-true"
+    assert precision.resolve_precision("32-true", "cpu", large) == "32-true"
 
 
 def test_auto_precision_and_layout_are_the_defaults_used_and_recorded(
@@ -428,12 +435,15 @@ def test_auto_precision_and_layout_are_the_defaults_used_and_recorded(
     result = train_classifier(
         data, model, OptimConfig(epochs=1), run, "rgb", 0, callbacks=(_Look(),)
     )
-    expected = resolve_precision("auto", "cpu")
-    assert result["run"]["precision"] == seen["precision"] == expected
+    # A small CNN: channels-last, but too small for bf16 to pay (precision.BF16_MIN_PARAMETERS)
+    assert result["run"]["precision"] == seen["precision"] == "32-true"
     assert result["run"]["channels_last"] is True and seen["channels_last"]
     assert 0 <= result["best"]["test"]["acc"] <= 1
-    flat = train_classifier(MFEAT, MLP, OptimConfig(epochs=1), replace(run, name="m"), "fac", 0)
-    assert flat["run"]["channels_last"] is False  # no convolutions: nothing to lay out
+    # A 1.3M-parameter MLP: bf16 where this CPU computes it natively; no convolutions, no layout
+    large = ModelConfig(backbone="mlp", options={"hidden": [1024, 1024]})
+    flat = train_classifier(MFEAT, large, OptimConfig(epochs=1), replace(run, name="m"), "fac", 0)
+    assert flat["run"]["precision"] == resolve_precision("auto", "cpu")
+    assert flat["run"]["channels_last"] is False
 
 
 def test_thread_policy(monkeypatch, quiet_run, data_root) -> None:

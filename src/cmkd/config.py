@@ -98,8 +98,9 @@ class RunConfig:
     precision: str = "auto"
     """A Lightning precision (32-true, bf16-mixed, 16-mixed, ...) or auto (the default):
     bf16-mixed where the device computes bfloat16 natively (CUDA capability >= 8.0; a CPU with
-    AVX512-BF16 or AMX), else 32-true. bf16 costs no accuracy on the SemBridge grid's scenarios
-    (benchmarks/precision.md); results.json records the precision used."""
+    AVX512-BF16 or AMX) and the network has at least 1M trainable parameters, else 32-true.
+    bf16 costs no accuracy on the SemBridge grid's scenarios (benchmarks/precision.md);
+    results.json records the precision used."""
     channels_last: bool | Literal["auto"] = "auto"
     """Channels-last memory layout; auto (the default): for every network with convolution
     weights, where it selects faster kernels (benchmarks/performance.md). results.json records

@@ -3,7 +3,11 @@
 bfloat16 pays only where the hardware multiplies it natively: CUDA GPUs of compute capability
 8.0 and later (Ampere on), and CPUs with AVX512-BF16 or AMX-BF16 (Intel Cooper Lake, Sapphire
 Rapids on; AMD Zen 4 on). Elsewhere it is emulated and slower than float32, so `auto` stays
-at 32-true there.
+at 32-true there. It also pays only where the network's matrix products outweigh autocast's
+per-op casts: on a 2-core AMX CPU (benchmarks/performance.md) a resnet18 step took x0.53-0.67
+the fp32 time, a small CNN's (99k parameters) x0.94-1.0, and a 50-d linear model's 1,000-step
+fit 1.7x longer. So `auto` picks bf16 for networks of at least BF16_MIN_PARAMETERS trainable
+parameters.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 import torch
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+BF16_MIN_PARAMETERS = 1_000_000
 
 
 @cache
@@ -48,11 +53,21 @@ def native_bf16(device: str) -> bool:
     return False
 
 
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """`run.precision` as Lightning takes it: auto becomes bf16-mixed or 32-true."""
+def resolve_precision(
+    precision: str, accelerator: str, module: torch.nn.Module | None = None
+) -> str:
+    """`run.precision` as Lightning takes it: auto becomes bf16-mixed where the device computes
+    bf16 natively and `module` (when given) has at least BF16_MIN_PARAMETERS trainable
+    parameters, else 32-true."""
     if str(precision) != "auto":
         return str(precision)
-    return "bf16-mixed" if native_bf16(training_device(accelerator)) else "32-true"
+    if not native_bf16(training_device(accelerator)):
+        return "32-true"
+    if module is not None:
+        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        if trainable < BF16_MIN_PARAMETERS:
+            return "32-true"
+    return "bf16-mixed"
 
 
 def resolve_channels_last(setting: bool | str, module: torch.nn.Module) -> bool:

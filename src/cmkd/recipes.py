@@ -245,7 +245,7 @@ def evaluate_checkpoint(
     if not len(dm.sets[split]):
         raise CmkdError(f"the {split} split of {checkpoint}'s data is empty")
     loader = {"train": dm.train_dataloader, "val": dm.val_dataloader, "test": dm.test_dataloader}
-    trainer = plain_trainer(run or RunConfig(progress_bar=False))
+    trainer = plain_trainer(run or RunConfig(progress_bar=False), module)
     metrics = trainer.test(module, dataloaders=loader[split](), verbose=False)[0]
     return {k.replace("test/", f"{split}/"): float(v) for k, v in metrics.items()}
 

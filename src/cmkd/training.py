@@ -153,16 +153,18 @@ def device_of(run: RunConfig | None) -> torch.device:
     return torch.device("cpu")
 
 
-def plain_trainer(run: RunConfig | None, max_epochs: int | None = None) -> L.Trainer:
-    """A Trainer without run folder, loggers or checkpoints, on one device: evaluation,
-    prediction and the SSM matcher's training. Accelerator, precision and progress bar come
-    from `run`."""
+def plain_trainer(
+    run: RunConfig | None, module: torch.nn.Module, max_epochs: int | None = None
+) -> L.Trainer:
+    """A Trainer without run folder, loggers or checkpoints, on one device, for `module`:
+    evaluation, prediction and the SSM matcher's training. Accelerator, precision and progress
+    bar come from `run`."""
     run = run or RunConfig()
     return L.Trainer(
         max_epochs=max_epochs,
         accelerator=run.accelerator,
         devices=1,
-        precision=resolve_precision(run.precision, run.accelerator),
+        precision=resolve_precision(run.precision, run.accelerator, module),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=run.progress_bar,
@@ -281,7 +283,7 @@ def fitted(
     Trainer.fit arguments (`datamodule`, or the loaders)."""
     if resume_from is not None:
         check_resume_checkpoint(resume_from, plan)
-    precision = resolve_precision(run.precision, run.accelerator)
+    precision = resolve_precision(run.precision, run.accelerator, module)
     channels_last = resolve_channels_last(run.channels_last, module)
     if channels_last:
         module.to(memory_format=torch.channels_last)

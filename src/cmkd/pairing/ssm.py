@@ -193,7 +193,7 @@ def train_matcher(
         TensorDataset(a, b), batch_size, sampler=SeededShuffle(len(a), seed_for(seed, "matcher"))
     )
     L.seed_everything(seed_for(seed, "matcher-fit"), verbose=False)
-    plain_trainer(run, max_epochs=epochs).fit(task, train_dataloaders=loader)
+    plain_trainer(run, task, max_epochs=epochs).fit(task, train_dataloaders=loader)
     return matcher.cpu().eval()
 
 

@@ -129,19 +129,34 @@ def cmkd_epochs(task, data, epochs: int, variant: str) -> tuple[list[float], flo
     return timer.epoch_seconds, task.teacher_seconds
 
 
+def default_variant(task) -> str:
+    """What cmkd's defaults (RunConfig) run `task` at here: its precision, then " channels-last"
+    where the layout is chosen (as cmkd's fit resolves them)."""
+    from cmkd.config import RunConfig
+    from cmkd.precision import resolve_channels_last, resolve_precision
+
+    defaults = RunConfig()
+    variant = resolve_precision(defaults.precision, "cpu", task)
+    if resolve_channels_last(defaults.channels_last, task):
+        variant += " channels-last"
+    return variant
+
+
 def _compare(
     backbones: tuple[str, ...], epochs: int, repeats: int, precisions: tuple[str, ...],
     seed: int, batch_size: int,
 ) -> dict[str, Any]:  # fmt: skip
     """Per backbone and method: the reference loop's epoch seconds over cmkd's at each
-    variant (precision and layout), medians over interleaved repeats."""
+    precision and at cmkd's defaults, medians over interleaved repeats."""
     rows: dict[str, Any] = {}
     for backbone in backbones:
         for method in METHODS:
+            default = default_variant(_setup(backbone, seed, batch_size, method)[0])
+            measured = list(dict.fromkeys([default, *precisions]))
             seconds: dict[str, list[float]] = {"reference": []}
             cache: list[float] = []
             for r in range(repeats):
-                variants = ["reference", *precisions]
+                variants = ["reference", *measured]
                 for variant in variants[r % len(variants) :] + variants[: r % len(variants)]:
                     task, data, table = _setup(backbone, seed, batch_size, method)
                     if variant == "reference":
@@ -154,9 +169,10 @@ def _compare(
             rows[f"{backbone} {method}"] = {
                 "backbone": backbone,
                 "method": method,
+                "default_variant": default,
                 "reference_epoch_s": ref,
-                "cmkd_epoch_s": {p: median(seconds[p]) for p in precisions},
-                "speedup": {p: ref / median(seconds[p]) for p in precisions},
+                "cmkd_epoch_s": {p: median(seconds[p]) for p in measured},
+                "speedup": {p: ref / median(seconds[p]) for p in measured},
                 "cache_fill_s": median(cache) if cache else None,
                 "spread": {k: [min(v), max(v)] for k, v in seconds.items()},
             }
@@ -167,28 +183,22 @@ def loops(
     backbones: tuple[str, ...] = ("small_cnn", "resnet18"),
     epochs: int = 4,
     repeats: int = 3,
-    precisions: tuple[str, ...] = ("32-true", "bf16-mixed"),
+    precisions: tuple[str, ...] = ("32-true",),
     seed: int = 0,
     batch_size: int = 64,
     busy: int | None = None,
 ) -> dict[str, Any]:
-    """Per backbone and method: the reference loop's epoch seconds over cmkd's, for cmkd at each
-    precision and at cmkd's defaults (precision and layout as RunConfig picks them here; ratios
-    > 1: cmkd is faster), medians over interleaved repeats; on the machine as found, then with
-    `busy` busy-looping processes added (default: one per core; 0: none)."""
-    from cmkd.config import RunConfig
+    """Per backbone and method: the reference loop's epoch seconds over cmkd's, for cmkd at its
+    defaults (precision and layout as cmkd picks them for that network here) and at each of
+    `precisions` (ratios > 1: cmkd is faster), medians over interleaved repeats; on the machine
+    as found, then with `busy` busy-looping processes added (default: one per core; 0: none)."""
     from cmkd.precision import resolve_precision
 
-    defaults = RunConfig()
     auto = resolve_precision("auto", "cpu")
-    default = resolve_precision(defaults.precision, "cpu")
-    if defaults.channels_last in (True, "auto"):  # both backbones are convolutional
-        default += " channels-last"
-    precisions = tuple(dict.fromkeys([*precisions, auto, default]))
     busy = (os.cpu_count() or 1) if busy is None else busy
     out: dict[str, Any] = {
         "epochs": epochs, "repeats": repeats, "batch_size": batch_size,
-        "auto_precision": auto, "default_variant": default, "conditions": {},
+        "auto_precision": auto, "conditions": {},
     }  # fmt: skip
     for extra in (0, busy) if busy else (0,):
         with busy_processes(extra):
