@@ -74,9 +74,11 @@ def write_atomic(path: str | Path, text: str, durable: bool = False) -> None:
     write_with(path, lambda f: f.write(text.encode("utf-8")), durable)
 
 
-def write_json(path: str | Path, obj: Any, durable: bool = False, allow_nan: bool = True) -> None:
+def write_json(
+    path: str | Path, obj: Any, durable: bool = False, allow_nan: bool = True, indent: int = 2
+) -> None:
     """Atomically write `obj` as indented JSON (`allow_nan=False`: strict JSON, NaN refused)."""
-    write_atomic(path, json.dumps(obj, indent=2, allow_nan=allow_nan) + "\n", durable)
+    write_atomic(path, json.dumps(obj, indent=indent, allow_nan=allow_nan) + "\n", durable)
 
 
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
