@@ -88,7 +88,7 @@ def _loops(report: dict[str, Any]) -> list[Row]:
                 if f"{backbone} {method}" in c["rows"]
             }
             # The verdict reads cmkd's defaults as measured; every variant is shown beside it.
-            defaults = {loop_default(lo, row) for row in found.values()}
+            defaults = {loop_default(row) for row in found.values()}
             value = "; ".join(
                 f"{condition}: " + ", ".join(f"x{num(x)} {p}" for p, x in row["speedup"].items())
                 for condition, row in found.items()
@@ -97,7 +97,7 @@ def _loops(report: dict[str, Any]) -> list[Row]:
                 f"{method} epoch at cmkd's defaults ({', '.join(sorted(defaults))}) >= "
                 f"{bound:g}x {reference}, {backbone}, on the machine as found and under load"
             )
-            met = all(r["speedup"].get(loop_default(lo, r), 0) >= bound for r in found.values())
+            met = all(r["speedup"].get(loop_default(r), 0) >= bound for r in found.values())
             rows.append(_row("#19", text, value, met))
     return rows
 

@@ -13,10 +13,10 @@ REFERENCE = {"SemBridge (KD + SKA)": "the SemBridge authors'", "plain KD": "mdis
 """Whose training loop the reference loop is written after, per method."""
 
 
-def loop_default(lo: dict[str, Any], row: dict[str, Any]) -> str:
-    """The variant cmkd's defaults ran a loops row at (stores before per-row defaults name one
-    for the section, or none: the default was 32-true then)."""
-    return row.get("default_variant") or lo.get("default_variant", "32-true")
+def loop_default(row: dict[str, Any]) -> str:
+    """The variant cmkd's defaults ran a loops row at (rows stored before it was recorded were
+    measured when the default was 32-true)."""
+    return row.get("default_variant", "32-true")
 
 
 def loops_lines(lo: dict[str, Any]) -> list[str]:
@@ -29,7 +29,7 @@ def loops_lines(lo: dict[str, Any]) -> list[str]:
     rows = []
     for condition, c in lo["conditions"].items():
         for row in c["rows"].values():
-            default, fp32 = loop_default(lo, row), "32-true"
+            default, fp32 = loop_default(row), "32-true"
             rows.append([
                 f"{condition} ({num(c['load'][0])}, {num(c['load'][1])})", row["backbone"],
                 f"{row['method']} (reference: {REFERENCE.get(row['method'], '?')} loop)",
