@@ -123,3 +123,20 @@ def test_a_page_written_before_its_store_keeps_its_other_sections(tmp_path):
     publish(page, add_scenario(page, _record(titles["mfeat2"], "m", "mfeat2")), render_discomkd)
     assert "old numbers" not in page.read_text()
     assert "legacy_sections" not in read_store(page)
+
+
+def test_rows_run_on_fewer_seeds_pair_with_single_over_the_seeds_they_have():
+    """A later command that adds seeds for the headline rows only (`--methods '[]'`) leaves
+    the KD rows on their seeds; their Δ pairs seed by seed, and the page names both commands."""
+    record = _record("toy")
+    record["settings"]["commands"] = ["first 0", "then 1 --methods '[]'"]
+    del record["settings"]["command"]
+    record["seeds"]["0"]["KD (other teacher)"] = {"a": {**_run(0.55, 0.45), "teacher": "b"}}
+    page = render_section(record)
+    assert "- `first 0`\n- `then 1 --methods '[]'`" in page
+    # Only seed 0 has KD: 55 - 50 = +5.0, one seed, so no interval (mean_ci of one value).
+    row = next(line for line in page.splitlines() if line.startswith("| KD (other teacher)"))
+    assert "(only 1 of 2 seeds; Δ over those)" in row
+    assert "| +5.0" in row
+    # The headline still pairs the two seeds both rows have.
+    assert "| +5.0 [-58.5, +68.5] |" in page

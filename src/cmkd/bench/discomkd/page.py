@@ -95,8 +95,17 @@ def _ms(values: list[float]) -> str:
     return mean_std(values) if values else ""
 
 
-def _runs(record: dict[str, Any], seeds: list[str], m: str, row: str) -> list[dict]:
-    return [record["seeds"][s][row][m] for s in seeds if m in record["seeds"][s].get(row, {})]
+def _runs(record: dict[str, Any], seeds: list[str], m: str, row: str) -> dict[str, dict]:
+    """Seed -> cell of one row and modality, over the seeds that have it."""
+    return {s: record["seeds"][s][row][m] for s in seeds if m in record["seeds"][s].get(row, {})}
+
+
+def _paired(rows: dict[str, dict], base: dict[str, dict], key: str) -> str:
+    """Mean row - base over the seeds both have (same split, same seed), with its interval."""
+    both = [s for s in rows if s in base]
+    if not both:
+        return ""
+    return mean_ci([rows[s]["best"]["test"][key] - base[s]["best"]["test"][key] for s in both])
 
 
 def _summary(record: dict[str, Any], seeds: list[str], names: list[str]) -> list[str]:
@@ -108,14 +117,15 @@ def _summary(record: dict[str, Any], seeds: list[str], names: list[str]) -> list
     ]
     for m in names:
         single, dck = _runs(record, seeds, m, SINGLE), _runs(record, seeds, m, DCK)
-        if not single or len(single) != len(dck):
+        if not single or single.keys() != dck.keys():
             continue
         cells = []
         for key in ("acc", "f1_weighted"):
-            a = [r["best"]["test"][key] for r in single]
-            b = [r["best"]["test"][key] for r in dck]
-            cells += [_ms(a), _ms(b), mean_ci([y - x for x, y in zip(a, b, strict=True)])]
-        size = f"{single[0]['parameters']:,} / {dck[0]['parameters']:,}"
+            a = [r["best"]["test"][key] for r in single.values()]
+            b = [r["best"]["test"][key] for r in dck.values()]
+            cells += [_ms(a), _ms(b), _paired(dck, single, key)]
+        first = next(iter(single))
+        size = f"{single[first]['parameters']:,} / {dck[first]['parameters']:,}"
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {size} |")
     return [*lines, ""]
 
@@ -133,8 +143,17 @@ def render_section(record: dict[str, Any]) -> str:
         f"{st['epochs']} epochs, batch {st['batch_size']} (per modality for DisCoM-KD). "
         f"{record.get('note', '')}",
     ]
-    if st.get("command"):
-        lines += ["", f"Command: `{st['command']}`"]
+    commands = st.get("commands") or list(filter(None, [st.get("command")]))
+    if len(commands) == 1:
+        lines += ["", f"Command: `{commands[0]}`"]
+    elif commands:
+        lines += [
+            "",
+            "Commands, in the order they ran (each adds the seeds and rows it names; "
+            "finished cells are kept):",
+            "",
+        ]
+        lines += [f"- `{c}`" for c in commands]
     lines.append("")
     row_names: list[str] = []
     for seed in seeds:
@@ -142,12 +161,13 @@ def render_section(record: dict[str, Any]) -> str:
             if row not in row_names and not row.startswith("teacher: "):
                 row_names.append(row)
     order = [SINGLE, DCK] + [r for r in row_names if r not in (SINGLE, DCK)]
-    fused_rows = [record["seeds"][s].get("teacher: " + FUSED, {}).get(FUSED) for s in seeds]
-    if all(fused_rows) and fused_rows:
+    fused_rows = list(_runs(record, seeds, FUSED, "teacher: " + FUSED).values())
+    if fused_rows:
         accs = [r["best"]["test"]["acc"] for r in fused_rows]
+        some = f" ({len(accs)} of {len(seeds)} seeds)" if len(accs) != len(seeds) else ""
         lines += [
             f"Early-fusion multi-modal teacher (all views concatenated, {backbone[names[0]]}): "
-            f"test acc {_ms(accs)} %, {fused_rows[0]['parameters']:,} parameters.",
+            f"test acc {_ms(accs)} %{some}, {fused_rows[0]['parameters']:,} parameters.",
             "",
         ]
     lines += _summary(record, seeds, names)
@@ -163,26 +183,23 @@ def render_section(record: dict[str, Any]) -> str:
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for row in order:
-            rs = runs(row)
-            if not rs:
+            by_seed = runs(row)
+            if not by_seed:
                 continue
+            rs = list(by_seed.values())
             acc = [r["best"]["test"]["acc"] for r in rs]
             f1 = [r["best"]["test"]["f1_weighted"] for r in rs]
             last = [r["last"]["test"]["acc"] for r in rs]
             d_acc = d_f1 = ""
-            if row != SINGLE and len(rs) == len(single):
-                d_acc = mean_ci(
-                    [a - b["best"]["test"]["acc"] for a, b in zip(acc, single, strict=True)]
-                )
-                d_f1 = mean_ci(
-                    [a - b["best"]["test"]["f1_weighted"] for a, b in zip(f1, single, strict=True)]
-                )
+            if row != SINGLE:
+                d_acc = _paired(by_seed, single, "acc")
+                d_f1 = _paired(by_seed, single, "f1_weighted")
             teacher = ""
-            if rs and "teacher" in rs[0] and row.endswith("(other teacher)"):
+            if "teacher" in rs[0] and row.endswith("(other teacher)"):
                 ts = sorted({r["teacher"] for r in rs})
                 teacher = f" ← {'/'.join(ts)}"
             if len(rs) != len(seeds):
-                teacher += f" (only {len(rs)} of {len(seeds)} seeds)"
+                teacher += f" (only {len(rs)} of {len(seeds)} seeds; Δ over those)"
             lines.append(
                 f"| {row}{teacher} | {rs[0]['parameters']:,} | {_ms(acc)} | {_ms(f1)} "
                 f"| {_ms(last)} | {d_acc} | {d_f1} |"

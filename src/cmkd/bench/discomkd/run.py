@@ -231,14 +231,20 @@ def run_scenario(
             record = {}  # another budget: start again
     record.setdefault("scenario", name)
     record["title"], record["note"] = sc.title, sc.note
+    before = record.get("settings", {})
+    # Every command that added cells, in order: a later one may run more seeds for some rows
+    # only (e.g. `--methods '[]'` for the DisCoM-KD headline), and the page must say so.
+    commands = list(before.get("commands") or filter(None, [before.get("command")]))
+    if command and command not in commands:
+        commands.append(command)
     record["settings"] = {
         "epochs": epochs,
         "lr": lr,
         "batch_size": sc.batch_size,
-        "methods": methods,
-        "teachers": teachers,
+        "methods": list(dict.fromkeys([*before.get("methods", []), *methods])),
+        "teachers": list(dict.fromkeys([*before.get("teachers", []), *teachers])),
         "modalities": [asdict(s) for s in specs],
-        "command": command,
+        "commands": commands,
     }
     record.setdefault("seeds", {})
     grid = _Grid(name, sc, specs, optim, run, store, record, teachers, baselines, echo)
