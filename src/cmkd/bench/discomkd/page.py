@@ -37,8 +37,9 @@ CPU. Every section runs the full comparison: KD, DKD, MLKD and CTKD, each withou
 LSKD, from the other modality's teacher and from the multi-modal teacher (none on digits: no
 sample there exists in both modalities). Two runs with one seed on one machine give identical
 scores; another CPU may pick other float kernels, so a rerun there can move single runs.
-Each section's command says exactly what ran; a section with fewer seeds than asked was stopped
-for time, and a row with fewer seeds than its section says so.
+Each section's commands say exactly what ran; the headline (single-modality against DisCoM-KD)
+ran on more seeds (`--methods '[]' --teachers '[]'`) than the KD rows, and a row with fewer
+seeds than its section says so (its Δ pairs with single-modality over its own seeds).
 """
 
 
