@@ -92,6 +92,12 @@ def add_scenario(page: Path, record: dict[str, Any]) -> dict[str, Any]:
     return store
 
 
+def commands_of(settings: dict[str, Any]) -> list[str]:
+    """The commands that added a section's cells, in order (a store written before sections
+    kept several holds one `command`)."""
+    return list(settings.get("commands") or filter(None, [settings.get("command")]))
+
+
 def _ms(values: list[float]) -> str:
     return mean_std(values) if values else ""
 
@@ -144,7 +150,7 @@ def render_section(record: dict[str, Any]) -> str:
         f"{st['epochs']} epochs, batch {st['batch_size']} (per modality for DisCoM-KD). "
         f"{record.get('note', '')}",
     ]
-    commands = st.get("commands") or list(filter(None, [st.get("command")]))
+    commands = commands_of(st)
     if len(commands) == 1:
         lines += ["", f"Command: `{commands[0]}`"]
     elif commands:

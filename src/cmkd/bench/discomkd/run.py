@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from cmkd.bench.discomkd.page import add_scenario, render_discomkd, render_section
+from cmkd.bench.discomkd.page import add_scenario, commands_of, render_discomkd, render_section
 from cmkd.bench.discomkd.scenarios import (
     DCK,
     FUSED,
@@ -234,7 +234,7 @@ def run_scenario(
     before = record.get("settings", {})
     # Every command that added cells, in order: a later one may run more seeds for some rows
     # only (e.g. `--methods '[]'` for the DisCoM-KD headline), and the page must say so.
-    commands = list(before.get("commands") or filter(None, [before.get("command")]))
+    commands = commands_of(before)
     if command and command not in commands:
         commands.append(command)
     record["settings"] = {
