@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import threading
 from pathlib import Path
 
 import pytest
 
 from cmkd.bench.discomkd.page import PAGE_HEAD, add_scenario, render_discomkd, render_section
+from cmkd.bench.discomkd.run import _Grid
 from cmkd.bench.discomkd.scenarios import DCK, SINGLE, _logit_methods, _scenarios
 from cmkd.bench.pagestore import publish, read_store
+from cmkd.bench.store import claim
 from cmkd.errors import CmkdError
 from cmkd.losses import LOSSES
 
@@ -140,3 +144,55 @@ def test_rows_run_on_fewer_seeds_pair_with_single_over_the_seeds_they_have():
     assert "| +5.0" in row
     # The headline still pairs the two seeds both rows have.
     assert "| +5.0 [-58.5, +68.5] |" in page
+
+
+class _FakeGrid(_Grid):
+    """A scenario grid whose seed stores one made-up single-modality cell (no training)."""
+
+    def __init__(self, store: Path, command: str, acc: float = 0.5) -> None:
+        settings = {"epochs": 3, "lr": 1e-3, "methods": [], "teachers": [], "commands": [command]}
+        record = {"settings": settings, "seeds": {}}
+        super().__init__("toy", None, [], None, None, store, record, [], {}, lambda msg: None)
+        self.acc, self.ran, self.trained = acc, [], []
+
+    def seed(self, seed: int) -> None:
+        self.ran.append(seed)
+        rows = self.record["seeds"].setdefault(str(seed), {})
+        self.cell(rows, seed, SINGLE, "a", lambda: self.trained.append(seed) or _run(self.acc, 0.4))
+
+
+def test_two_workers_on_one_scenario_keep_each_others_cells(tmp_path):
+    store = tmp_path / "toy" / "results.json"
+    first, second = _FakeGrid(store, "first"), _FakeGrid(store, "second")
+    first.run_seeds([0])
+    second.run_seeds([1])  # its record never read seed 0: the save takes it in
+    first.run_seeds([2])
+    saved = json.loads(store.read_text())
+    assert sorted(saved["seeds"]) == ["0", "1", "2"]
+    assert saved["settings"]["seeds"] == [0, 1, 2]
+    assert saved["settings"]["commands"] == ["first", "second"]
+    assert first.trained == [0, 2] and second.trained == [1]
+
+
+def test_a_seed_another_worker_holds_is_passed_over_then_taken_from_the_store(tmp_path):
+    store = tmp_path / "toy" / "results.json"
+    other, worker = _FakeGrid(store, "other", acc=0.9), _FakeGrid(store, "run")
+    held, release = threading.Event(), threading.Event()
+
+    def hold_seed_1() -> None:
+        with claim(store.parent / "locks" / "seed1.lock", wait=False) as got:
+            assert got
+            held.set()
+            release.wait(10)
+            other.seed(1)  # the other worker stores seed 1's cell
+            other.save()
+
+    thread = threading.Thread(target=hold_seed_1)
+    thread.start()
+    held.wait(10)
+    worker.echo = lambda msg: release.set() if "passed over" in msg else None
+    worker.run_seeds([0, 1, 2])
+    thread.join()
+    # Seed 1 came last, after the other worker released it; its cell was not run again.
+    assert worker.ran == [0, 2, 1] and worker.trained == [0, 2] and other.trained == [1]
+    assert worker.record["seeds"]["1"][SINGLE]["a"]["best"]["test"]["acc"] == 0.9

@@ -18,7 +18,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,24 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+@contextmanager
+def claim(path: Path, wait: bool) -> Iterator[bool]:
+    """Hold the lock file `path` against other workers while the block runs: yields True once
+    held; False at once when another worker holds it and not `wait`. The system releases it
+    if the holder dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
 class Store:
     """The cells of one grid under `root/cells/`."""
 
@@ -78,22 +96,9 @@ class Store:
     def put(self, key: CellKey, record: dict[str, Any]) -> None:
         write_json(key.path(self.root), record)
 
-    @contextmanager
-    def claim(self, key: CellKey, wait: bool) -> Iterator[bool]:
-        """Hold the cell against other workers while the block runs: yields True once held;
-        False at once when another worker holds it and not `wait`."""
-        path = key.path(self.root).with_suffix(".lock")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(path)
-        try:
-            lock.acquire(timeout=-1 if wait else 0)
-        except Timeout:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            lock.release()
+    def claim(self, key: CellKey, wait: bool) -> AbstractContextManager[bool]:
+        """Hold the cell against other workers while the block runs (see `claim`)."""
+        return claim(key.path(self.root).with_suffix(".lock"), wait)
 
     def records(self) -> list[dict[str, Any]]:
         """Every cell's record, in a stable order."""

@@ -1,6 +1,7 @@
 """Running `cmkd bench discomkd`: one scenario's grid, resumable (finished cells are kept in
 output_dir/<scenario>/results.json and not run again), then the page from every scenario its
-store holds."""
+store holds. Several workers may run one scenario at once: each claims a seed before running
+it and merges the others' cells into the store when it saves."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from cmkd.bench.discomkd.scenarios import (
 )
 from cmkd.bench.losses import LOSS_CONFIGS
 from cmkd.bench.pagestore import publish
-from cmkd.bench.store import slug
+from cmkd.bench.store import claim, slug
 from cmkd.config import DistillConfig, OptimConfig, PairingConfig, RunConfig
 from cmkd.data.datamodule import ModalityDataset
 from cmkd.data.multimodal import ModalitySpec, prepare_modalities, with_fused
@@ -86,8 +87,49 @@ class _Grid:
         self.names = [s.name for s in specs]
 
     def save(self) -> None:
-        self.record["settings"]["seeds"] = sorted(int(s) for s in self.record["seeds"])
-        write_json(self.store, self.record)
+        """Write the record, with the cells other workers stored since taken in first."""
+        with claim(self.store.with_name("results.json.lock"), wait=True):
+            self._take_in_others()
+            self.record["settings"]["seeds"] = sorted(int(s) for s in self.record["seeds"])
+            write_json(self.store, self.record)
+
+    def _take_in_others(self) -> None:
+        """Merge the stored cells of other workers on the same budget into this record
+        (this worker's own cells win; both trained a cell only if it ran without claims)."""
+        if not self.store.is_file():
+            return
+        disk = json.loads(self.store.read_text())
+        mine, theirs = self.record["settings"], disk.get("settings", {})
+        if (theirs.get("epochs"), theirs.get("lr")) != (mine["epochs"], mine["lr"]):
+            return  # another budget: this run starts again (run_scenario)
+        for seed, rows in disk.get("seeds", {}).items():
+            own = self.record["seeds"].setdefault(seed, {})
+            for row, cells in rows.items():
+                for m, cell in cells.items():
+                    own.setdefault(row, {}).setdefault(m, cell)
+        for key in ("methods", "teachers"):
+            mine[key] = list(dict.fromkeys([*theirs.get(key, []), *mine[key]]))
+        mine["commands"] = list(dict.fromkeys([*commands_of(theirs), *mine["commands"]]))
+        self.record["wall_seconds"] = max(
+            self.record.get("wall_seconds", 0), disk.get("wall_seconds", 0)
+        )
+
+    def run_seeds(self, seeds: list[int]) -> None:
+        """Every seed, each claimed against other workers on this scenario: a seed another
+        worker holds is passed over and run (its remaining cells) once that worker is done."""
+        passed = []
+        for seed in seeds:
+            with claim(self.store.parent / "locks" / f"seed{seed}.lock", wait=False) as held:
+                if held:
+                    self.save()  # take in what other workers stored for this seed
+                    self.seed(seed)
+                else:
+                    self.echo(f"[{self.name}] seed {seed} running in another worker: passed over")
+                    passed.append(seed)
+        for seed in passed:
+            with claim(self.store.parent / "locks" / f"seed{seed}.lock", wait=True):
+                self.save()
+                self.seed(seed)
 
     def cell(self, rows: dict, seed: int, row: str, m: str, fn) -> dict[str, Any]:
         got = rows.setdefault(row, {})
@@ -249,8 +291,7 @@ def run_scenario(
     record.setdefault("seeds", {})
     grid = _Grid(name, sc, specs, optim, run, store, record, teachers, baselines, echo)
     start = time.perf_counter()
-    for seed in seeds:
-        grid.seed(seed)
+    grid.run_seeds(seeds)
     record["wall_seconds"] = record.get("wall_seconds", 0) + time.perf_counter() - start
     grid.save()
     return record
