@@ -414,9 +414,7 @@ def test_precision_auto_follows_the_hardware(monkeypatch) -> None:
     assert precision.resolve_precision("32-true", "cpu", large) == "32-true"
 
 
-def test_auto_precision_and_layout_are_the_defaults_used_and_recorded(
-    quiet_run, data_root
-) -> None:
+def test_auto_precision_and_layout_are_the_defaults_used_and_recorded(quiet_run, data_root) -> None:
     from cmkd.precision import resolve_precision
 
     assert (quiet_run.precision, quiet_run.channels_last) == ("auto", "auto")

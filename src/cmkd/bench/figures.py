@@ -26,6 +26,8 @@ def save_figure(fig, path: Path, dpi: int = DPI) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
+    # bbox "tight" grows the canvas to what is drawn: a title or axis label wider than its
+    # axes (long row labels squeeze them) is otherwise cut at the figure's edge.
     with atomic_path(path, suffix=Path(path).suffix) as tmp:
-        fig.savefig(tmp, dpi=dpi)
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     plt.close(fig)

@@ -92,7 +92,7 @@ def plot_forest(table: Table, path: Path, info: dict, ctx: DataCache) -> None:
     """Per method, the mean paired difference of best-on-val test accuracy to no KD (and to
     each control) with its 95 % interval: the 1-point differences a 0-100 % bar chart hides."""
     rows = forest_rows(table)
-    plt, fig, axes = figure(size=(7, 0.32 * len(rows) + 1.6))
+    plt, fig, axes = figure(size=(9, 0.32 * len(rows) + 1.6))
     ax = axes[0][0]
     colors = {NO_KD: "tab:blue", CONTROLS[0]: "tab:orange", CONTROLS[1]: "tab:green"}
     labels = []
