@@ -117,9 +117,13 @@ class _Grid:
     def run_seeds(self, seeds: list[int]) -> None:
         """Every seed, each claimed against other workers on this scenario: a seed another
         worker holds is passed over and run (its remaining cells) once that worker is done."""
+
+        def lock(seed: int) -> Path:
+            return self.store.parent / "locks" / f"seed{seed}.lock"
+
         passed = []
         for seed in seeds:
-            with claim(self.store.parent / "locks" / f"seed{seed}.lock", wait=False) as held:
+            with claim(lock(seed), wait=False) as held:
                 if held:
                     self.save()  # take in what other workers stored for this seed
                     self.seed(seed)
@@ -127,7 +131,7 @@ class _Grid:
                     self.echo(f"[{self.name}] seed {seed} running in another worker: passed over")
                     passed.append(seed)
         for seed in passed:
-            with claim(self.store.parent / "locks" / f"seed{seed}.lock", wait=True):
+            with claim(lock(seed), wait=True):
                 self.save()
                 self.seed(seed)
 
