@@ -59,3 +59,9 @@ def test_every_page_has_a_store_or_awaits_its_rerun():
     stored = AWAITING_RERUN - without
     assert not stored, f"now with a store, remove from AWAITING_RERUN: {sorted(stored)}"
     assert STORED, "no committed page has a store"
+
+
+def test_every_page_store_stays_under_one_mebibyte():
+    """Stores are committed: one past 1 MiB means it keeps what its page does not show."""
+    sizes = {p.name: p.stat().st_size for p in BENCHMARKS.glob("*.json")}
+    assert sizes and all(size < 2**20 for size in sizes.values()), sizes

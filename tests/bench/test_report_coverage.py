@@ -110,3 +110,14 @@ def test_compact_store_keeps_what_the_groups_need(page: Path) -> None:
     assert kd["result"]["best"]["test"]["acc_per_class"] == PER_CLASS["KD"][kd["seed"]]
     teacher = next(c for c in store["cells"] if c["method"] == TEACHER)
     assert "acc_per_class" not in teacher["result"]["best"]["test"]
+
+
+def test_a_store_without_a_class_map_keeps_no_per_class_scores() -> None:
+    from cmkd.bench.report.page import compact_cell
+
+    record = _record("KD", 0, PER_CLASS["KD"][0])
+    unmapped = compact_cell(record, curve_seed=1, per_class=False)["result"]
+    assert "test_support" not in unmapped and "acc_per_class" not in unmapped["best"]["test"]
+    assert unmapped["best"]["test"]["acc"] == record["result"]["best"]["test"]["acc"]
+    mapped = compact_cell(record, curve_seed=1, per_class=True)["result"]
+    assert mapped["best"]["test"]["acc_per_class"] == PER_CLASS["KD"][0]

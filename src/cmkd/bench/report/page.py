@@ -51,9 +51,11 @@ def read_curve(metrics_csv: Path, column: str = "val/acc") -> tuple[list[int], l
     return epochs, values
 
 
-def compact_cell(record: dict[str, Any], curve_seed: int) -> dict[str, Any]:
+def compact_cell(record: dict[str, Any], curve_seed: int, per_class: bool) -> dict[str, Any]:
     """A cell as the page needs it; a `curve_seed` cell (but a teacher's) also keeps its
-    validation curve, read from the run folder's metrics.csv."""
+    validation curve, read from the run folder's metrics.csv. `per_class`: keep the per-class
+    test scores and supports (what the covered / uncovered columns of a class-mapped scenario
+    read; elsewhere the page shows none, and they are most of a store's bytes)."""
     out = {k: record[k] for k in CELL_FIELDS if k in record}
     res = record["result"]
     if record["method"] == PAIRS:
@@ -64,9 +66,10 @@ def compact_cell(record: dict[str, Any], curve_seed: int) -> dict[str, Any]:
         if k in out["result"]:
             out["result"][k] = portable(out["result"][k])
     # Per-class scores with their supports score any group of classes (covered and uncovered
-    # ones under a class map): kept where the cell has the supports.
-    scored = ("acc", "f1_macro") + (("acc_per_class",) if "test_support" in res else ())
-    if "test_support" in res:
+    # ones under a class map): kept where the page reads them and the cell has the supports.
+    per_class = per_class and "test_support" in res
+    scored = ("acc", "f1_macro") + (("acc_per_class",) if per_class else ())
+    if per_class:
         out["result"]["test_support"] = res["test_support"]
     for which in ("best", "last", "best_on_test"):
         if which not in res:
@@ -98,11 +101,12 @@ def grid_store(root: str | Path) -> dict[str, Any]:
         info = info_from_cells(root, records)
     info.setdefault("machine", machine())  # a grid.json older than the machine facts
     seed = first_seed(info)
+    mapped = {name for name, sc in info.get("scenarios", {}).items() if sc.get("class_map")}
     return {
         "kind": "grid",
         "info": info,
         "runs": str(root),
-        "cells": [compact_cell(r, seed) for r in records],
+        "cells": [compact_cell(r, seed, r["scenario"] in mapped) for r in records],
     }
 
 
