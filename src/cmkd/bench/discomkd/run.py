@@ -86,12 +86,14 @@ class _Grid:
         self.echo = echo
         self.names = [s.name for s in specs]
 
-    def save(self) -> None:
-        """Write the record, with the cells other workers stored since taken in first."""
+    def save(self, write: bool = True) -> None:
+        """Write the record, with the cells other workers stored since taken in first
+        (`write=False`: only take them in)."""
         with claim(self.store.with_name("results.json.lock"), wait=True):
             self._take_in_others()
-            self.record["settings"]["seeds"] = sorted(int(s) for s in self.record["seeds"])
-            write_json(self.store, self.record)
+            if write:
+                self.record["settings"]["seeds"] = sorted(int(s) for s in self.record["seeds"])
+                write_json(self.store, self.record)
 
     def _take_in_others(self) -> None:
         """Merge the stored cells of other workers on the same budget into this record
@@ -125,14 +127,14 @@ class _Grid:
         for seed in seeds:
             with claim(lock(seed), wait=False) as held:
                 if held:
-                    self.save()  # take in what other workers stored for this seed
+                    self.save(write=False)  # take in what other workers stored for this seed
                     self.seed(seed)
                 else:
                     self.echo(f"[{self.name}] seed {seed} running in another worker: passed over")
                     passed.append(seed)
         for seed in passed:
             with claim(lock(seed), wait=True):
-                self.save()
+                self.save(write=False)
                 self.seed(seed)
 
     def cell(self, rows: dict, seed: int, row: str, m: str, fn) -> dict[str, Any]:
