@@ -309,3 +309,37 @@ def test_run_to_the_end_waits_for_the_cells_other_workers_hold(tmp_path: Path) -
     runner.run_to_the_end()
     worker.join(10)
     assert passes == [None, {"by": "other"}]  # waited, then ran again over the stored cell
+
+
+def test_a_moved_store_keeps_its_cells_and_trains_new_ones_from_its_own_files(
+    tmp_path: Path, data_root, monkeypatch
+) -> None:
+    """A store moved to another folder (and run from another current folder) reuses every
+    cell, and a new cell trains from the moved teacher checkpoint and pair list, not from
+    paths under the old folder."""
+    import dataclasses
+    import shutil
+
+    matched = dataclasses.replace(KD, pairing=PairingConfig("matched"))
+    grid = dataclasses.replace(_tiny_grid(), methods={"KD": KD, "KD, matched": matched})
+    grid.matcher_epochs = 1
+    monkeypatch.chdir(tmp_path)
+    GridRunner(grid, Path("old/grid"), echo=lambda *_: None).run()
+    shutil.move("old", "new")
+    monkeypatch.chdir(tmp_path / "new")
+
+    again = GridRunner(grid, Path("grid"), echo=lambda *_: None)
+    again.run()
+    assert again.counts == {"ran": 0, "reused": 5, "busy": 0}
+
+    heavier = dataclasses.replace(matched, terms=[TermConfig("kd", 0.9)])
+    grid.methods["KD, matched, heavier"] = heavier
+    more = GridRunner(grid, Path("grid"), echo=lambda *_: None)
+    more.run()
+    assert more.counts == {"ran": 1, "reused": 6, "busy": 0}  # the pair list twice
+    record = Store("grid").get(CellKey("fsdd_to_mnist", "S/S", "KD, matched, heavier", 0))
+    teacher = Path(record["result"]["teacher_checkpoint"])
+    pairs = Path(record["config"]["distill"]["pairing"]["pairs"])
+    assert teacher.is_file() and pairs.is_file()
+    assert tmp_path / "new" in teacher.resolve().parents
+    assert tmp_path / "new" in pairs.resolve().parents

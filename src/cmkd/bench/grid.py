@@ -28,7 +28,7 @@ from cmkd.bench.scenarios import (
     TEACHER,
     Scenario,
 )
-from cmkd.bench.store import CellKey, Store, config_hash, side_group, slug
+from cmkd.bench.store import CellKey, Store, config_hash, same_config, side_group, slug
 from cmkd.config import (
     DataConfig,
     ModelConfig,
@@ -135,7 +135,7 @@ class GridRunner:
         that others need, a teacher or a pair list, wait for it)."""
         digest = config_hash(config)
         old = self.store.get(key)
-        if old is not None and old.get("config_hash") == digest:
+        if same_config(old, digest):
             self.counts["reused"] += 1
             return old
         with self.store.claim(key, wait) as held:
@@ -145,7 +145,7 @@ class GridRunner:
                 self.echo(f"    {key.method:32s} running in another worker: passed over")
                 return None
             old = self.store.get(key)  # finished by another worker while this one waited
-            if old is not None and old.get("config_hash") == digest:
+            if same_config(old, digest):
                 self.counts["reused"] += 1
                 return old
             return self._run_cell(key, config, digest, fn)

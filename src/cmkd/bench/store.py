@@ -7,6 +7,9 @@ with the same config hash, so a crashed grid continues where it stopped and a ch
 reruns only the cells it changed. Plain JSON: readable by anything, loadable without
 executing code.
 
+A store may be moved or copied to another folder (or read from another current folder): the
+paths its cells recorded inside it (run folders, pair lists) are read where they are now.
+
 Several workers (processes, machines on one file system) may run one grid into one store: a
 worker claims a cell (a lock file beside it, released by the system if the worker dies) before
 training it, and passes over a cell another worker holds.
@@ -60,6 +63,16 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def same_config(record: dict[str, Any] | None, digest: str) -> bool:
+    """Whether a stored cell ran with the config whose hash is `digest`: its recorded hash, or
+    that of its config with the paths in it located (a moved store's cells stay valid)."""
+    if record is None:
+        return False
+    return record.get("config_hash") == digest or (
+        "config" in record and config_hash(record["config"]) == digest
+    )
+
+
 @contextmanager
 def claim(path: Path, wait: bool) -> Iterator[bool]:
     """Hold the lock file `path` against other workers while the block runs: yields True once
@@ -89,9 +102,36 @@ class Store:
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text())
+            return self._here(json.loads(path.read_text()))
         except json.JSONDecodeError as err:
             raise CmkdError(f"results store: {path} is not valid JSON ({err})") from None
+
+    def locate(self, path: str | None) -> str | None:
+        """Where a file a cell recorded is now: as recorded where it exists (or lies outside
+        any store), else the same file under this store's `runs/` or `pairs/` folder (the
+        store was moved or copied, or the grid runs from another current folder)."""
+        if not path or Path(path).exists():
+            return path
+        parts = Path(path).parts
+        for i in range(len(parts) - 1, 0, -1):  # from the right: the store's own folders
+            if parts[i] in ("runs", "pairs") and (self.root / Path(*parts[i:])).exists():
+                return str(self.root / Path(*parts[i:]))
+        return path
+
+    def _here(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record with the paths it holds located (`locate`), in its result and in its
+        config (which a reused cell's config is compared with)."""
+        result = record.get("result") or {}
+        for field in ("checkpoint", "teacher_checkpoint", "pairs"):
+            if isinstance(result.get(field), str):
+                result[field] = self.locate(result[field])
+        distill = (record.get("config") or {}).get("distill") or {}
+        if isinstance(distill.get("teacher"), str):
+            distill["teacher"] = self.locate(distill["teacher"])
+        pairing = distill.get("pairing") or {}
+        if isinstance(pairing.get("pairs"), str):
+            pairing["pairs"] = self.locate(pairing["pairs"])
+        return record
 
     def put(self, key: CellKey, record: dict[str, Any]) -> None:
         write_json(key.path(self.root), record)
@@ -105,7 +145,7 @@ class Store:
         cells = self.root / "cells"
         if not cells.is_dir():
             raise CmkdError(f"no results store under {self.root} (run the grid first)")
-        return [json.loads(p.read_text()) for p in sorted(cells.rglob("seed*.json"))]
+        return [self._here(json.loads(p.read_text())) for p in sorted(cells.rglob("seed*.json"))]
 
     def clear(self) -> None:
         shutil.rmtree(self.root / "cells", ignore_errors=True)
