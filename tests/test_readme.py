@@ -270,6 +270,12 @@ COVERED: dict[str, Run] = {
         check=_page("runs/bench/discomkd/discomkd.md", "DisCoM-KD"),
     ),
     SMOKE: Run(SMOKE, BUDGET_GRID, check=_page("runs/bench/smoke/smoke.md", "Benchmark: smoke")),
+    f"{SMOKE} --plan true": Run(
+        f"{SMOKE} --plan true",
+        BUDGET_GRID,
+        after=(SMOKE,),  # the same budget: every cell is stored
+        check=_parsed("Plan for grid smoke", "0 cells to run", "stored cells reused"),
+    ),
     "cmkd report runs/bench/smoke": Run(
         "cmkd report runs/bench/smoke",
         "--plots false",

@@ -343,3 +343,50 @@ def test_a_moved_store_keeps_its_cells_and_trains_new_ones_from_its_own_files(
     assert teacher.is_file() and pairs.is_file()
     assert tmp_path / "new" in teacher.resolve().parents
     assert tmp_path / "new" in pairs.resolve().parents
+
+
+def _files(root: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_plan_lists_what_a_run_would_train_and_writes_nothing(
+    tmp_path: Path, data_root, capsys
+) -> None:
+    from cmkd.bench.grid import plan_table, run_grid
+
+    # An empty store: every cell is planned, nothing is created, the CLI path prints the table.
+    grid_file = tmp_path / "tiny.yaml"
+    grid_file.write_text(
+        "name: tiny\nscenarios: [fsdd_to_mnist]\nseeds: [0, 1]\nepochs: 1\ncontrols: false\n"
+        "methods:\n  KD: {ce_weight: 0.5, terms: [{name: kd, weight: 0.5}]}\n"
+    )
+    assert run_grid(grid_file, tmp_path / "empty", plan=True) is None
+    assert not (tmp_path / "empty").exists()
+    printed = capsys.readouterr().out
+    assert "6 cells to run, 0 stored cells reused" in printed
+    assert "| fsdd_to_mnist | KD | 2 | ? |" in printed
+
+    out = tmp_path / "grid"
+    GridRunner(_tiny_grid(), out, echo=lambda *_: None).run()
+    before = _files(out)
+    same = GridRunner(_tiny_grid(), out, plan=True)
+    same.run()
+    assert same.planned == [] and same.counts["reused"] == 3
+
+    # A changed KD weight plans the KD cell only, timed from the stored KD cell.
+    heavier = DistillConfig(
+        ce_weight=0.5, terms=[TermConfig("kd", 0.9)], pairing=PairingConfig("class_random")
+    )
+    changed = GridRunner(_tiny_grid(heavier), out, plan=True)
+    changed.run()
+    assert changed.planned == [CellKey("fsdd_to_mnist", "S/S", "KD", 0)]
+    table = plan_table(changed)
+    assert "1 cells to run, 2 stored cells reused" in table
+    stored = Store(out).get(CellKey("fsdd_to_mnist", "S/S", "KD", 0))
+    assert f"| fsdd_to_mnist | KD | 1 | {stored['wall_seconds'] / 60:.1f} |" in table
+
+    # As after --fresh: every cell, and a teacher planned makes its students planned too.
+    fresh = GridRunner(_tiny_grid(), out, plan=True, reuse=False)
+    fresh.run()
+    assert [k.method for k in fresh.planned] == [TEACHER, NO_KD, "KD"]
+    assert _files(out) == before

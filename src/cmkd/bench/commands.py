@@ -61,6 +61,7 @@ def bench_grid(
     seeds: list[int] | None = None,
     epochs: int | None = None,
     matcher_epochs: int | None = None,
+    plan: bool = False,
 ) -> None:
     """Run a benchmark grid cell by cell; cells already in its results store with the same
     config are reused, so an interrupted grid continues where it stopped. Then write its page
@@ -79,12 +80,14 @@ def bench_grid(
         seeds: Run only these seeds (no extra seeds), e.g. [0] for a quick look at a grid.
         epochs: Train every model this many epochs instead of the grid's.
         matcher_epochs: Train SSM matchers this many epochs instead of the grid's.
+        plan: Print the cells a run would train (per scenario and method, with the time the
+            stored cells of each took) and the cells it would reuse; run and write nothing.
     """
     command = command_line("bench grid", bench_grid, dict(locals()), positional=("grid",))
     from cmkd.bench.grid import run_grid
 
     budget = {"seeds": seeds, "epochs": epochs, "matcher_epochs": matcher_epochs}
-    page_path = run_grid(grid, output_dir, fresh, report, page, plots, command, budget)
+    page_path = run_grid(grid, output_dir, fresh, report, page, plots, command, budget, plan)
     if page_path is not None:
         print(f"Saved {page_path}")
 

@@ -39,10 +39,20 @@ from cmkd.io import write_json
 
 
 class GridRunner:
-    """Runs a grid's cells in order, skipping those the store already holds."""
+    """Runs a grid's cells in order, skipping those the store already holds. With `plan`, runs
+    nothing and writes nothing: `planned` lists the cells a run would train (every cell where
+    not `reuse`, as after `--fresh`)."""
 
-    def __init__(self, grid: Grid, output_dir: str | Path, echo: Callable = print) -> None:
-        self.grid, self.echo = grid, echo
+    def __init__(
+        self,
+        grid: Grid,
+        output_dir: str | Path,
+        echo: Callable = print,
+        plan: bool = False,
+        reuse: bool = True,
+    ) -> None:
+        self.grid, self.echo, self.plan, self.reuse = grid, echo, plan, reuse
+        self.planned: list[CellKey] = []
         self.out = Path(output_dir)
         self.store = Store(self.out)
         self.optim = OptimConfig(lr=grid.lr, epochs=grid.epochs, scheduler=grid.scheduler)
@@ -86,7 +96,8 @@ class GridRunner:
         }
 
     def run(self, command: str = "") -> Store:
-        write_json(self.out / "grid.json", self.describe(command))
+        if not self.plan:
+            write_json(self.out / "grid.json", self.describe(command))
         self.passed_over = []
         g = self.grid
         total = len(g.architectures) * sum(len(g.seeds_of(name)) for name in g.scenarios)
@@ -103,11 +114,14 @@ class GridRunner:
                 prepared = _Lazy(lambda sc=sc, seed=seed: _prepare(sc.student_data, seed))
                 for arch in self.grid.architectures:
                     done += 1
-                    self.echo(f"[{done}/{total}] {name}  {arch.name}  seed {seed}")
+                    if not self.plan:
+                        self.echo(f"[{done}/{total}] {name}  {arch.name}  seed {seed}")
                     teacher = self._teacher(name, sc, arch, seed, prepared)
                     self._no_kd(name, sc, arch, seed, prepared)
                     for label, distill in methods[name].items():
                         self._distill(name, sc, arch, seed, prepared, label, distill, teacher)
+        if self.plan:
+            return self.store
         self.echo(
             f"grid {self.grid.name}: {self.counts['ran']} cells run, "
             f"{self.counts['reused']} reused from {self.store.root}"
@@ -134,10 +148,17 @@ class GridRunner:
         """The cell's record; None where another worker is running it and not `wait` (cells
         that others need, a teacher or a pair list, wait for it)."""
         digest = config_hash(config)
-        old = self.store.get(key)
+        old = self.store.get(key) if self.reuse else None
         if same_config(old, digest):
             self.counts["reused"] += 1
             return old
+        if self.plan:
+            # What the cells after it need to compute their configs: a new teacher or pair
+            # list makes every cell that uses it new too.
+            if key not in self.planned:  # a pair list serves several rows
+                self.planned.append(key)
+            new = f"(planned: {key.scenario}/{key.group}/{key.method}/seed{key.seed})"
+            return {"config_hash": new, "result": {"checkpoint": new, "pairs": new}}
         with self.store.claim(key, wait) as held:
             if not held:
                 self.counts["busy"] += 1
@@ -221,6 +242,8 @@ class GridRunner:
         """Another scenario's stored teacher of the very same config, when this scenario has
         none: stored here too, marked `shared_from`, with no wall time (it counts once)."""
         digest = config_hash(config)
+        if not self.reuse:
+            return None
         own = self.store.get(key)
         if own is not None and own.get("config_hash") == digest:
             return None  # this scenario's own cell: _cell reuses it
@@ -228,7 +251,8 @@ class GridRunner:
             found = self.store.get(replace(key, scenario=other))
             if other != key.scenario and found and found.get("config_hash") == digest:
                 record = {**found, **asdict(key), "shared_from": other, "wall_seconds": 0.0}
-                self.store.put(key, record)
+                if not self.plan:
+                    self.store.put(key, record)
                 self.counts["reused"] += 1
                 return record
         return None
@@ -385,10 +409,12 @@ def run_grid(
     plots: bool = True,
     command: str = "",
     budget: dict[str, Any] | None = None,
+    plan: bool = False,
 ) -> Path | None:
     """Run a grid file into its store (default runs/bench/<grid name>), then write its page
     (default <store>/<grid name>.md; see cmkd.bench.report.page) unless `report` is false.
-    `budget` overrides the grid's seeds (extra seeds dropped), epochs and matcher epochs."""
+    `budget` overrides the grid's seeds (extra seeds dropped), epochs and matcher epochs.
+    `plan`: print what a run would train instead (`plan_table`), run and write nothing."""
     from cmkd.bench.report.page import write_report
 
     spec = load_grid(grid)
@@ -397,8 +423,51 @@ def run_grid(
         over["extra_seeds"] = {}
     spec = replace(spec, **over)
     out = Path(output_dir or f"runs/bench/{spec.name}")
+    if plan:
+        runner = GridRunner(spec, out, plan=True, reuse=not fresh)
+        runner.run()
+        print(plan_table(runner))
+        return None
     runner = GridRunner(spec, out)
     if fresh:
         runner.store.clear()
     runner.run(command=command or f"cmkd bench grid {grid}")
     return write_report(out, page, plots) if report else None
+
+
+def plan_table(runner: GridRunner) -> str:
+    """What a planned run would train: cells per scenario and method, each with its time
+    estimated from the stored cells of the same scenario, group and method (mean wall time;
+    "?" for a row the store has none of), and the cells reused."""
+    stored: dict[tuple, list[float]] = {}
+    if runner.store.root.joinpath("cells").is_dir():
+        for r in runner.store.records():
+            if r.get("wall_seconds"):
+                stored.setdefault((r["scenario"], r["group"], r["method"]), []).append(
+                    r["wall_seconds"]
+                )
+    rows: dict[tuple, list[float | None]] = {}
+    for key in runner.planned:
+        walls = stored.get((key.scenario, key.group, key.method))
+        rows.setdefault((key.scenario, key.method), []).append(
+            sum(walls) / len(walls) if walls else None
+        )
+    known = [t for times in rows.values() for t in times if t is not None]
+    unknown = sum(t is None for times in rows.values() for t in times)
+    lines = [
+        f"Plan for grid {runner.grid.name} (store {runner.store.root}): "
+        f"{len(runner.planned)} cells to run, {runner.counts['reused']} stored cells reused.",
+    ]
+    if rows:
+        lines += ["", "| scenario | method | cells to run | est. CPU-min |", "|---|---|---|---|"]
+        for (scenario, method), times in rows.items():
+            done = [t for t in times if t is not None]
+            est = f"{sum(done) / 60:.1f}" if len(done) == len(times) else "?"
+            lines.append(f"| {scenario} | {method} | {len(times)} | {est} |")
+        lines += [
+            "",
+            f"Estimated {sum(known) / 60:.0f} CPU-min from the stored cells' mean wall times"
+            + (f", plus {unknown} cells of rows the store has none of." if unknown else ".")
+            + " Nothing was run or written.",
+        ]
+    return "\n".join(lines)
