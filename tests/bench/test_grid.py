@@ -390,3 +390,38 @@ def test_a_plan_lists_what_a_run_would_train_and_writes_nothing(
     fresh.run()
     assert [k.method for k in fresh.planned] == [TEACHER, NO_KD, "KD"]
     assert _files(out) == before
+
+
+def test_a_config_field_at_its_default_is_not_in_a_cells_hash(tmp_path: Path, data_root) -> None:
+    """Cells stored before a config field existed (their config lacks it, their hash was of
+    that config) are reused once the field exists with its default; a changed default reruns."""
+    from dataclasses import asdict
+
+    from cmkd.bench.cell_digest import cell_digest
+    from cmkd.bench.store import config_hash
+
+    assert cell_digest({"distill": asdict(KD)}) == cell_digest(
+        {"distill": {"terms": [{"weight": 0.5}], "pairing": {"strategy": "class_random"}}}
+    )
+    out = tmp_path / "grid"
+    GridRunner(_tiny_grid(), out, echo=lambda *_: None).run()
+    store = Store(out)
+    key = CellKey("fsdd_to_mnist", "S/S", "KD", 0)
+    old = store.get(key)
+    # As written before `teacher_free_confidence` and the pairing's `dynamic` existed.
+    del old["config"]["distill"]["teacher_free_confidence"]
+    del old["config"]["distill"]["pairing"]["dynamic"]
+    old["config_hash"] = config_hash(old["config"])
+    store.put(key, old)
+
+    again = GridRunner(_tiny_grid(), out, echo=lambda *_: None)
+    again.run()
+    assert again.counts == {"ran": 0, "reused": 3, "busy": 0}
+
+    # The same cell stored with a value that is no longer the default is rerun.
+    old["config"]["distill"]["teacher_free_confidence"] = 0.8
+    old["config_hash"] = config_hash(old["config"])
+    store.put(key, old)
+    changed = GridRunner(_tiny_grid(), out, echo=lambda *_: None)
+    changed.run()
+    assert changed.counts == {"ran": 1, "reused": 2, "busy": 0}

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from cmkd.bench.cell_digest import cell_digest, same_cell
 from cmkd.bench.grid_spec import Architecture, Grid, load_grid
 from cmkd.bench.machine import machine, peak_memory
 from cmkd.bench.scenarios import (
@@ -28,7 +29,7 @@ from cmkd.bench.scenarios import (
     TEACHER,
     Scenario,
 )
-from cmkd.bench.store import CellKey, Store, config_hash, same_config, side_group, slug
+from cmkd.bench.store import CellKey, Store, side_group, slug
 from cmkd.config import (
     DataConfig,
     ModelConfig,
@@ -147,9 +148,9 @@ class GridRunner:
     ) -> dict | None:
         """The cell's record; None where another worker is running it and not `wait` (cells
         that others need, a teacher or a pair list, wait for it)."""
-        digest = config_hash(config)
+        digest = cell_digest(config)
         old = self.store.get(key) if self.reuse else None
-        if same_config(old, digest):
+        if same_cell(old, digest):
             self.counts["reused"] += 1
             return old
         if self.plan:
@@ -166,7 +167,7 @@ class GridRunner:
                 self.echo(f"    {key.method:32s} running in another worker: passed over")
                 return None
             old = self.store.get(key)  # finished by another worker while this one waited
-            if same_config(old, digest):
+            if same_cell(old, digest):
                 self.counts["reused"] += 1
                 return old
             return self._run_cell(key, config, digest, fn)
@@ -241,15 +242,15 @@ class GridRunner:
     def _shared_teacher(self, key: CellKey, config: dict[str, Any]) -> dict | None:
         """Another scenario's stored teacher of the very same config, when this scenario has
         none: stored here too, marked `shared_from`, with no wall time (it counts once)."""
-        digest = config_hash(config)
+        digest = cell_digest(config)
         if not self.reuse:
             return None
         own = self.store.get(key)
-        if own is not None and own.get("config_hash") == digest:
+        if same_cell(own, digest):
             return None  # this scenario's own cell: _cell reuses it
         for other in self.grid.scenarios:
             found = self.store.get(replace(key, scenario=other))
-            if other != key.scenario and found and found.get("config_hash") == digest:
+            if other != key.scenario and same_cell(found, digest):
                 record = {**found, **asdict(key), "shared_from": other, "wall_seconds": 0.0}
                 if not self.plan:
                     self.store.put(key, record)
@@ -327,13 +328,9 @@ class GridRunner:
             distill = replace(distill, pairing=replace(distill.pairing, pairs=pairs))
         key = CellKey(name, arch.name, label, seed)
         model = ModelConfig(backbone=arch.student)
-        spec = asdict(distill)
-        if spec["class_map"] is None:
-            # Added after stores were written: left out while unset, so their cells stay valid.
-            del spec["class_map"]
         config = {
             **self._config(sc.student_data, model, sc.student_modality, seed, arch),
-            "distill": spec,
+            "distill": asdict(distill),
             "teacher": teacher["config_hash"],
         }
         return self._cell(

@@ -3,9 +3,9 @@
 A cell is one training (a teacher, a student, or a pair list) identified by its key
 (scenario, group, method, seed). Its record holds the resolved config and a hash of it, the
 run's metrics, wall time, throughput and peak memory. A grid skips a cell whose record exists
-with the same config hash, so a crashed grid continues where it stopped and a changed grid
-reruns only the cells it changed. Plain JSON: readable by anything, loadable without
-executing code.
+with the same config hash (cmkd.bench.cell_digest: fields at their defaults left out), so a
+crashed grid continues where it stopped and a changed grid reruns only the cells it changed.
+Plain JSON: readable by anything, loadable without executing code.
 
 A store may be moved or copied to another folder (or read from another current folder): the
 paths its cells recorded inside it (run folders, pair lists) are read where they are now.
@@ -61,16 +61,6 @@ def config_hash(config: dict[str, Any]) -> str:
     """A stable hash of a JSON-able config (key order does not matter)."""
     text = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def same_config(record: dict[str, Any] | None, digest: str) -> bool:
-    """Whether a stored cell ran with the config whose hash is `digest`: its recorded hash, or
-    that of its config with the paths in it located (a moved store's cells stay valid)."""
-    if record is None:
-        return False
-    return record.get("config_hash") == digest or (
-        "config" in record and config_hash(record["config"]) == digest
-    )
 
 
 @contextmanager
