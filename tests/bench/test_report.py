@@ -209,6 +209,19 @@ def test_the_page_renders_again_from_its_compact_store_alone(tmp_path):
     assert moved.with_suffix(".json").read_text() == page.with_suffix(".json").read_text()
 
 
+def test_a_compact_store_has_a_line_per_cell_and_run_folders_of_the_first_seed_only(tmp_path):
+    page = write_report(make_store(tmp_path / "store"), tmp_path / "toy.md", plots=False)
+    text = page.with_suffix(".json").read_text()
+    store = json.loads(text)
+    lines = text.splitlines()
+    one_line = [json.loads(line.rstrip(",")) for line in lines if line.startswith("  {")]
+    assert one_line == store["cells"]  # a diff shows the cells a rerun adds or changes
+    first = store["info"]["seeds"][0]
+    assert {c["seed"] for c in store["cells"]} > {first}
+    for cell in store["cells"]:
+        assert ("checkpoint" in cell["result"]) == (cell["seed"] == first)
+
+
 def test_cli_writes_the_page_into_the_grid_folder(tmp_path, monkeypatch, capsys):
     root = make_store(tmp_path / "store")
     monkeypatch.chdir(tmp_path)

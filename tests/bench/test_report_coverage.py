@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cmkd.bench.pagestore import read_store
-from cmkd.bench.report.coverage import covered_classes, group_acc
+from cmkd.bench.report.coverage import cell_groups, covered_classes, group_acc
 from cmkd.bench.report.page import write_report
 from cmkd.bench.scenarios import NO_KD, TEACHER
 from cmkd.bench.store import CellKey, Store
@@ -105,19 +105,24 @@ def test_page_shows_covered_and_uncovered_accuracy_with_paired_deltas(page: Path
 
 def test_compact_store_keeps_what_the_groups_need(page: Path) -> None:
     store = read_store(page)
-    kd = next(c for c in store["cells"] if c["method"] == "KD")
-    assert kd["result"]["test_support"] == SUPPORT
-    assert kd["result"]["best"]["test"]["acc_per_class"] == PER_CLASS["KD"][kd["seed"]]
+    for kd in (c for c in store["cells"] if c["method"] == "KD"):
+        full = _record("KD", kd["seed"], PER_CLASS["KD"][kd["seed"]])["result"]
+        assert kd["result"]["best"]["test"]["acc_by_group"] == cell_groups(full, ("A", "B"))
+        assert "test_support" not in kd["result"]
+        assert "acc_per_class" not in json.dumps(kd)
     teacher = next(c for c in store["cells"] if c["method"] == TEACHER)
-    assert "acc_per_class" not in teacher["result"]["best"]["test"]
+    assert "acc_by_group" not in teacher["result"]["best"]["test"]
 
 
-def test_a_store_without_a_class_map_keeps_no_per_class_scores() -> None:
+def test_a_store_without_a_class_map_keeps_no_class_scores() -> None:
     from cmkd.bench.report.page import compact_cell
 
     record = _record("KD", 0, PER_CLASS["KD"][0])
-    unmapped = compact_cell(record, curve_seed=1, per_class=False)["result"]
-    assert "test_support" not in unmapped and "acc_per_class" not in unmapped["best"]["test"]
+    unmapped = compact_cell(record, curve_seed=1)["result"]
+    assert "test_support" not in unmapped and unmapped["best"]["test"].keys() == {"acc", "f1_macro"}
     assert unmapped["best"]["test"]["acc"] == record["result"]["best"]["test"]["acc"]
-    mapped = compact_cell(record, curve_seed=1, per_class=True)["result"]
-    assert mapped["best"]["test"]["acc_per_class"] == PER_CLASS["KD"][0]
+    mapped = compact_cell(record, curve_seed=1, covered=("A", "B"))["result"]
+    # covered A (10 test samples, 0.7), B (30, 0.8); uncovered C (0.4)
+    assert mapped["best"]["test"]["acc_by_group"] == pytest.approx(
+        {"covered": (10 * 0.7 + 30 * 0.8) / 40, "uncovered": 0.4}
+    )

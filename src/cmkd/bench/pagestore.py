@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cmkd.errors import CmkdError
-from cmkd.io import write_atomic, write_json
+from cmkd.io import write_atomic
 
 
 def store_path(page: str | Path) -> Path:
@@ -66,9 +66,25 @@ def publish(page: str | Path, store: dict[str, Any], render: Render) -> Path:
     if page.suffix != ".md":
         raise CmkdError(f"page {page}: a page is a Markdown file (.md)")
     path = store_path(page)
-    write_json(path, store, indent=1)  # committed beside the page: readable diffs, half the bytes
+    write_atomic(path, store_text(store))
     write_atomic(page, with_notes(render(read_store(path), page), page))
     return page
+
+
+def store_text(store: dict[str, Any]) -> str:
+    """A store as committed beside its page: JSON with each entry of a top-level list or
+    mapping (a cell, a scenario) on a line of its own, so a diff shows the cells a rerun
+    added or changed, at the size of unindented JSON."""
+
+    def block(value: Any) -> str:
+        if isinstance(value, list) and value:
+            return "[\n" + ",\n".join(f"  {json.dumps(v)}" for v in value) + "\n ]"
+        if isinstance(value, dict) and value:
+            items = (f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in value.items())
+            return "{\n" + ",\n".join(items) + "\n }"
+        return json.dumps(value)
+
+    return "{\n" + ",\n".join(f" {json.dumps(k)}: {block(v)}" for k, v in store.items()) + "\n}\n"
 
 
 def portable(path: str | None) -> str | None:

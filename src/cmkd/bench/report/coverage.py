@@ -4,7 +4,8 @@ classes (those some teacher class maps to, where distillation acts) and on its u
 (cross-entropy only), for every row, the no-KD student included.
 
 A group's accuracy is the accuracy over its test samples: sum_c acc_c n_c / sum_c n_c, from the
-per-class test accuracies and the per-class test supports each student cell keeps.
+per-class test accuracies and the per-class test supports each student cell keeps (a page's
+compact store keeps the two group accuracies only).
 """
 
 from __future__ import annotations
@@ -23,25 +24,38 @@ def covered_classes(scenario: dict[str, Any]) -> tuple[str, ...] | None:
     return tuple(sorted({s for s in entries.values() if s is not None}))
 
 
-def group_acc(
-    cells: dict[int, dict[str, Any]], covered: tuple[str, ...], group: str, which: str = "best"
-) -> dict[int, float]:
-    """Per seed, the test accuracy (fraction) over the covered or the uncovered classes, for the
-    cells that keep per-class accuracies and supports (a teacher's classes are not the
-    student's: it has none of these)."""
+def cell_groups(result: dict[str, Any], covered: tuple[str, ...]) -> dict[str, float] | None:
+    """A student cell's best-on-validation test accuracy (fraction) over its covered and over
+    its uncovered classes: from its per-class accuracies and test supports (a run store's
+    cell), or as a compact store keeps them (`acc_by_group`). None for a cell without them
+    (a teacher: its classes are not the student's)."""
+    test = result.get("best", {}).get("test", {})
+    if "acc_by_group" in test:
+        return test["acc_by_group"]
+    support, per_class = result.get("test_support"), test.get("acc_per_class")
+    if not support or not per_class or set(per_class) != set(support):
+        return None
+    if not set(covered) <= set(support):
+        return None
     out = {}
-    for seed, cell in cells.items():
-        result = cell["result"]
-        support = result.get("test_support")
-        per_class = result.get(which, {}).get("test", {}).get("acc_per_class")
-        if not support or not per_class or set(per_class) != set(support):
-            continue
-        if not set(covered) <= set(support):
-            continue
+    for group in GROUPS:
         classes = [c for c in support if (c in covered) == (group == "covered")]
         n = sum(support[c] for c in classes)
         if n:
-            out[seed] = sum(per_class[c] * support[c] for c in classes) / n
+            out[group] = sum(per_class[c] * support[c] for c in classes) / n
+    return out
+
+
+def group_acc(
+    cells: dict[int, dict[str, Any]], covered: tuple[str, ...], group: str
+) -> dict[int, float]:
+    """Per seed, the test accuracy (fraction) over the covered or the uncovered classes, for the
+    cells that have it (`cell_groups`)."""
+    out = {}
+    for seed, cell in cells.items():
+        groups = cell_groups(cell["result"], covered)
+        if groups and group in groups:
+            out[seed] = groups[group]
     return out
 
 

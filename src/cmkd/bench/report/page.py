@@ -16,6 +16,7 @@ from typing import Any
 
 from cmkd.bench.machine import describe, machine
 from cmkd.bench.pagestore import plots_folder, portable, publish, read_store, store_path
+from cmkd.bench.report.coverage import cell_groups, covered_classes
 from cmkd.bench.report.plots import PLOTS, DataCache, first_seed
 from cmkd.bench.report.tables import (
     WIN,
@@ -32,8 +33,8 @@ from cmkd.bench.scenarios import PAIRS, TEACHER
 from cmkd.bench.store import Store
 from cmkd.errors import CmkdError
 
-# What the page reads of a cell; the rest (resolved config, per-class scores) stays in the
-# run's own store.
+# What the page reads of a cell; the rest (resolved config, per-class scores, every seed's run
+# folders but the first's) stays in the run's own store.
 CELL_FIELDS = ("scenario", "group", "method", "seed", "grid", "config_hash", "wall_seconds")
 CELL_FIELDS += ("samples_per_second", "teacher_share", "peak_rss_mib", "peak_gpu_mib")
 RESULT_FIELDS = ("epochs", "fit_seconds", "teacher_seconds", "train_samples", "pairing")
@@ -51,11 +52,13 @@ def read_curve(metrics_csv: Path, column: str = "val/acc") -> tuple[list[int], l
     return epochs, values
 
 
-def compact_cell(record: dict[str, Any], curve_seed: int, per_class: bool) -> dict[str, Any]:
-    """A cell as the page needs it; a `curve_seed` cell (but a teacher's) also keeps its
-    validation curve, read from the run folder's metrics.csv. `per_class`: keep the per-class
-    test scores and supports (what the covered / uncovered columns of a class-mapped scenario
-    read; elsewhere the page shows none, and they are most of a store's bytes)."""
+def compact_cell(
+    record: dict[str, Any], curve_seed: int, covered: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """A cell as the page needs it. A `curve_seed` cell keeps where its run folders were (the
+    plots read that seed's runs only) and, but a teacher's, its validation curve, read from the
+    run folder's metrics.csv. `covered`: the student classes of a class-mapped scenario, whose
+    accuracy over the covered and over the uncovered classes is kept (`cell_groups`)."""
     out = {k: record[k] for k in CELL_FIELDS if k in record}
     res = record["result"]
     if record["method"] == PAIRS:
@@ -64,20 +67,20 @@ def compact_cell(record: dict[str, Any], curve_seed: int, per_class: bool) -> di
     out["result"] = {k: res[k] for k in RESULT_FIELDS if k in res}
     for k in ("checkpoint", "teacher_checkpoint"):
         if k in out["result"]:
-            out["result"][k] = portable(out["result"][k])
-    # Per-class scores with their supports score any group of classes (covered and uncovered
-    # ones under a class map): kept where the page reads them and the cell has the supports.
-    per_class = per_class and "test_support" in res
-    scored = ("acc", "f1_macro") + (("acc_per_class",) if per_class else ())
-    if per_class:
-        out["result"]["test_support"] = res["test_support"]
+            if record["seed"] == curve_seed:
+                out["result"][k] = portable(out["result"][k])
+            else:
+                del out["result"][k]
     for which in ("best", "last", "best_on_test"):
         if which not in res:
             continue
         part = res[which]
-        test = {k: part["test"][k] for k in scored if k in part["test"]}
+        test = {k: part["test"][k] for k in ("acc", "f1_macro") if k in part["test"]}
         kept = {k: part[k] for k in ("epoch", "val_acc") if k in part}
         out["result"][which] = {**kept, "test": test}
+    groups = cell_groups(res, covered) if covered else None
+    if groups:
+        out["result"]["best"]["test"]["acc_by_group"] = groups
     if record["seed"] == curve_seed and record["method"] != TEACHER:
         metrics = Path(res["checkpoint"]).parents[1] / "csv" / "metrics.csv"
         if metrics.is_file():
@@ -101,12 +104,12 @@ def grid_store(root: str | Path) -> dict[str, Any]:
         info = info_from_cells(root, records)
     info.setdefault("machine", machine())  # a grid.json older than the machine facts
     seed = first_seed(info)
-    mapped = {name for name, sc in info.get("scenarios", {}).items() if sc.get("class_map")}
+    covered = {name: covered_classes(sc) for name, sc in info.get("scenarios", {}).items()}
     return {
         "kind": "grid",
         "info": info,
         "runs": str(root),
-        "cells": [compact_cell(r, seed, r["scenario"] in mapped) for r in records],
+        "cells": [compact_cell(r, seed, covered.get(r["scenario"])) for r in records],
     }
 
 
