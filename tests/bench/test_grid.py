@@ -389,6 +389,7 @@ def test_a_plan_lists_what_a_run_would_train_and_writes_nothing(
     fresh = GridRunner(_tiny_grid(), out, plan=True, reuse=False)
     fresh.run()
     assert [k.method for k in fresh.planned] == [TEACHER, NO_KD, "KD"]
+    assert fresh.counts["reused"] == 0
     assert _files(out) == before
 
 

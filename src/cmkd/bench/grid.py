@@ -54,6 +54,8 @@ class GridRunner:
     ) -> None:
         self.grid, self.echo, self.plan, self.reuse = grid, echo, plan, reuse
         self.planned: list[CellKey] = []
+        self.reused: set[CellKey] = set()  # the stored cells read (a pair list serves several)
+        self._planned_configs: dict[str, dict] = {}  # digest -> placeholder (shared teachers)
         self.out = Path(output_dir)
         self.store = Store(self.out)
         self.optim = OptimConfig(lr=grid.lr, epochs=grid.epochs, scheduler=grid.scheduler)
@@ -152,6 +154,7 @@ class GridRunner:
         old = self.store.get(key) if self.reuse else None
         if same_cell(old, digest):
             self.counts["reused"] += 1
+            self.reused.add(key)
             return old
         if self.plan:
             # What the cells after it need to compute their configs: a new teacher or pair
@@ -159,7 +162,8 @@ class GridRunner:
             if key not in self.planned:  # a pair list serves several rows
                 self.planned.append(key)
             new = f"(planned: {key.scenario}/{key.group}/{key.method}/seed{key.seed})"
-            return {"config_hash": new, "result": {"checkpoint": new, "pairs": new}}
+            placeholder = {"config_hash": new, "result": {"checkpoint": new, "pairs": new}}
+            return self._planned_configs.setdefault(digest, placeholder)
         with self.store.claim(key, wait) as held:
             if not held:
                 self.counts["busy"] += 1
@@ -243,18 +247,19 @@ class GridRunner:
         """Another scenario's stored teacher of the very same config, when this scenario has
         none: stored here too, marked `shared_from`, with no wall time (it counts once)."""
         digest = cell_digest(config)
-        if not self.reuse:
-            return None
-        own = self.store.get(key)
+        if self.plan and digest in self._planned_configs:
+            return self._planned_configs[digest]  # planned for another scenario already
+        own = self.store.get(key) if self.reuse else None
         if same_cell(own, digest):
             return None  # this scenario's own cell: _cell reuses it
-        for other in self.grid.scenarios:
+        for other in self.grid.scenarios if self.reuse else ():
             found = self.store.get(replace(key, scenario=other))
             if other != key.scenario and same_cell(found, digest):
                 record = {**found, **asdict(key), "shared_from": other, "wall_seconds": 0.0}
                 if not self.plan:
                     self.store.put(key, record)
                 self.counts["reused"] += 1
+                self.reused.add(key)
                 return record
         return None
 
@@ -453,7 +458,7 @@ def plan_table(runner: GridRunner) -> str:
     unknown = sum(t is None for times in rows.values() for t in times)
     lines = [
         f"Plan for grid {runner.grid.name} (store {runner.store.root}): "
-        f"{len(runner.planned)} cells to run, {runner.counts['reused']} stored cells reused.",
+        f"{len(runner.planned)} cells to run, {len(runner.reused)} stored cells reused.",
     ]
     if rows:
         lines += ["", "| scenario | method | cells to run | est. CPU-min |", "|---|---|---|---|"]
