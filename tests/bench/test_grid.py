@@ -352,7 +352,8 @@ def _files(root: Path) -> dict[str, int]:
 def test_a_plan_lists_what_a_run_would_train_and_writes_nothing(
     tmp_path: Path, data_root, capsys
 ) -> None:
-    from cmkd.bench.grid import plan_table, run_grid
+    from cmkd.bench.grid import run_grid
+    from cmkd.bench.grid_plan import plan_table
 
     # An empty store: every cell is planned, nothing is created, the CLI path prints the table.
     grid_file = tmp_path / "tiny.yaml"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, astuple, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 from cmkd.bench.cell_digest import cell_digest, same_cell
 from cmkd.bench.grid_spec import Architecture, Grid, load_grid
 from cmkd.bench.machine import machine, peak_memory
+from cmkd.bench.published import method_digests, published_cells
 from cmkd.bench.scenarios import (
     NO_KD,
     PAIRS,
@@ -51,10 +52,13 @@ class GridRunner:
         echo: Callable = print,
         plan: bool = False,
         reuse: bool = True,
+        published: dict[tuple, dict] | None = None,
     ) -> None:
         self.grid, self.echo, self.plan, self.reuse = grid, echo, plan, reuse
         self.planned: list[CellKey] = []
         self.reused: set[CellKey] = set()  # the stored cells read (a pair list serves several)
+        # A page's cells taken as done (cmkd.bench.published), and those this run took so.
+        self.published, self.carried = published or {}, set()
         self._planned_configs: dict[str, dict] = {}  # digest -> placeholder (shared teachers)
         self.out = Path(output_dir)
         self.store = Store(self.out)
@@ -82,6 +86,12 @@ class GridRunner:
             "command": command,
             "scenarios": {name: asdict(sc) for name, sc in scenarios.items()},
             "methods": {name: list(g.all_methods(sc)) for name, sc in scenarios.items()},
+            "method_digests": method_digests(
+                {
+                    name: {label: asdict(d) for label, d in g.all_methods(sc).items()}
+                    for name, sc in scenarios.items()
+                }
+            ),
             "architectures": [asdict(a) for a in g.architectures],
             "seeds": g.seeds,
             "extra_seeds": g.extra_seeds,
@@ -117,6 +127,8 @@ class GridRunner:
                 prepared = _Lazy(lambda sc=sc, seed=seed: _prepare(sc.student_data, seed))
                 for arch in self.grid.architectures:
                     done += 1
+                    if self._carry(name, arch, seed, methods[name]):
+                        continue
                     if not self.plan:
                         self.echo(f"[{done}/{total}] {name}  {arch.name}  seed {seed}")
                     teacher = self._teacher(name, sc, arch, seed, prepared)
@@ -128,6 +140,7 @@ class GridRunner:
         self.echo(
             f"grid {self.grid.name}: {self.counts['ran']} cells run, "
             f"{self.counts['reused']} reused from {self.store.root}"
+            + (f", {len(self.carried)} carried from the page" if self.carried else "")
             + (f", {self.counts['busy']} left to other workers" if self.counts["busy"] else "")
         )
         return self.store
@@ -217,11 +230,26 @@ class GridRunner:
         name = str(Path(*map(slug, (key.scenario, key.group, key.method))))
         return replace(self.run_cfg, name=name, overwrite=True, precision=self._precision(arch))
 
+    def _teacher_key(self, name: str, arch: Architecture, seed: int) -> CellKey:
+        t_seed = self.grid.teacher_seed(name, seed)
+        return CellKey(name, self._group("teacher", arch.teacher, arch), TEACHER, t_seed)
+
+    def _carry(self, name: str, arch: Architecture, seed: int, methods: dict) -> bool:
+        """Whether the page holds this block's every cell (teacher, no-KD, each method): then
+        the block is done and its cells are the page's (cmkd.bench.published)."""
+        keys = [self._teacher_key(name, arch, seed)]
+        keys.append(CellKey(name, self._group("student", arch.student, arch), NO_KD, seed))
+        keys += [CellKey(name, arch.name, label, seed) for label in methods]
+        if not self.published or any(astuple(k) not in self.published for k in keys):
+            return False
+        self.carried.update(keys)
+        return True
+
     def _teacher(self, name, sc: Scenario, arch, seed, prepared) -> dict:
         from cmkd.recipes import train_classifier
 
-        t_seed = self.grid.teacher_seed(name, seed)
-        key = CellKey(name, self._group("teacher", arch.teacher, arch), TEACHER, t_seed)
+        key = self._teacher_key(name, arch, seed)
+        t_seed = key.seed
         model = ModelConfig(backbone=arch.teacher)
         optim = replace(self.optim, epochs=self.grid.teacher_epochs.get(name, self.optim.epochs))
         config = self._config(sc.teacher_data, model, sc.teacher_modality, t_seed, arch, optim)
@@ -425,51 +453,20 @@ def run_grid(
         over["extra_seeds"] = {}
     spec = replace(spec, **over)
     out = Path(output_dir or f"runs/bench/{spec.name}")
+    published = {}
+    if not fresh:  # a committed page's cells count as done (cmkd.bench.published)
+        page_of = page or out / f"{spec.name}.md"
+        published, note = published_cells(page_of, GridRunner(spec, out).describe())
+        if note:
+            print(note)
+    runner = GridRunner(spec, out, plan=plan, reuse=not fresh, published=published)
     if plan:
-        runner = GridRunner(spec, out, plan=True, reuse=not fresh)
         runner.run()
+        from cmkd.bench.grid_plan import plan_table
+
         print(plan_table(runner))
         return None
-    runner = GridRunner(spec, out)
     if fresh:
         runner.store.clear()
     runner.run(command=command or f"cmkd bench grid {grid}")
     return write_report(out, page, plots) if report else None
-
-
-def plan_table(runner: GridRunner) -> str:
-    """What a planned run would train: cells per scenario and method, each with its time
-    estimated from the stored cells of the same scenario, group and method (mean wall time;
-    "?" for a row the store has none of), and the cells reused."""
-    stored: dict[tuple, list[float]] = {}
-    if runner.store.root.joinpath("cells").is_dir():
-        for r in runner.store.records():
-            if r.get("wall_seconds"):
-                stored.setdefault((r["scenario"], r["group"], r["method"]), []).append(
-                    r["wall_seconds"]
-                )
-    rows: dict[tuple, list[float | None]] = {}
-    for key in runner.planned:
-        walls = stored.get((key.scenario, key.group, key.method))
-        rows.setdefault((key.scenario, key.method), []).append(
-            sum(walls) / len(walls) if walls else None
-        )
-    known = [t for times in rows.values() for t in times if t is not None]
-    unknown = sum(t is None for times in rows.values() for t in times)
-    lines = [
-        f"Plan for grid {runner.grid.name} (store {runner.store.root}): "
-        f"{len(runner.planned)} cells to run, {len(runner.reused)} stored cells reused.",
-    ]
-    if rows:
-        lines += ["", "| scenario | method | cells to run | est. CPU-min |", "|---|---|---|---|"]
-        for (scenario, method), times in rows.items():
-            done = [t for t in times if t is not None]
-            est = f"{sum(done) / 60:.1f}" if len(done) == len(times) else "?"
-            lines.append(f"| {scenario} | {method} | {len(times)} | {est} |")
-        lines += [
-            "",
-            f"Estimated {sum(known) / 60:.0f} CPU-min from the stored cells' mean wall times"
-            + (f", plus {unknown} cells of rows the store has none of." if unknown else ".")
-            + " Nothing was run or written.",
-        ]
-    return "\n".join(lines)

@@ -16,6 +16,7 @@ from typing import Any
 
 from cmkd.bench.machine import describe, machine
 from cmkd.bench.pagestore import plots_folder, portable, publish, read_store, store_path
+from cmkd.bench.published import carried_into, published_cells
 from cmkd.bench.report.coverage import cell_groups, covered_classes
 from cmkd.bench.report.plots import PLOTS, DataCache, first_seed
 from cmkd.bench.report.tables import (
@@ -170,7 +171,14 @@ def render_grid_page(store: dict[str, Any], page: Path) -> str:
         f"- Machine: {describe(info['machine'])}. "
         f"Cells with GPU memory recorded: {sum('peak_gpu_mib' in r for r in trained)}.",
         f"- Store: `{store_path(page).name}` beside this page (`cmkd report` on this page "
-        f"renders it again); the runs were in `{store['runs']}`. Compute: {minutes:.1f} min, "
+        f"renders it again); the runs were in `{store['runs']}`"
+        + (
+            f" ({store['carried']} cells carried from this page's earlier store: run before "
+            "by the same grid settings, their run folders are not there)"
+            if store.get("carried")
+            else ""
+        )
+        + f". Compute: {minutes:.1f} min, "
         "the sum of every stored cell's wall time (training, pair matching); the grid's own "
         "run adds data loading and this report.",
         "",
@@ -268,7 +276,10 @@ def write_report(
     seconds, e.g. to glance at a running grid."""
     store = grid_store(store_dir)
     page = Path(page) if page else Path(store_dir) / f"{store['info']['name']}.md"
-    publish(page, store, render_grid_page)
+    cells, note = published_cells(page, store["info"])
+    if cells:
+        echo(note)
+    publish(page, carried_into(store, cells), render_grid_page)
     if plots:
         draw_grid_plots(read_store(page), page, echo)
     return page
