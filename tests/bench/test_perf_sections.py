@@ -86,6 +86,9 @@ def toy_store(data_root, tmp_path_factory) -> dict[str, Any]:
     store["ran"]["overhead_large"] = store["ran"]["overhead"]
     store["bf16_accuracy"] = {"source": "a grid", "seeds": [0, 1], "fp32": [0.8, 0.7],
                               "bf16": [0.81, 0.7]}  # fmt: skip
+    store["ska_every_accuracy"] = {"source": "a grid", "seeds": [0, 1], "exact": [0.8, 0.7],
+                                   "approx": [0.8, 0.71], "rows": ["every 5", "every step"],
+                                   "scenarios": ["a", "b"]}  # fmt: skip
     store.update({"load_average_end": [1.0, 1.0, 1.0], "minutes": 1.0, "finished": "now"})
     return json.loads(json.dumps(store))  # as the store file holds it
 
@@ -142,9 +145,9 @@ def test_the_page_shows_every_section_in_order_and_renders_again_from_its_store(
     headings = [line[3:] for line in text.splitlines() if line.startswith("## ")]
     assert headings == ["The issues' aims", *(title for title, _, _ in SECTIONS.values())]
     assert "Sections not in this store" not in text
-    # each measured section says the load it ran under (bf16_accuracy comes from a grid)
+    # each measured section says the load it ran under (the two accuracy checks come from grids)
     ran = text.count("load average (1 min) 1.00 at its start, 1.50 at its end")
-    assert ran == len(MEASURED) == len(SECTIONS) - 1
+    assert ran == len(MEASURED) == len(SECTIONS) - 2
     verdicts = re.findall(r"\| (met|\*\*not met\*\*|not measured) \|$", text, re.M)
     assert verdicts and "not measured" not in verdicts  # every aim has its numbers
     # `cmkd report` renders the same page from the store alone
@@ -230,3 +233,38 @@ def test_perf_adds_the_bf16_check_and_keeps_the_sections_it_does_not_measure(tmp
     publish(page, earlier, lambda store, _: "")
     with pytest.raises(CmkdError, match="measured on another machine"):
         perf(sections=(), page=page, runs_dir=str(tmp_path))
+
+
+def test_the_ska_every_check_pairs_both_rows_over_every_scenario(tmp_path) -> None:
+    from cmkd.bench.perf.accuracy import ska_every_accuracy
+
+    rows = ["KD + SemBridge, SKA every 5", "KD + SemBridge"]
+    info = {
+        "scenarios": {"a": {}, "b": {}},
+        "methods": {"a": rows, "b": rows},
+        "architectures": [{"name": "S/S", "teacher": "small_cnn", "student": "small_cnn"}],
+        "seeds": [0, 1],
+        "contrasts": {"every 5 - every step": rows},
+    }
+    acc = {  # (scenario, row) -> accuracy per seed; seed 1 of b has no every-5 cell yet
+        ("a", rows[0]): [0.80, 0.70],
+        ("a", rows[1]): [0.78, 0.71],
+        ("b", rows[0]): [0.60],
+        ("b", rows[1]): [0.64, 0.50],
+    }
+    cells = [
+        {"scenario": sc, "group": "S/S", "method": m, "seed": seed,
+         "result": {"best": {"test": {"acc": a}}}}
+        for (sc, m), values in acc.items()
+        for seed, a in enumerate(values)
+    ]  # fmt: skip
+    grid = tmp_path / "ska-every.json"
+    grid.write_text(json.dumps({"kind": "grid", "info": info, "cells": cells}))
+    got = ska_every_accuracy(grid)
+    assert got["seeds"] == [0] and got["rows"] == rows and got["scenarios"] == ["a", "b"]
+    assert got["approx"] == pytest.approx([(0.80 + 0.60) / 2])
+    assert got["exact"] == pytest.approx([(0.78 + 0.64) / 2])
+    info["contrasts"] = {}
+    grid.write_text(json.dumps({"kind": "grid", "info": info, "cells": cells}))
+    with pytest.raises(CmkdError, match="contrasts"):
+        ska_every_accuracy(grid)

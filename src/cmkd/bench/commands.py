@@ -218,6 +218,7 @@ def perf(
     threads: int = 1,
     large_backbone: str = "resnet18",
     accuracy_grid: str | None = None,
+    every_grid: str | None = None,
     keep: bool = True,
 ) -> None:
     """Time cmkd against same-process baselines; one page with the issues' aims and verdicts.
@@ -247,6 +248,8 @@ def perf(
         accuracy_grid: A grid that trains the same models at bf16 and fp32 (its page, store or
             results folder; configs/bench/precision.yaml), read into the bf16 accuracy check.
             `--sections '[]' --accuracy_grid benchmarks/precision.md` adds only that check.
+        every_grid: A grid contrasting SemBridge with SKA on every 5th step against every step
+            (configs/bench/ska-every.yaml), read into the SKA every-k accuracy check.
         keep: Keep the page's stored sections that this run does not measure (each names the
             run that measured it); refused where the page was measured on another machine.
     """

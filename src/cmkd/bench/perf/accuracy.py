@@ -72,3 +72,34 @@ def bf16_accuracy(source: str | Path) -> dict[str, Any]:
         "models": models,
         "pairs": list(contrast),
     }
+
+
+def ska_every_accuracy(source: str | Path) -> dict[str, Any]:
+    """The `ska_every_accuracy` entry of a perf store from a grid whose first `contrasts` entry
+    is [SKA every k, SKA every step] (configs/bench/ska-every.yaml): per seed, the mean test
+    accuracy (best-on-validation weights) of each row over the grid's scenarios. A seed counts
+    only where both rows finished in every scenario."""
+    store = _grid(source)
+    info = store["info"]
+    contrasts = list((info.get("contrasts") or {}).values())
+    if not contrasts:
+        raise CmkdError(f"{source}: no `contrasts` entry [SKA every k row, exact row] in the grid")
+    approx, exact = contrasts[0]
+    per_seed: dict[int, list[tuple[float, float]]] = {}
+    tables = build_tables(info, store["cells"])
+    for table in tables:
+        a, b = (table.row(label) for label in (approx, exact))
+        if a is None or b is None:
+            raise CmkdError(f"{source}: rows {approx!r} and {exact!r} not both in the grid")
+        x, y = a.acc(), b.acc()
+        for seed in set(x) & set(y):
+            per_seed.setdefault(seed, []).append((x[seed], y[seed]))
+    seeds = sorted(s for s, v in per_seed.items() if len(v) == len(tables))
+    return {
+        "source": portable(str(source)),
+        "seeds": seeds,
+        "rows": [approx, exact],
+        "scenarios": [t.scenario for t in tables],
+        "approx": [statistics.fmean(x for x, _ in per_seed[s]) for s in seeds],
+        "exact": [statistics.fmean(y for _, y in per_seed[s]) for s in seeds],
+    }

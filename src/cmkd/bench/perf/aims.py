@@ -138,15 +138,32 @@ def _bf16(report: dict[str, Any]) -> list[Row]:
         f"bf16-mixed costs no accuracy: the 95 % interval of the paired test-accuracy "
         f"difference bf16 - fp32 lies within +-{margin:g} point(s)"
     )
-    if not b:
-        return [_row("#19", text, None, None)]
-    diffs = [x - y for x, y in zip(b["bf16"], b["fp32"], strict=True)]
+    return [_within("#19", text, b and (b["bf16"], b["fp32"]), margin)]
+
+
+def _ska_every(report: dict[str, Any]) -> list[Row]:
+    e = report.get("ska_every_accuracy")
+    text = (
+        "SKA on every 5th step keeps SemBridge's accuracy: the 95 % interval of the paired "
+        f"test-accuracy difference every 5 - every step lies within +-{BF16_MARGIN_POINTS:g} "
+        "point(s)"
+    )
+    return [_within("#19", text, e and (e["approx"], e["exact"]), BF16_MARGIN_POINTS)]
+
+
+def _within(issue: str, text: str, paired: tuple | None, margin: float) -> Row:
+    """The verdict on a paired difference a - b (fractions, paired by seed, in points): met
+    when its 95 % interval lies within +-margin."""
+    if not paired:
+        return _row(issue, text, None, None)
+    diffs = [x - y for x, y in zip(*paired, strict=True)]
     found = interval(diffs)
     if found is None or len(diffs) < 2:
-        return [_row("#19", text, f"{len(diffs)} seed(s): no interval", None)]
+        return _row(issue, text, f"{len(diffs)} seed(s): no interval", None)
     mean, low, high = found
-    within = -margin <= low and high <= margin
-    return [_row("#19", text, f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]", within)]
+    return _row(
+        issue, text, f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]", -margin <= low <= high <= margin
+    )
 
 
 def _issue8(report: dict[str, Any]) -> list[Row]:
@@ -185,6 +202,7 @@ def aims(report: dict[str, Any]) -> list[Row]:
         *_loops(report),
         *_sembridge_vs_kd(report),
         *_bf16(report),
+        *_ska_every(report),
         *_issue8(report),
     ]
 

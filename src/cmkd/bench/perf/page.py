@@ -25,6 +25,7 @@ from cmkd.bench.perf.tables_runloop import (
     help_lines,
     precision_lines,
     runloop_lines,
+    ska_every_lines,
     threads_lines,
 )
 
@@ -94,6 +95,14 @@ SECTIONS: dict[str, tuple[str, str, Body]] = {
         "from a grid (`--accuracy_grid`; `cmkd bench perf` does not train to convergence). "
         "Aim (issue #19): bf16 costs no accuracy (the paired interval lies within +-1 point).",
         lambda e, r: bf16_accuracy_lines(e),
+    ),
+    "ska_every_accuracy": (
+        "Accuracy: SKA on every 5th step against every step",
+        "SemBridge with SKA computed on every 5th training step only (times 5 there) against "
+        "SKA on every step, paired by seed, from a grid (`--every_grid`; `cmkd bench perf` "
+        "does not train to convergence). Aim (issue #19): the cheaper schedule keeps "
+        "SemBridge's accuracy (the paired interval lies within +-1 point).",
+        lambda e, r: ska_every_lines(e),
     ),
     "threads": (
         "Threads on shared cores",

@@ -115,7 +115,7 @@ def _kept(page: Path, here: dict[str, Any], measured: set[str]) -> dict[str, Any
             "its ratios cannot sit beside this run's; pass --keep false to start afresh"
         )
     kept: dict[str, Any] = {"ran": {}}
-    for name in SECTIONS + ("bf16_accuracy",):
+    for name in SECTIONS + ("bf16_accuracy", "ska_every_accuracy"):
         if name in measured or name not in old:
             continue
         kept[name] = old[name]
@@ -134,12 +134,14 @@ def perf(
     threads: int = 1,
     large_backbone: str = "resnet18",
     accuracy_grid: str | Path | None = None,
+    every_grid: str | Path | None = None,
     keep: bool = True,
     command: str = "cmkd bench perf",
 ) -> dict[str, Any]:
     """Time the sections against their same-process baselines, then write the page (default
     runs_dir/performance.md) and its store; returns the store. `accuracy_grid`: a grid with a
-    bf16 - fp32 architecture contrast, read into the page's bf16 accuracy check. `keep`: the
+    bf16 - fp32 architecture contrast, read into the page's bf16 accuracy check; `every_grid`
+    likewise a grid contrasting SKA every k steps with every step. `keep`: the
     page's stored sections that this run does not measure stay (each names the run it came
     from), where the page was measured on the same machine."""
     unknown = set(sections) - set(SECTIONS)
@@ -158,6 +160,10 @@ def perf(
         from cmkd.bench.perf.accuracy import bf16_accuracy
 
         report["bf16_accuracy"] = bf16_accuracy(accuracy_grid)  # checked before any timing
+    if every_grid is not None:
+        from cmkd.bench.perf.accuracy import ska_every_accuracy
+
+        report["ska_every_accuracy"] = ska_every_accuracy(every_grid)
     torch.set_num_threads(threads)
     start = time.perf_counter()
     steps = _steps(epochs, repeats, runs_dir, large_backbone)

@@ -146,26 +146,40 @@ def precision_lines(p: dict[str, Any]) -> list[str]:
 def bf16_accuracy_lines(b: dict[str, Any]) -> list[str]:
     """The paired accuracy check of bf16 against fp32 (added to the store from a grid):
     {source, seeds, fp32, bf16 (test accuracies, fractions, paired by seed), margin_points}."""
-    diffs = [x - y for x, y in zip(b["bf16"], b["fp32"], strict=True)]
-    found = interval(diffs)
-    delta = "n/a" if found is None else f"{found[0]:+.1f} [{found[1]:+.1f}, {found[2]:+.1f}]"
     models = (
         f"per seed the mean over the {b['models']} models trained at both precisions "
         f"(pairs {' and '.join(b['pairs'])}), "
         if b.get("models")
         else ""
     )
-    return [
+    head = (
         f"Test accuracy of the same runs at bf16-mixed and at 32-true, paired by "
-        f"seed ({len(diffs)} seeds: {b['seeds']}), {models}from {b['source']}; Δ: bf16 minus "
-        "fp32 in points with its 95 % t interval.",
-        "",
-        *table(
-            ["fp32 test acc %", "bf16 test acc %", "Δ bf16 - fp32"],
-            [[mean_std(b["fp32"]), mean_std(b["bf16"]), delta]],
-        ),
-        "",
-    ]
+        f"seed ({len(b['seeds'])} seeds: {b['seeds']}), {models}from {b['source']}; Δ: bf16 "
+        "minus fp32 in points with its 95 % t interval."
+    )
+    return _paired_lines(head, ("fp32 test acc %", "bf16 test acc %", "Δ bf16 - fp32"),
+                         b["fp32"], b["bf16"])  # fmt: skip
+
+
+def ska_every_lines(e: dict[str, Any]) -> list[str]:
+    """The paired accuracy check of SKA on every k-th step against every step (added to the
+    store from a grid): {source, seeds, rows [approx, exact], scenarios, approx, exact}."""
+    approx, exact = e["rows"]
+    head = (
+        f"Test accuracy of *{approx}* against *{exact}*, paired by seed ({len(e['seeds'])} "
+        f"seeds: {e['seeds']}), per seed the mean over the grid's {len(e['scenarios'])} "
+        f"scenarios ({', '.join(e['scenarios'])}), from {e['source']}; Δ in points with its "
+        "95 % t interval. Per scenario: the grid's page."
+    )
+    return _paired_lines(head, (f"{exact} %", f"{approx} %", "Δ"), e["exact"], e["approx"])
+
+
+def _paired_lines(head: str, columns: tuple[str, ...], base: list, other: list) -> list[str]:
+    """A paired accuracy check: its description, then one row of both means and other - base
+    with its interval (accuracies as fractions, paired by seed)."""
+    found = interval([x - y for x, y in zip(other, base, strict=True)])
+    delta = "n/a" if found is None else f"{found[0]:+.1f} [{found[1]:+.1f}, {found[2]:+.1f}]"
+    return [head, "", *table(list(columns), [[mean_std(base), mean_std(other), delta]]), ""]
 
 
 def checkpoints_lines(c: dict[str, Any]) -> list[str]:
