@@ -53,8 +53,8 @@ def method_digests(methods: dict[str, dict[str, Any]]) -> dict[str, dict[str, st
 
 def published_cells(page: str | Path, info: dict[str, Any]) -> tuple[dict[Key, dict], str]:
     """The cells of `page`'s store that a run of the grid described by `info` (GridRunner's
-    `describe`) may take as done, by (scenario, group, method, seed), pair lists left out;
-    and a line saying what was carried, or why nothing was."""
+    `describe`) may take as done, by (scenario, group, method, seed), pair lists included (the
+    page counts them); and a line saying what was carried, or why nothing was."""
     path = store_path(page)
     if not path.is_file():
         return {}, ""
@@ -71,12 +71,9 @@ def published_cells(page: str | Path, info: dict[str, Any]) -> tuple[dict[Key, d
             f"{path}: none of its cells carried, the page ran with other {', '.join(differ)} "
             "than this grid (or does not record them)"
         )
-    cells = {
-        (c["scenario"], c["group"], c["method"], c["seed"]): c
-        for c in store.get("cells", [])
-        if c["method"] != PAIRS
-    }
-    return cells, f"{path}: {len(cells)} finished cells of the same grid settings"
+    cells = {(c["scenario"], c["group"], c["method"], c["seed"]): c for c in store["cells"]}
+    trained = sum(key[2] != PAIRS for key in cells)
+    return cells, f"{path}: {trained} finished training cells of the same grid settings"
 
 
 def carried_into(store: dict[str, Any], cells: dict[Key, dict]) -> dict[str, Any]:
