@@ -127,3 +127,18 @@ def test_overhead_ratios_leave_out_warm_up_and_rematch_epochs() -> None:
     assert "| Δ, best on val | +3.0 [-9.7, +15.7] | | |" in page
     assert "| 2 DDP processes | 73.0 ± 1.4 | 61.0 ± 1.4 | 25.0 |" in page
     assert not any(math.isnan(v) for v in machine()["load_average"])
+
+
+def test_the_overhead_sembridge_arm_runs_ska_as_the_shipped_sembridge_configs() -> None:
+    # The page's SemBridge / KD ratio speaks for the configs users run: same SKA options.
+    from pathlib import Path
+
+    import yaml
+
+    from cmkd.bench.perf.overhead import SHIPPED_SKA
+
+    shipped = sorted((Path(__file__).parents[2] / "configs/eurosat_asym").glob("sembridge_*.yaml"))
+    assert shipped
+    for path in shipped:
+        terms = yaml.safe_load(path.read_text())["distill"]["terms"]
+        assert [t["params"] for t in terms if t["name"] == "ska"] == [SHIPPED_SKA], path.name

@@ -19,8 +19,14 @@ from cmkd.config import (
     TermConfig,
 )
 
+SHIPPED_SKA = {"dim": 256, "every": 5}
+"""SKA's options in the SemBridge configs cmkd ships (configs/eurosat_asym/sembridge_*.yaml):
+the SemBridge grid's width, computed on every 5th step (benchmarks/ska-every.md: it keeps
+SemBridge's accuracy). `distill_overhead`'s SemBridge arm runs SKA so by default; its KD + SKA
+arm computes SKA on every step."""
 
-def _methods(rematch_epoch: int) -> dict[str, DistillConfig | None]:
+
+def _methods(rematch_epoch: int, ska: dict[str, Any]) -> dict[str, DistillConfig | None]:
     kd = TermConfig("kd", 0.5, {"temperature": 4.0})
     kd_cfg = DistillConfig(ce_weight=0.5, terms=[kd])
     return {
@@ -31,11 +37,11 @@ def _methods(rematch_epoch: int) -> dict[str, DistillConfig | None]:
         "KD + SKA (teacher cache)": replace(
             kd_cfg, terms=[kd, TermConfig("ska", 0.3 * 0.01, {"dim": 256})]
         ),
-        # SemBridge's training-time parts on paired data: KD + SKA (the paper's weight and the
-        # grid's dim) + DynM re-matching; SSM's offline matcher is not part of an epoch.
+        # SemBridge's training-time parts on paired data: KD + SKA (the paper's weight, `ska`'s
+        # options) + DynM re-matching; SSM's offline matcher is not part of an epoch.
         "SemBridge (KD + SKA + DynM)": replace(
             kd_cfg,
-            terms=[kd, TermConfig("ska", 0.3 * 0.01, {"dim": 256})],
+            terms=[kd, TermConfig("ska", 0.3 * 0.01, ska)],
             pairing=PairingConfig("paired", dynamic=True, schedule=[rematch_epoch]),
         ),
     }
@@ -50,6 +56,7 @@ def distill_overhead(
     batch_size: int = 32,
     output_dir: str = "runs/bench/perf",
     only: list[str] | None = None,
+    ska: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Training-epoch time of each method / the no-KD student's on EuroSAT paired MS -> RGB.
     `only`: the methods to time (names of `_methods`; "no KD" is always timed).
@@ -76,7 +83,8 @@ def distill_overhead(
         modality="ms", seed=seed, callbacks=(t_timer,), prepared=prepared,
     )  # fmt: skip
     rematch = 2
-    methods = _methods(rematch)
+    ska = SHIPPED_SKA if ska is None else ska
+    methods = _methods(rematch, ska)
     names = [n for n in methods if only is None or n in only or n == "no KD"]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for r in range(repeats):
@@ -112,6 +120,7 @@ def distill_overhead(
             "epochs": epochs,
             "repeats": repeats,
             "rematch_epoch": rematch,
+            "sembridge_ska": ska,
             "student": student.backbone,
             "teacher": teacher.backbone,
             "batch_size": batch_size,

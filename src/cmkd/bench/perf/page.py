@@ -62,7 +62,8 @@ SECTIONS: dict[str, tuple[str, str, Body]] = {
     "overhead": (
         "Distillation overhead per epoch (small CNN)",
         "Each method's epoch through cmkd's trainer against the no-KD student's, and "
-        "SemBridge (KD + SKA + DynM) against plain KD. Aims: KD with the teacher cache within "
+        "SemBridge (KD + SKA + DynM; the section says how often SKA ran) against plain KD. "
+        "Aims: KD with the teacher cache within "
         "1.10x no KD (issue #8); SemBridge within 1.10x plain KD at the small CNN (issue #19).",
         lambda e, r: overhead_lines(e),
     ),

@@ -84,8 +84,14 @@ def overhead_lines(a: dict[str, Any]) -> list[str]:
         )
     sb = a.get("sembridge")
     if sb:
+        # A store from before `sembridge_ska` ran SKA on every step, at the grid's dim.
+        ska = a.get("sembridge_ska", {"dim": 256})
+        every = ska.get("every", 1)
         lines += [
             "",
+            f"SemBridge's SKA here: dim {ska.get('dim', 512)}, "
+            + ("on every step" if every == 1 else f"on one step in {every} (x{every} there)")
+            + ". "
             f"SemBridge / KD (both with the teacher cache): epoch x"
             f"{num(sb['epoch_ratio_vs_kd'])}, steps x{num(sb['step_ratio_vs_kd'])}. "
             f"A DynM re-match adds {num(sb['rematch_extra_s'], 3)} s to its epoch; at the "
