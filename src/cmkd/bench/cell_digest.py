@@ -68,7 +68,7 @@ def _normal(value: Any, inner: type | None) -> Any:
     one of its fields existed still equals the default."""
     if value is _NO_DEFAULT:
         return value
-    value = _plain(value)
+    value = as_json(value)
     if inner is not None and isinstance(value, list):
         return [_trim(v, inner) for v in value]
     return _trim(value, inner) if inner is not None else value
@@ -82,7 +82,7 @@ def _default(f: dataclasses.Field) -> Any:
     return _NO_DEFAULT
 
 
-def _plain(value: Any) -> Any:
+def as_json(value: Any) -> Any:
     """As JSON would give it back (tuples as lists, dataclasses as dicts)."""
     if dataclasses.is_dataclass(value):
         value = dataclasses.asdict(value)

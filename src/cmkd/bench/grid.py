@@ -453,13 +453,12 @@ def run_grid(
         over["extra_seeds"] = {}
     spec = replace(spec, **over)
     out = Path(output_dir or f"runs/bench/{spec.name}")
-    published = {}
+    runner = GridRunner(spec, out, plan=plan, reuse=not fresh)
     if not fresh:  # a committed page's cells count as done (cmkd.bench.published)
         page_of = page or out / f"{spec.name}.md"
-        published, note = published_cells(page_of, GridRunner(spec, out).describe())
+        runner.published, note = published_cells(page_of, runner.describe())
         if note:
             print(note)
-    runner = GridRunner(spec, out, plan=plan, reuse=not fresh, published=published)
     if plan:
         runner.run()
         from cmkd.bench.grid_plan import plan_table

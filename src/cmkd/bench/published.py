@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cmkd.bench.cell_digest import cell_digest
+from cmkd.bench.cell_digest import as_json, cell_digest
 from cmkd.bench.pagestore import store_path
 from cmkd.bench.scenarios import PAIRS
 from cmkd.errors import CmkdError
@@ -65,7 +65,7 @@ def published_cells(page: str | Path, info: dict[str, Any]) -> tuple[dict[Key, d
     old = store.get("info") or {}
     if store.get("kind") != "grid" or old.get("name") != info["name"]:
         return {}, f"{path}: not a page of grid {info['name']}; none of its cells carried"
-    differ = [k for k in SETTINGS if _plain(old.get(k)) != _plain(info.get(k))]
+    differ = [k for k in SETTINGS if as_json(old.get(k)) != as_json(info.get(k))]
     if differ:
         return {}, (
             f"{path}: none of its cells carried, the page ran with other {', '.join(differ)} "
@@ -84,8 +84,3 @@ def carried_into(store: dict[str, Any], cells: dict[Key, dict]) -> dict[str, Any
     if not extra:
         return store
     return {**store, "cells": store["cells"] + extra, "carried": len(extra)}
-
-
-def _plain(value: Any) -> Any:
-    """As JSON gives it back (tuples as lists), for comparing with a stored value."""
-    return json.loads(json.dumps(value, default=str))
