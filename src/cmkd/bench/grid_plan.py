@@ -3,14 +3,12 @@ CPU time the store's cells of the same rows took."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from cmkd.bench.grid import GridRunner
+from typing import Any
 
 
-def plan_table(runner: GridRunner) -> str:
-    """What a planned run would train: cells per scenario and method, each with its time
+def plan_table(runner: Any) -> str:
+    """What a planned run (a cmkd.bench.grid.GridRunner with `plan`, not imported here: grid
+    imports this module) would train: cells per scenario and method, each with its time
     estimated from the stored cells of the same scenario, group and method (mean wall time;
     "?" for a row the store has none of), and the cells reused."""
     stored: dict[tuple, list[float]] = {}
