@@ -71,6 +71,10 @@ def test_a_fresh_clone_adds_seeds_to_a_page_training_only_them(
     assert "3 of 3" not in text and "6 of 6 training cells finished (complete)" in text
     assert "3 cells carried from this page's earlier store" in text
 
+    # --fresh starts over: nothing carried into the run or onto the page (seed 0 only here).
+    run_grid(_grid(tmp_path, [0]), tmp_path / "fourth", fresh=True, page=page, plots=False)
+    assert {k[1] for k in _cells(page)} == {0} and "carried" not in read_store(page)
+
     # A changed method config: nothing is carried, and the plan says why.
     changed = _grid(tmp_path, [0, 1], weight=0.9)
     run_grid(changed, tmp_path / "third", page=page, plan=True)

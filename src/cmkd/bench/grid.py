@@ -468,4 +468,4 @@ def run_grid(
     if fresh:
         runner.store.clear()
     runner.run(command=command or f"cmkd bench grid {grid}")
-    return write_report(out, page, plots) if report else None
+    return write_report(out, page, plots, carry=not fresh) if report else None

@@ -269,14 +269,16 @@ def write_report(
     page: str | Path | None = None,
     plots: bool = True,
     echo: Callable = print,
+    carry: bool = True,
 ) -> Path:
     """Write the compact store and the Markdown page of a (possibly unfinished) grid, and its
     plots; returns the page's path. Default page: <store_dir>/<grid name>.md, plots in the
     folder of that name beside it. `plots=False` draws nothing (the page is the same), in
-    seconds, e.g. to glance at a running grid."""
+    seconds, e.g. to glance at a running grid. `carry`: the cells the page's own store holds
+    and this grid's store lacks stay on the page (cmkd.bench.published); not after `--fresh`."""
     store = grid_store(store_dir)
     page = Path(page) if page else Path(store_dir) / f"{store['info']['name']}.md"
-    cells, note = published_cells(page, store["info"])
+    cells, note = published_cells(page, store["info"]) if carry else ({}, "")
     if cells:
         echo(note)
     publish(page, carried_into(store, cells), render_grid_page)
