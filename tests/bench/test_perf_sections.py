@@ -122,6 +122,10 @@ def test_every_section_reports_what_its_page_section_shows(toy_store) -> None:
         for row in c["rows"].values():
             assert row["default_variant"] == "32-true channels-last"
             assert set(row["speedup"]) == {"32-true", "32-true channels-last"}
+        # The student-alone floor is timed once per backbone, with plain KD.
+        floors = {name: row["student_alone_epoch_s"] for name, row in c["rows"].items()}
+        assert floors["small_cnn SemBridge (KD + SKA)"] is None
+        assert floors["small_cnn plain KD"] > 0
     assert s["overhead"]["sembridge"]["amortised_epoch_ratio_vs_kd"] > 0
     steps = s["ska"]["steps"][0]
     assert steps["feature_map"] == [128, 4, 4] and set(steps["arms"]) == set(TINY_SKA)

@@ -4,13 +4,25 @@ are (issue 19), in the same process, on the same data, networks and loss terms.
 The reference loop does what the SemBridge authors' training loop and mdistiller's do every
 step: the frozen teacher's forward pass on the batch's teacher samples (no cache), then the
 student's forward, the loss, backward and an Adam step, in float32, with a DataLoader over
-the student's training set. cmkd runs the same method through its Trainer with its defaults
-(teacher outputs cached once per run, the run's precision). Both use cmkd's own terms (so SKA's
-arithmetic is the same on both sides): what differs is the loop, the cache and the precision.
+the student's training set. The two codes differ in one costly way, and each loop keeps it:
+- mdistiller runs the teacher under `torch.no_grad()`.
+- The SemBridge authors' `train.py` (weirl-922/ACKD at 21a20f8) calls `self.teacher(msi_img)`
+  with autograd on: the teacher is put in eval mode but its parameters keep `requires_grad`,
+  and its logits and features enter the KD and SKA losses undetached, so every
+  `loss.backward()` runs back through the whole teacher (its gradients are computed and never
+  used: the teacher is not in the optimiser). cmkd's terms detach the teacher's outputs, so
+  the reference joins them to its loss with weight 0: the same backward pass, and the student's
+  gradients unchanged. The authors' loop also computes SKA on every step.
+cmkd runs each method as it ships (SemBridge's SKA on one step in 5, as
+configs/eurosat_asym/sembridge_*.yaml; benchmarks/ska-every.md for its accuracy) through its
+Trainer with its defaults (teacher outputs cached once per run, the run's precision). Both use
+cmkd's own terms, so SKA's arithmetic is the same on both sides.
 
 Scenario (the issue's): RGB teacher -> MS student on the 221 EuroSAT MS training patches,
-matched (here class-random, fixed) pairs, batch 64, one thread; SemBridge = 0.3 CE + 0.4 KD
-(T 3, no T^2) + 0.003 SKA (dim 256); plain KD = 0.5 CE + 0.5 KD (T 4). Per-epoch wall time,
+matched (here class-random, fixed) pairs, batch 64, one thread; a small CNN, resnet18, and
+resnet34 (the issue's pair and the paper's R/R); SemBridge = 0.3 CE + 0.4 KD
+(T 3, no T^2) + 0.003 SKA (dim 256); plain KD = 0.5 CE + 0.5 KD (T 4). Both loops keep the
+data in memory (the authors' decode every image from disk each epoch). Per-epoch wall time,
 median over the epochs after the first (the cache is filled before the first epoch and its
 one-off cost is reported on its own), interleaved repeats; once on the machine as found and
 once with busy-looping processes added (other users' load).
@@ -20,24 +32,49 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict, dataclass
 from statistics import median
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from cmkd.bench.perf.overhead import SHIPPED_SKA
 from cmkd.bench.perf.timing import EpochClock, busy_processes, load
 
-SEMBRIDGE = [
-    {"name": "kd", "weight": 0.4, "params": {"temperature": 3.0, "scale_by_t2": False}},
-    {"name": "ska", "weight": 0.003, "params": {"dim": 256}},
-]
+
+def _sembridge(ska: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"name": "kd", "weight": 0.4, "params": {"temperature": 3.0, "scale_by_t2": False}},
+        {"name": "ska", "weight": 0.003, "params": ska},
+    ]
+
+
 PLAIN_KD = [{"name": "kd", "weight": 0.5, "params": {"temperature": 4.0}}]
-METHODS = {"SemBridge (KD + SKA)": (0.3, SEMBRIDGE), "plain KD": (0.5, PLAIN_KD)}
+ALONE = "student alone"
+"""The reference loop's variant without teacher or term: the student's own fp32 step."""
 
 
-def _setup(backbone: str, seed: int, batch_size: int, method: str):
-    """A fresh DistillModule (student, terms, teacher) and its data, as cmkd builds them."""
+@dataclass(frozen=True)
+class Method:
+    """One method on both sides: cmkd's terms as shipped, the reference loop's terms, and
+    whether the reference code runs backward through the teacher."""
+
+    ce_weight: float
+    cmkd_terms: list[dict[str, Any]]
+    reference_terms: list[dict[str, Any]]
+    teacher_backward: bool
+
+
+METHODS = {
+    "SemBridge (KD + SKA)": Method(0.3, _sembridge(SHIPPED_SKA), _sembridge({"dim": 256}), True),
+    "plain KD": Method(0.5, PLAIN_KD, PLAIN_KD, False),
+}
+
+
+def _setup(backbone: str, seed: int, batch_size: int, method: str, side: str):
+    """A fresh DistillModule (student, terms, teacher) and its data, as cmkd builds them, with
+    the terms of `side` ('cmkd' or 'reference')."""
     from cmkd.data.datamodule import ModalityDataModule
     from cmkd.methods.distill import DistillModule
     from cmkd.pairing.strategies import ClassRandomPairing, FixedPairing
@@ -49,15 +86,15 @@ def _setup(backbone: str, seed: int, batch_size: int, method: str):
     s_train, t_train = student.sets["train"], bank.sets["train"]
     table = ClassRandomPairing(s_train.y.numpy(), t_train.y.numpy(), seed).table_for(0)
     teacher = _network(backbone, 3, seed + 1)
-    ce_weight, terms = METHODS[method]
+    spec = METHODS[method]
     task = DistillModule.for_data(
         student,
         teacher,
         bank,
-        terms=terms,
+        terms=spec.cmkd_terms if side == "cmkd" else spec.reference_terms,
         pairing=FixedPairing(table),
         model=backbone,
-        ce_weight=ce_weight,
+        ce_weight=spec.ce_weight,
         seed=seed,
     )
     return task, student, torch.as_tensor(table)
@@ -74,13 +111,18 @@ def _network(backbone: str, in_chans: int, seed: int):
     return StandardizedNetwork(net, Standardize.identity(in_chans)).eval()
 
 
-def reference_epochs(task, data, table: torch.Tensor, epochs: int) -> list[float]:
-    """The reference loop on `task`'s own networks and terms: teacher forward every step, fp32,
-    Adam; returns each epoch's wall seconds."""
+def reference_epochs(
+    task, data, table: torch.Tensor, epochs: int, teacher_backward: bool, alone: bool = False
+) -> list[float]:
+    """The reference loop on `task`'s own networks and terms: teacher forward every step (with
+    autograd and a backward through it where `teacher_backward`), fp32, Adam; returns each
+    epoch's wall seconds. `alone`: the student's step by itself (cross-entropy only, no teacher
+    and no term), the floor no teacher cache can go below in this loop."""
     student, teacher = task.model, task.teacher
     terms, weights = task.terms, task.weights
-    params = [p for p in task.parameters() if p.requires_grad]
+    params = [p for p in task.parameters() if p.requires_grad]  # the teacher's are not among them
     optimiser = torch.optim.Adam(params, lr=1e-3)
+    teacher.requires_grad_(teacher_backward)
     loader = torch.utils.data.DataLoader(data.sets["train"], data.batch_size, shuffle=True)
     bank = task.teacher_inputs
     student.train()
@@ -88,10 +130,18 @@ def reference_epochs(task, data, table: torch.Tensor, epochs: int) -> list[float
     for _ in range(epochs):
         start = time.perf_counter()
         for batch in loader:
-            with torch.no_grad():
+            if alone:
+                loss = F.cross_entropy(student(batch[data.modality]).logits, batch["label"])
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                continue
+            with torch.set_grad_enabled(teacher_backward):
                 t_out = teacher(bank[table[batch["index"]]])
             s_out = student(batch[data.modality])
             loss = task.hparams.ce_weight * F.cross_entropy(s_out.logits, batch["label"])
+            if teacher_backward:  # weight 0: the authors' backward pass, not their gradients
+                loss = loss + 0.0 * sum(t.sum() for t in _outputs(t_out))
             for name, term in terms.items():
                 value = term(s_out, t_out, batch)
                 value = sum(value.values()) if isinstance(value, dict) else value
@@ -101,6 +151,11 @@ def reference_epochs(task, data, table: torch.Tensor, epochs: int) -> list[float
             optimiser.step()
         times.append(time.perf_counter() - start)
     return times
+
+
+def _outputs(out) -> list[torch.Tensor]:
+    """The tensors a ModelOutput holds (the authors' losses read all three)."""
+    return [t for t in (out.logits, out.embedding, out.feature_map) if t is not None]
 
 
 def cmkd_epochs(task, data, epochs: int, variant: str) -> tuple[list[float], float]:
@@ -151,16 +206,21 @@ def _compare(
     rows: dict[str, Any] = {}
     for backbone in backbones:
         for method in METHODS:
-            default = default_variant(_setup(backbone, seed, batch_size, method)[0])
+            default = default_variant(_setup(backbone, seed, batch_size, method, "cmkd")[0])
             measured = list(dict.fromkeys([default, *precisions]))
+            # The floor is the same for every method: timed once per backbone, with plain KD.
+            loops_here = ["reference", *([ALONE] if method == "plain KD" else [])]
             seconds: dict[str, list[float]] = {"reference": []}
             cache: list[float] = []
             for r in range(repeats):
-                variants = ["reference", *measured]
+                variants = [*loops_here, *measured]
                 for variant in variants[r % len(variants) :] + variants[: r % len(variants)]:
-                    task, data, table = _setup(backbone, seed, batch_size, method)
-                    if variant == "reference":
-                        times = reference_epochs(task, data, table, epochs)
+                    side = "cmkd" if variant in measured else "reference"
+                    task, data, table = _setup(backbone, seed, batch_size, method, side)
+                    if variant in loops_here:
+                        backward = METHODS[method].teacher_backward
+                        times = reference_epochs(task, data, table, epochs, backward,
+                                                 alone=variant == ALONE)  # fmt: skip
                     else:
                         times, fill = cmkd_epochs(task, data, epochs, variant)
                         cache.append(fill)
@@ -169,18 +229,20 @@ def _compare(
             rows[f"{backbone} {method}"] = {
                 "backbone": backbone,
                 "method": method,
+                "terms": asdict(METHODS[method]),
                 "default_variant": default,
                 "reference_epoch_s": ref,
                 "cmkd_epoch_s": {p: median(seconds[p]) for p in measured},
                 "speedup": {p: ref / median(seconds[p]) for p in measured},
                 "cache_fill_s": median(cache) if cache else None,
+                "student_alone_epoch_s": median(seconds[ALONE]) if ALONE in seconds else None,
                 "spread": {k: [min(v), max(v)] for k, v in seconds.items()},
             }
     return rows
 
 
 def loops(
-    backbones: tuple[str, ...] = ("small_cnn", "resnet18"),
+    backbones: tuple[str, ...] = ("small_cnn", "resnet18", "resnet34"),
     epochs: int = 4,
     repeats: int = 3,
     precisions: tuple[str, ...] = ("32-true",),

@@ -19,39 +19,67 @@ def loop_default(row: dict[str, Any]) -> str:
     return row.get("default_variant", "32-true")
 
 
+def _floor(rows: dict[str, Any], backbone: str) -> float | None:
+    """The student-alone epoch of `backbone` in one condition (timed with its plain-KD row)."""
+    found = [r.get("student_alone_epoch_s") for r in rows.values() if r["backbone"] == backbone]
+    return next((x for x in found if x), None)
+
+
+def _ska_options(lo: dict[str, Any], side: str) -> str:
+    """SKA's options on one side ('cmkd_terms' or 'reference_terms') of the stored rows (before
+    2026-12-01 both sides ran dim 256 on every step)."""
+    for c in lo["conditions"].values():
+        for row in c["rows"].values():
+            for term in (row.get("terms") or {}).get(side, []):
+                if term["name"] == "ska":
+                    return ", ".join(f"{k} {v}" for k, v in term["params"].items())
+    return "dim 256"
+
+
 def loops_lines(lo: dict[str, Any]) -> list[str]:
     # What `precision: auto` picked (stores before 2026-11-30 named it default_precision).
     auto = lo.get("auto_precision") or lo["default_precision"]
     header = ["condition (load before, after)", "backbones", "method", "reference loop s/epoch",
               "cmkd's defaults here", "cmkd default s/epoch", "reference / cmkd default",
               "cmkd 32-true s/epoch", "reference / cmkd 32-true",
-              "teacher cache fill s (once)"]  # fmt: skip
+              "reference / student alone", "teacher cache fill s (once)"]  # fmt: skip
     rows = []
     for condition, c in lo["conditions"].items():
         for row in c["rows"].values():
             default, fp32 = loop_default(row), "32-true"
+            floor = _floor(c["rows"], row["backbone"])
             rows.append([
                 f"{condition} ({num(c['load'][0])}, {num(c['load'][1])})", row["backbone"],
                 f"{row['method']} (reference: {REFERENCE.get(row['method'], '?')} loop)",
                 num(row["reference_epoch_s"], 3), default,
                 num(row["cmkd_epoch_s"][default], 3), f"**x{row['speedup'][default]:.2f}**",
                 num(row["cmkd_epoch_s"][fp32], 3), f"x{row['speedup'][fp32]:.2f}",
+                "" if floor is None else f"x{row['reference_epoch_s'] / floor:.2f}",
                 num(row["cache_fill_s"]),
             ])  # fmt: skip
+    cmkd_ska, reference_ska = _ska_options(lo, "cmkd_terms"), _ska_options(lo, "reference_terms")
     return [
         "RGB teacher -> MS student on the 221 EuroSAT MS training patches, fixed class-random "
-        f"pairs, batch {lo['batch_size']}, the same networks, terms and data on both sides. "
-        "The reference loop does what the SemBridge authors' and mdistiller's training loops do "
-        "every step: the frozen teacher's forward pass on the batch, the student's forward, "
-        "the loss, backward and an Adam step, in fp32, through a DataLoader. cmkd runs the same "
-        "method through its Trainer (teacher outputs cached once per run) at its defaults "
-        "(precision and layout as cmkd picks them for that network on this machine; "
-        f"`precision: auto` gives {auto} here to networks large enough to gain) and at "
-        "32-true. SemBridge = 0.3 CE + 0.4 KD (T 3) + 0.003 SKA "
-        f"(dim 256); plain KD = 0.5 CE + 0.5 KD (T 4). {lo['epochs']} epochs x {lo['repeats']} "
-        "interleaved repeats, per run the median epoch after the first, then the median over "
-        "repeats; *+N busy*: with N busy-looping processes added. The cache fill is paid once "
-        "per run, outside the epochs.",
+        f"pairs, batch {lo['batch_size']}, the same networks, loss terms and in-memory data on "
+        "both sides. The reference loop does what the reference code's training loop does "
+        "every step, in fp32 through a DataLoader: the teacher's forward pass on the batch, the "
+        "student's forward, the loss, backward and an Adam step on the student (and SKA's "
+        "attention). mdistiller runs the teacher under `no_grad`. The SemBridge authors' "
+        "`train.py` does not: their teacher keeps `requires_grad` and its outputs enter the "
+        "losses undetached, so each backward also runs through the whole teacher (gradients "
+        "computed, never used); their loop computes SKA on every step "
+        f"({reference_ska} here). cmkd runs each method as it ships (SemBridge's SKA: "
+        f"{cmkd_ska}; benchmarks/ska-every.md shows it keeps the accuracy) through its "
+        "Trainer, teacher outputs cached once per run, at its defaults (precision and layout "
+        "as cmkd picks them for that network on this machine; `precision: auto` gives "
+        f"{auto} here to networks large enough to gain) and at 32-true. SemBridge = 0.3 CE + "
+        "0.4 KD (T 3) + 0.003 SKA; plain KD = 0.5 CE + 0.5 KD (T 4). *Student alone*: the "
+        "reference loop with no teacher and no term, the student's own fp32 step (timed with "
+        "plain KD), so *reference / student alone* is the most that removing the teacher "
+        "could give at fp32 without touching the student's own step. "
+        f"{lo['epochs']} epochs x {lo['repeats']} interleaved repeats, per run the median "
+        "epoch after the first, then the median over repeats; *+N busy*: with N busy-looping "
+        "processes added. The cache fill is paid once per run, outside the epochs.",
         "",
         *table(header, rows),
         "",

@@ -1,0 +1,59 @@
+"""The reference loop of `cmkd bench perf`'s loops section does what the reference codes do,
+on the real EuroSAT data: the SemBridge authors' backward runs through the teacher (their
+teacher is never frozen and its outputs are not detached) without changing the student's
+gradients or training the teacher; mdistiller's teacher runs under no_grad; the student-alone
+floor never calls the teacher."""
+
+from __future__ import annotations
+
+import torch
+
+from cmkd.bench.perf import reference_loops as loops
+
+SEMBRIDGE, PLAIN = "SemBridge (KD + SKA)", "plain KD"
+
+
+def _one_step(method: str, teacher_backward: bool, alone: bool = False):
+    """One epoch of the reference loop on a fresh task with one batch of 64 samples; returns
+    the task, the teacher's calls, its weights before, and the student's first-layer
+    gradient."""
+    task, data, table = loops._setup("small_cnn", 0, 64, method, "reference")
+    data.sets["train"] = torch.utils.data.Subset(data.sets["train"], range(64))
+    calls = []
+    task.teacher.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+    before = [p.detach().clone() for p in task.teacher.parameters()]
+    torch.manual_seed(0)
+    loops.reference_epochs(task, data, table, 1, teacher_backward, alone=alone)
+    first = next(p for p in task.model.parameters() if p.ndim == 4)
+    return task, calls, before, first.grad.clone()
+
+
+def test_the_authors_loop_backpropagates_through_the_teacher_without_training_it() -> None:
+    task, calls, before, grad = _one_step(SEMBRIDGE, teacher_backward=True)
+    assert calls == [True]  # forward with autograd on, as train.py calls it
+    teacher = list(task.teacher.parameters())
+    assert all(p.grad is not None for p in teacher)  # the backward reached every layer
+    assert all(torch.equal(p, b) for p, b in zip(teacher, before, strict=True))  # not stepped
+    # The weight-0 link adds the backward pass only: the student's gradient is the one a
+    # frozen teacher gives.
+    _, frozen_calls, _, frozen_grad = _one_step(SEMBRIDGE, teacher_backward=False)
+    assert frozen_calls == [False]
+    torch.testing.assert_close(grad, frozen_grad)
+
+
+def test_mdistillers_loop_runs_the_teacher_under_no_grad_and_the_floor_skips_it() -> None:
+    assert not loops.METHODS[PLAIN].teacher_backward and loops.METHODS[SEMBRIDGE].teacher_backward
+    task, calls, _, _ = _one_step(PLAIN, teacher_backward=False)
+    assert calls == [False] and all(p.grad is None for p in task.teacher.parameters())
+    _, alone_calls, _, grad = _one_step(PLAIN, teacher_backward=False, alone=True)
+    assert alone_calls == [] and grad.abs().sum() > 0
+
+
+def test_cmkd_runs_sembridge_as_shipped_and_the_reference_on_every_step() -> None:
+    from cmkd.bench.perf.overhead import SHIPPED_SKA
+
+    spec = loops.METHODS[SEMBRIDGE]
+    ska = {t["name"]: t["params"] for t in spec.cmkd_terms}["ska"]
+    reference_ska = {t["name"]: t["params"] for t in spec.reference_terms}["ska"]
+    assert ska == SHIPPED_SKA and reference_ska.get("every", 1) == 1
+    assert {k: v for k, v in ska.items() if k != "every"} == reference_ska
