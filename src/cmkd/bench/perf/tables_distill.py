@@ -19,7 +19,7 @@ def loop_default(row: dict[str, Any]) -> str:
     return row.get("default_variant", "32-true")
 
 
-def _floor(rows: dict[str, Any], backbone: str) -> float | None:
+def student_alone(rows: dict[str, Any], backbone: str) -> float | None:
     """The student-alone epoch of `backbone` in one condition (timed with its plain-KD row)."""
     found = [r.get("student_alone_epoch_s") for r in rows.values() if r["backbone"] == backbone]
     return next((x for x in found if x), None)
@@ -47,7 +47,7 @@ def loops_lines(lo: dict[str, Any]) -> list[str]:
     for condition, c in lo["conditions"].items():
         for row in c["rows"].values():
             default, fp32 = loop_default(row), "32-true"
-            floor = _floor(c["rows"], row["backbone"])
+            floor = student_alone(c["rows"], row["backbone"])
             rows.append([
                 f"{condition} ({num(c['load'][0])}, {num(c['load'][1])})", row["backbone"],
                 f"{row['method']} (reference: {REFERENCE.get(row['method'], '?')} loop)",
