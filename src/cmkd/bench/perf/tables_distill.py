@@ -25,6 +25,14 @@ def student_alone(rows: dict[str, Any], backbone: str) -> float | None:
     return next((x for x in found if x), None)
 
 
+def _seconds(row: dict[str, Any], variant: str, median: float) -> str:
+    """A variant's median epoch seconds with the lowest and highest of its repeats."""
+    low_high = (row.get("spread") or {}).get(variant)
+    return num(median, 3) + (
+        "" if not low_high else f" ({num(low_high[0], 2)}-{num(low_high[1], 2)})"
+    )
+
+
 def _ska_options(lo: dict[str, Any], side: str) -> str:
     """SKA's options on one side ('cmkd_terms' or 'reference_terms') of the stored rows (before
     2026-12-01 both sides ran dim 256 on every step)."""
@@ -51,9 +59,10 @@ def loops_lines(lo: dict[str, Any]) -> list[str]:
             rows.append([
                 f"{condition} ({num(c['load'][0])}, {num(c['load'][1])})", row["backbone"],
                 f"{row['method']} (reference: {REFERENCE.get(row['method'], '?')} loop)",
-                num(row["reference_epoch_s"], 3), default,
-                num(row["cmkd_epoch_s"][default], 3), f"**x{row['speedup'][default]:.2f}**",
-                num(row["cmkd_epoch_s"][fp32], 3), f"x{row['speedup'][fp32]:.2f}",
+                _seconds(row, "reference", row["reference_epoch_s"]), default,
+                _seconds(row, default, row["cmkd_epoch_s"][default]),
+                f"**x{row['speedup'][default]:.2f}**",
+                _seconds(row, fp32, row["cmkd_epoch_s"][fp32]), f"x{row['speedup'][fp32]:.2f}",
                 "" if floor is None else f"x{row['reference_epoch_s'] / floor:.2f}",
                 num(row["cache_fill_s"]),
             ])  # fmt: skip
@@ -78,7 +87,8 @@ def loops_lines(lo: dict[str, Any]) -> list[str]:
         "plain KD), so *reference / student alone* is the most that removing the teacher "
         "could give at fp32 without touching the student's own step. "
         f"{lo['epochs']} epochs x {lo['repeats']} interleaved repeats, per run the median "
-        "epoch after the first, then the median over repeats; *+N busy*: with N busy-looping "
+        "epoch after the first, then the median over repeats (in brackets the fastest and "
+        "slowest repeat: bf16 runs vary most here); *+N busy*: with N busy-looping "
         "processes added. The cache fill is paid once per run, outside the epochs.",
         "",
         *table(header, rows),
