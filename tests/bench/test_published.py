@@ -70,10 +70,12 @@ def test_a_fresh_clone_adds_seeds_to_a_page_training_only_them(
     text = page.read_text()
     assert "3 of 3" not in text and "6 of 6 training cells finished (complete)" in text
     assert "3 cells carried from this page's earlier store" in text
+    assert "- Machine of the last run (the carried cells ran before it): " in text
 
     # --fresh starts over: nothing carried into the run or onto the page (seed 0 only here).
     run_grid(_grid(tmp_path, [0]), tmp_path / "fourth", fresh=True, page=page, plots=False)
     assert {k[1] for k in _cells(page)} == {0} and "carried" not in read_store(page)
+    assert "- Machine: " in page.read_text()
 
     # A changed method config: nothing is carried, and the plan says why.
     changed = _grid(tmp_path, [0, 1], weight=0.9)

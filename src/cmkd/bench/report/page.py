@@ -168,7 +168,13 @@ def render_grid_page(store: dict[str, Any], page: Path) -> str:
             for sc, extra in (info.get("extra_seeds") or {}).items()
         )
         + ".",
-        f"- Machine: {describe(info['machine'])}. "
+        # A page built over several runs records the machine of the last one only.
+        (
+            "- Machine of the last run (the carried cells ran before it): "
+            if store.get("carried")
+            else "- Machine: "
+        )
+        + f"{describe(info['machine'])}. "
         f"Cells with GPU memory recorded: {sum('peak_gpu_mib' in r for r in trained)}.",
         f"- Store: `{store_path(page).name}` beside this page (`cmkd report` on this page "
         f"renders it again); the runs were in `{store['runs']}`"
