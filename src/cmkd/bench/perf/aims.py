@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cmkd.bench.perf.markdown import num, table, verdict
-from cmkd.bench.perf.tables_distill import loop_default, student_alone
+from cmkd.bench.perf.tables_distill import loop_default, over_student_alone
 from cmkd.stats import interval
 
 HELP_S = 2.0
@@ -90,7 +90,8 @@ def _loops(report: dict[str, Any]) -> list[Row]:
             # The verdict reads cmkd's defaults as measured; every variant is shown beside it.
             defaults = {loop_default(row) for row in found.values()}
             value = "; ".join(
-                f"{condition}: " + ", ".join(f"x{num(x)} {p}" for p, x in row["speedup"].items())
+                f"{condition}: "
+                + ", ".join(f"x{num(x)} {p}" for p, x in row["speedup"].items())
                 + _ceiling(lo["conditions"][condition]["rows"], row)
                 for condition, row in found.items()
             )
@@ -104,10 +105,8 @@ def _loops(report: dict[str, Any]) -> list[Row]:
 
 
 def _ceiling(rows: dict[str, Any], row: dict[str, Any]) -> str:
-    """The most removing the teacher could give at fp32 in this condition: the reference loop
-    over the student's own step in it ('' where the floor was not timed)."""
-    floor = student_alone(rows, row["backbone"])
-    return "" if floor is None else f" (student alone x{num(row['reference_epoch_s'] / floor)})"
+    ceiling = over_student_alone(rows, row)
+    return "" if ceiling is None else f" (student alone x{num(ceiling)})"
 
 
 def _sembridge_vs_kd(report: dict[str, Any]) -> list[Row]:
