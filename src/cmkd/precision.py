@@ -1,4 +1,5 @@
-"""What `run.precision: auto` and `run.channels_last: auto` become on this machine.
+"""What `run.precision`, `run.channels_last` and `run.matmul_weight_grad: auto` become on this
+machine.
 
 bfloat16 pays only where the hardware multiplies it natively: CUDA GPUs of compute capability
 8.0 and later (Ampere on), and CPUs with AVX512-BF16 or AMX-BF16 (Intel Cooper Lake, Sapphire
@@ -75,4 +76,13 @@ def resolve_channels_last(setting: bool | str, module: torch.nn.Module) -> bool:
     (convolution) weights, which is where the layout changes the kernels used."""
     if setting == "auto":
         return any(p.ndim == 4 for p in module.parameters())
+    return bool(setting)
+
+
+def resolve_matmul_weight_grad(setting: bool | str, accelerator: str) -> bool:
+    """Whether convolutions compute their weight gradient as one matrix product at small maps
+    (cmkd.models.matmul_weight_grad): `auto` means yes when training on a CPU, the only
+    device where oneDNN's kernel was found slow there."""
+    if setting == "auto":
+        return training_device(accelerator) == "cpu"
     return bool(setting)

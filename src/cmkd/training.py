@@ -38,8 +38,13 @@ from cmkd.data.datamodule import ModalityDataModule
 from cmkd.epochs import EpochBlockLoader, EpochPlan, InOrder, plan_epochs, tiny_epochs
 from cmkd.errors import CmkdError
 from cmkd.io import write_atomic, write_json
+from cmkd.models.matmul_weight_grad import use_matmul_weight_grad
 from cmkd.paths import child_path
-from cmkd.precision import resolve_channels_last, resolve_precision
+from cmkd.precision import (
+    resolve_channels_last,
+    resolve_matmul_weight_grad,
+    resolve_precision,
+)
 from cmkd.seeding import seed_for
 from cmkd.threads import choose_threads, training_threads
 from cmkd.tracking import TestTracker
@@ -133,8 +138,9 @@ def check_run(run: RunConfig, optim: OptimConfig, data: DataConfig | None = None
         child_path(run.output_dir, run.name, "run.name")
     choose_threads(run.threads, 1)
     plan_epochs(optim.epochs, run.val_every, run.checkpoint_every)
-    if run.channels_last not in (True, False, "auto"):
-        raise CmkdError(f"run.channels_last must be true, false or auto, got {run.channels_last}")
+    for option in ("channels_last", "matmul_weight_grad"):
+        if getattr(run, option) not in (True, False, "auto"):
+            raise CmkdError(f"run.{option} must be true, false or auto, got {getattr(run, option)}")
     accelerator = str(run.accelerator).lower()
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise CmkdError(
@@ -248,6 +254,7 @@ class Fit:
     plan: EpochPlan
     precision: str
     channels_last: bool
+    matmul_weight_grad: bool
     threads: int
     seconds: float
 
@@ -257,12 +264,26 @@ class Fit:
         return {
             "precision": self.precision,
             "channels_last": self.channels_last,
+            "matmul_weight_grad": self.matmul_weight_grad,
             "threads": self.threads,
             "val_every": plan.val_every if plan.validation else None,
             "checkpoint_every": plan.checkpoint_every,
             "epochs_per_lightning_epoch": plan.block,
             "checkpoint_seconds": round(self.checkpoints.save_seconds, 3),
         }
+
+
+def use_fast_paths(module: torch.nn.Module, run: RunConfig) -> tuple[str, bool, bool]:
+    """Resolve the run's precision, channels-last layout and matmul weight gradients for
+    `module` on its device, and apply the last two to it in place (as every fit does)."""
+    precision = resolve_precision(run.precision, run.accelerator, module)
+    channels_last = resolve_channels_last(run.channels_last, module)
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+    matmul_weight_grad = resolve_matmul_weight_grad(run.matmul_weight_grad, run.accelerator)
+    if matmul_weight_grad:
+        use_matmul_weight_grad(module)
+    return precision, channels_last, matmul_weight_grad
 
 
 @contextmanager
@@ -283,10 +304,7 @@ def fitted(
     Trainer.fit arguments (`datamodule`, or the loaders)."""
     if resume_from is not None:
         check_resume_checkpoint(resume_from, plan)
-    precision = resolve_precision(run.precision, run.accelerator, module)
-    channels_last = resolve_channels_last(run.channels_last, module)
-    if channels_last:
-        module.to(memory_format=torch.channels_last)
+    precision, channels_last, matmul_weight_grad = use_fast_paths(module, run)
     trainer, checkpoints = build_trainer(
         run_dir, replace(run, precision=precision), plan, callbacks
     )
@@ -300,7 +318,16 @@ def fitted(
         seconds = time.perf_counter() - start
         if trainer.interrupted:
             raise CmkdError(f"training was interrupted; resume with --run.resume true ({run_dir})")
-        yield Fit(trainer, checkpoints, plan, precision, channels_last, threads, seconds)
+        yield Fit(
+            trainer,
+            checkpoints,
+            plan,
+            precision,
+            channels_last,
+            matmul_weight_grad,
+            threads,
+            seconds,
+        )
 
 
 def fit_and_test(

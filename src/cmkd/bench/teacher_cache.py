@@ -31,13 +31,15 @@ def teacher_cache(
     from cmkd.recipes import distill_student, train_classifier
 
     data = DataConfig(source="eurosat_paired", batch_size=32)
-    # fp32, standard layout: the numerics its committed page was measured with.
+    # fp32, standard layout, native weight gradients: the numerics its committed page was
+    # measured with.
     run = RunConfig(
         output_dir=output_dir,
         progress_bar=False,
         overwrite=True,
         precision="32-true",
         channels_last=False,
+        matmul_weight_grad=False,
     )
     prepared = prepare_data(data, seed)
     teacher = train_classifier(

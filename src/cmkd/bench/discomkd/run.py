@@ -262,13 +262,15 @@ def run_scenario(
         teachers = [t for t in teachers if t != "fused"]
     baselines = _logit_methods(methods, configs)
     optim = OptimConfig(lr=lr, epochs=epochs)
-    # fp32, standard layout: what the stored cells were trained with (not in their key).
+    # fp32, standard layout, native weight gradients: what the stored cells were trained with
+    # (not in their key).
     run = RunConfig(
         output_dir=str(output_dir),
         progress_bar=False,
         overwrite=True,
         precision="32-true",
         channels_last=False,
+        matmul_weight_grad=False,
     )
     store = output_dir / "results.json"
     specs = [replace(s, data=replace(s.data, batch_size=sc.batch_size)) for s in sc.specs]

@@ -50,6 +50,8 @@ def _sembridge(ska: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+CHANNELS_LAST, MATMUL_WEIGHT_GRAD = "channels-last", "matmul-weight-grad"
+"""How a variant names cmkd's fast paths (after its precision)."""
 PLAIN_KD = [{"name": "kd", "weight": 0.5, "params": {"temperature": 4.0}}]
 ALONE = "student alone"
 """The reference loop's variant without teacher or term: the student's own fp32 step."""
@@ -159,14 +161,21 @@ def _outputs(out) -> list[torch.Tensor]:
 
 
 def cmkd_epochs(task, data, epochs: int, variant: str) -> tuple[list[float], float]:
-    """cmkd's Trainer on the same task at `variant` (a Lightning precision, optionally followed
-    by " channels-last"): each epoch's wall seconds, and the one-off seconds of filling the
-    teacher cache."""
+    """cmkd's Trainer on the same task at `variant` (a Lightning precision, then the names of
+    the fast paths used, as `default_variant` writes them): each epoch's wall seconds, and the
+    one-off seconds of filling the teacher cache."""
     import lightning as L
 
-    precision, _, layout = variant.partition(" ")
-    if layout:
-        task.to(memory_format=torch.channels_last)  # as cmkd's fit does
+    from cmkd.config import RunConfig
+    from cmkd.training import use_fast_paths
+
+    precision, *paths = variant.split(" ")
+    run = RunConfig(
+        precision=precision,
+        channels_last=CHANNELS_LAST in paths,
+        matmul_weight_grad=MATMUL_WEIGHT_GRAD in paths,
+    )
+    use_fast_paths(task, run)  # as cmkd's fit applies them
     timer = EpochClock()
     trainer = L.Trainer(
         max_epochs=epochs,
@@ -185,15 +194,21 @@ def cmkd_epochs(task, data, epochs: int, variant: str) -> tuple[list[float], flo
 
 
 def default_variant(task) -> str:
-    """What cmkd's defaults (RunConfig) run `task` at here: its precision, then " channels-last"
-    where the layout is chosen (as cmkd's fit resolves them)."""
+    """What cmkd's defaults (RunConfig) run `task` at here: its precision, then the fast paths
+    they choose ("channels-last", "matmul-weight-grad"), as cmkd's fit resolves them."""
     from cmkd.config import RunConfig
-    from cmkd.precision import resolve_channels_last, resolve_precision
+    from cmkd.precision import (
+        resolve_channels_last,
+        resolve_matmul_weight_grad,
+        resolve_precision,
+    )
 
     defaults = RunConfig()
     variant = resolve_precision(defaults.precision, "cpu", task)
     if resolve_channels_last(defaults.channels_last, task):
-        variant += " channels-last"
+        variant += " " + CHANNELS_LAST
+    if resolve_matmul_weight_grad(defaults.matmul_weight_grad, "cpu"):
+        variant += " " + MATMUL_WEIGHT_GRAD
     return variant
 
 

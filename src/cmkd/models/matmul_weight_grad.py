@@ -1,0 +1,119 @@
+"""Convolution weight gradients as one matrix product where the feature map is small (CPU).
+
+oneDNN's backward-weights convolution is slow on a CPU when the output map has only a few
+positions: at resnet34's last stage (512 channels, 2 x 2 maps, batch 64) it took 88 ms in
+bf16 for what one matrix product of the same FLOPs does in 12 ms, and it made up 812 of a
+1,290 ms bf16 step's convolution time (benchmarks/performance.md, precision section). The weight
+gradient of a convolution is the product of the output gradient with the unfolded input
+(im2col), which at a few positions per map is a small copy and one large, well-shaped GEMM.
+So `MatmulWeightGradConv2d` computes the forward pass and the input gradient as before
+(oneDNN is fast there) and only the weight gradient as that product, where the output map
+is small and the patch large (MAX_POSITIONS, MIN_PATCH); everywhere else it is nn.Conv2d. The product
+accumulates in float32 and rounds once, as the native kernel does, so it changes no result
+beyond the last bits of the compute dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MAX_POSITIONS = {torch.bfloat16: 16, torch.float32: 4}
+MIN_PATCH = 2304
+"""Where the product is used: an output map of at most MAX_POSITIONS[dtype] positions (H x W)
+and a patch (in_channels x kernel height x kernel width) of at least MIN_PATCH values (resnet
+3 x 3 convolutions from 256 input channels on). In each of resnet34's convolution shapes, timed
+on a 2-core AMX CPU (`cmkd bench perf --sections '[weight_grad]'`), these are where the
+backward pass was faster with the product: bf16 4 x 4 and 2 x 2 maps x1.5-3.7, fp32 2 x 2 maps
+x1.4; smaller patches and larger maps were faster with oneDNN."""
+
+
+class _WeightGradAsMatmul(torch.autograd.Function):
+    """conv2d(x, weight, bias) with the weight gradient computed as one matrix product."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dtype):  # noqa: PLR0913
+        # Cast as autocast would, outside it, to keep the tensors the product needs.
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+        with torch.autocast("cpu", enabled=False):
+            out = F.conv2d(x, weight, bias, stride, padding)
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, bias is not None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, padding, has_bias = ctx.conv
+        grad = grad.to(x.dtype)
+        grad_input = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_input = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, stride, padding, (1, 1), False, (0, 0), 1,
+                (True, False, False),
+            )[0]  # fmt: skip
+        out_channels = weight.shape[0]
+        columns = F.unfold(x, weight.shape[-2:], padding=padding, stride=stride)
+        batch, patch, positions = columns.shape
+        grad_rows = grad.permute(1, 0, 2, 3).reshape(out_channels, batch * positions)
+        patches = columns.transpose(1, 2).reshape(batch * positions, patch)
+        grad_weight = (grad_rows @ patches).reshape(weight.shape)
+        if has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum((0, 2, 3))
+        # autograd casts each gradient back to its input's dtype (float32 parameters).
+        return grad_input, grad_weight, grad_bias, None, None, None
+
+
+class MatmulWeightGradConv2d(nn.Conv2d):
+    """nn.Conv2d whose weight gradient is one matrix product on a CPU where the output map is
+    small and the patch large (MAX_POSITIONS, MIN_PATCH); the same parameters, state dict and
+    outputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = _compute_dtype(x)
+        if dtype is None or not (torch.is_grad_enabled() and self.weight.requires_grad):
+            return super().forward(x)
+        sizes = zip(x.shape[-2:], self.padding, self.kernel_size, self.stride, strict=True)
+        positions = 1
+        for size, pad, kernel, step in sizes:
+            positions *= (size + 2 * pad - kernel) // step + 1
+        patch = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        if positions > MAX_POSITIONS[dtype] or patch < MIN_PATCH:
+            return super().forward(x)
+        return _WeightGradAsMatmul.apply(
+            x, self.weight, self.bias, self.stride, self.padding, dtype
+        )
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype a convolution of `x` computes in, where the product is known to pay (a 4-D
+    CPU tensor in float32 or bf16 autocast); None elsewhere."""
+    if x.device.type != "cpu" or x.ndim != 4:
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+    else:
+        dtype = x.dtype
+    return dtype if dtype in MAX_POSITIONS else None
+
+
+def _convertible(conv: nn.Module) -> bool:
+    # Plain convolutions only: groups, dilation, string or non-zero padding modes keep oneDNN.
+    return (
+        type(conv) in (nn.Conv2d, MatmulWeightGradConv2d)
+        and conv.groups == 1
+        and conv.dilation == (1, 1)
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+    )
+
+
+def use_matmul_weight_grad(module: nn.Module, enabled: bool = True) -> int:
+    """Turn every plain nn.Conv2d in `module` into a MatmulWeightGradConv2d in place (same
+    parameters and state-dict keys), or back with `enabled=False`; returns how many."""
+    convs = [conv for conv in module.modules() if _convertible(conv)]
+    for conv in convs:
+        conv.__class__ = MatmulWeightGradConv2d if enabled else nn.Conv2d
+    return len(convs)
