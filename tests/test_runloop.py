@@ -415,9 +415,11 @@ def test_precision_auto_follows_the_hardware(monkeypatch) -> None:
 
 
 def test_auto_precision_and_layout_are_the_defaults_used_and_recorded(quiet_run, data_root) -> None:
+    from cmkd.models.matmul_weight_grad import MatmulWeightGradConv2d
     from cmkd.precision import resolve_precision
 
     assert (quiet_run.precision, quiet_run.channels_last) == ("auto", "auto")
+    assert quiet_run.matmul_weight_grad == "auto"
 
     seen = {}
 
@@ -426,6 +428,9 @@ def test_auto_precision_and_layout_are_the_defaults_used_and_recorded(quiet_run,
             conv = next(p for p in module.model.parameters() if p.ndim == 4)
             seen["channels_last"] = conv.is_contiguous(memory_format=torch.channels_last)
             seen["precision"] = trainer.precision
+            seen["matmul_weight_grad"] = any(
+                isinstance(m, MatmulWeightGradConv2d) for m in module.model.modules()
+            )
 
     data = DataConfig(source="eurosat_paired", batch_size=64)
     model = ModelConfig(backbone="small_cnn", options={"widths": [8, 16]})
@@ -436,12 +441,14 @@ def test_auto_precision_and_layout_are_the_defaults_used_and_recorded(quiet_run,
     # A small CNN: channels-last, but too small for bf16 to pay (precision.BF16_MIN_PARAMETERS)
     assert result["run"]["precision"] == seen["precision"] == "32-true"
     assert result["run"]["channels_last"] is True and seen["channels_last"]
+    # On a CPU, convolutions use the product weight gradient where it pays (no small_cnn layer does)
+    assert result["run"]["matmul_weight_grad"] is True and seen["matmul_weight_grad"]
     assert 0 <= result["best"]["test"]["acc"] <= 1
     # A 1.3M-parameter MLP: bf16 where this CPU computes it natively; no convolutions, no layout
     large = ModelConfig(backbone="mlp", options={"hidden": [1024, 1024]})
     flat = train_classifier(MFEAT, large, OptimConfig(epochs=1), replace(run, name="m"), "fac", 0)
     assert flat["run"]["precision"] == resolve_precision("auto", "cpu")
-    assert flat["run"]["channels_last"] is False
+    assert flat["run"]["channels_last"] is flat["run"]["matmul_weight_grad"] is False
 
 
 def test_thread_policy(monkeypatch, quiet_run, data_root) -> None:

@@ -51,6 +51,29 @@ def test_standardize_uses_given_statistics_per_channel() -> None:
     torch.testing.assert_close(out.flatten(), torch.tensor([2.0 / 2.0**0.5, 2.0]))
 
 
+def test_standardize_into_channels_last_same_values_and_a_channels_last_network_gets_it() -> None:
+    from cmkd.models.model import build_model
+
+    x = torch.rand(4, 13, 8, 8) * 3000
+    norm = Standardize.fit(x)
+    plain, laid = norm(x), norm(x, channels_last=True)
+    assert laid.is_contiguous(memory_format=torch.channels_last) and not laid.is_contiguous()
+    torch.testing.assert_close(laid, plain, rtol=0, atol=0)
+    grad_x = x.clone().requires_grad_()  # the autograd path, same values and layout
+    torch.testing.assert_close(norm(grad_x, channels_last=True), plain, rtol=0, atol=0)
+    vectors = torch.rand(4, 13)
+    torch.testing.assert_close(norm(vectors, channels_last=True), norm(vectors))
+    model = build_model({"backbone": "small_cnn", "in_chans": 13, "num_classes": 3}, norm)
+    assert not model._channels_last()
+    before = model(x).logits
+    model.to(memory_format=torch.channels_last)
+    assert model._channels_last()
+    seen = []
+    model.network.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    torch.testing.assert_close(model(x).logits, before)
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+
+
 def test_scored_overlap_finds_training_ids_in_val_or_test() -> None:
     from cmkd.data.datamodule import PreparedData
     from cmkd.data.samples import Samples

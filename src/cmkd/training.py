@@ -275,14 +275,14 @@ class Fit:
 
 def use_fast_paths(module: torch.nn.Module, run: RunConfig) -> tuple[str, bool, bool]:
     """Resolve the run's precision, channels-last layout and matmul weight gradients for
-    `module` on its device, and apply the last two to it in place (as every fit does)."""
+    `module` on its device, and apply the last two to it in place (as every fit does); the
+    last is True where it converted a convolution."""
     precision = resolve_precision(run.precision, run.accelerator, module)
     channels_last = resolve_channels_last(run.channels_last, module)
     if channels_last:
         module.to(memory_format=torch.channels_last)
     matmul_weight_grad = resolve_matmul_weight_grad(run.matmul_weight_grad, run.accelerator)
-    if matmul_weight_grad:
-        use_matmul_weight_grad(module)
+    matmul_weight_grad = matmul_weight_grad and use_matmul_weight_grad(module) > 0
     return precision, channels_last, matmul_weight_grad
 
 

@@ -15,7 +15,15 @@ import pytest
 import torch
 
 from cmkd.bench.pagestore import publish, store_path
-from cmkd.bench.perf import micro, overhead, reference_loops, runloop, runloop_distill, ska
+from cmkd.bench.perf import (
+    micro,
+    overhead,
+    reference_loops,
+    runloop,
+    runloop_distill,
+    ska,
+    weight_grad,
+)
 from cmkd.bench.perf.ddp import ddp_accuracy
 from cmkd.bench.perf.loading import data_rates
 from cmkd.bench.perf.page import SECTIONS, render
@@ -55,6 +63,9 @@ def _toy_sections(folder: Path) -> dict[str, Any]:
             epoch_repeats=1,
             output_dir=folder / "costs",
         ),  # fmt: skip
+        "weight_grad": lambda: weight_grad.weight_grad_costs(
+            ("resnet18",), batch=2, size=32, repeats=1
+        ),
         "threads": lambda: threads_under_load(busy=0, repeats=1, steps=1),
         "checkpoints": lambda: runloop_distill.checkpoint_costs(
             ("small_cnn",), teacher="small_cnn", epochs=1, output_dir=folder / "costs"
@@ -120,8 +131,9 @@ def test_every_section_reports_what_its_page_section_shows(toy_store) -> None:
     for c in lo["conditions"].values():
         assert len(c["rows"]) == 2
         for row in c["rows"].values():
-            assert row["default_variant"] == "32-true channels-last"
-            assert set(row["speedup"]) == {"32-true", "32-true channels-last"}
+            default = "32-true channels-last matmul-weight-grad"
+            assert row["default_variant"] == default
+            assert set(row["speedup"]) == {"32-true", default}
         # The student-alone floor is timed once per backbone, with plain KD.
         floors = {name: row["student_alone_epoch_s"] for name, row in c["rows"].items()}
         assert floors["small_cnn SemBridge (KD + SKA)"] is None
@@ -132,6 +144,21 @@ def test_every_section_reports_what_its_page_section_shows(toy_store) -> None:
     assert set(s["ska"]["epoch"]["ratio"]) == {"grid", "grid, every 5"}
     pair = s["precision"]["pairs"]["small_cnn -> small_cnn"]
     assert pair["fp32"]["vs_fp32"]["median"] == 1.0 and "bf16 channels-last" in pair
+    assert pair["bf16 channels-last matmul-weight-grad"]["vs_fp32"]["median"] > 0
+    # weight_grad: resnet18's 20 convolutions; at a 32 x 32 input the last stage's maps are
+    # 1 x 1, where the rule takes the product in both dtypes; the stem stays with oneDNN.
+    wg = s["weight_grad"]
+    assert sum(r["count"]["resnet18"] for r in wg["shapes"].values()) == 20
+    stem, *rows = wg["shapes"].values()
+    assert not stem["fp32"]["rule_takes_product"] and not stem["bf16"]["rule_takes_product"]
+    last = next(r for r in rows if r["input"] == [512, 1, 1] and r["kernel"] == [3, 3])
+    assert last["fp32"]["rule_takes_product"] and last["bf16"]["rule_takes_product"]
+    assert all(t["native_ms"] > 0 and t["rule_ms"] > 0 for t in wg["totals"]["resnet18"].values())
+    assert set(wg["gradient_difference"]["resnet18"]) == {
+        "fp32 product vs torch",
+        "bf16 product vs torch",
+        "bf16 torch vs fp32 torch",
+    }
     assert set(s["threads"]["conditions"]) == {"+0 busy, default", "+0 busy, PASSIVE"}
     ckpt = s["checkpoints"]["students"]["small_cnn"]
     # cmkd 0.1 kept the teacher's weights in last.ckpt; now it is referenced by path.

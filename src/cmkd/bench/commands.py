@@ -234,8 +234,10 @@ def perf(
             against the reference codes' loop, as found and under load), overhead (each
             method's epoch against no KD), overhead_large (the same at `large_backbone`), ska
             (SemBridge's step against KD's), precision (fp32 against bf16 and channels-last),
-            threads (1, 2, auto threads under load), checkpoints, dynm, coral, data, ddp
-            (accuracy of 2 DDP processes against 1). Default: all.
+            weight_grad (each resnet convolution's backward, oneDNN against the weight
+            gradient as one matrix product), threads (1, 2, auto threads under load),
+            checkpoints, dynm, coral, data, ddp (accuracy of 2 DDP processes against 1).
+            Default: all.
         epochs: Epochs per timed distillation run (>= 3).
         repeats: Interleaved repeats of every timing (medians are reported).
         page: The page (default <runs_dir>/performance.md; the raw numbers go beside it, same

@@ -32,6 +32,16 @@ class Standardize(nn.Module):
         """Placeholder with the right buffer shapes, filled when a checkpoint is loaded."""
         return cls(torch.zeros(channels), torch.ones(channels))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """`channels_last`: return an image batch laid out channels-last (for a network whose
+        weights are), written so in the same pass."""
         shape = (1, -1) + (1,) * (x.ndim - 2)
-        return (x.float() - self.mean.view(shape)) / self.std.view(shape)
+        mean, std = self.mean.view(shape), self.std.view(shape)
+        if not (channels_last and x.ndim == 4):
+            return (x.float() - mean) / std
+        if x.requires_grad:  # out= below has no autograd
+            return ((x.float() - mean) / std).contiguous(memory_format=torch.channels_last)
+        out = torch.empty(
+            x.shape, dtype=torch.float32, device=x.device, memory_format=torch.channels_last
+        )
+        return torch.sub(x, mean, out=out).div_(std)

@@ -1,14 +1,15 @@
 """Convolution weight gradients as one matrix product where the feature map is small (CPU).
 
 oneDNN's backward-weights convolution is slow on a CPU when the output map has only a few
-positions: at resnet34's last stage (512 channels, 2 x 2 maps, batch 64) it took 88 ms in
-bf16 for what one matrix product of the same FLOPs does in 12 ms, and it made up 812 of a
-1,290 ms bf16 step's convolution time (benchmarks/performance.md, precision section). The weight
-gradient of a convolution is the product of the output gradient with the unfolded input
-(im2col), which at a few positions per map is a small copy and one large, well-shaped GEMM.
-So `MatmulWeightGradConv2d` computes the forward pass and the input gradient as before
-(oneDNN is fast there) and only the weight gradient as that product, where the output map
-is small and the patch large (MAX_POSITIONS, MIN_PATCH); everywhere else it is nn.Conv2d. The product
+positions and the channels are many: at resnet34's last stage (512 channels, 2 x 2 maps, batch
+64) it took several times what one matrix product of the same FLOPs takes, and in a bf16
+resnet34 step the weight gradients took more time than the forward pass and the input
+gradients together (`cmkd bench perf --sections '[weight_grad]'`, benchmarks/performance.md).
+The weight gradient of a convolution is the output gradient times the unfolded input (im2col),
+which at a few positions per map is a small copy and one large, well-shaped GEMM. So
+`MatmulWeightGradConv2d` computes the forward pass and the input gradient as before (oneDNN is
+fast there) and only the weight gradient as that product, where the output map is small and
+the patch large (MAX_POSITIONS, MIN_PATCH); everywhere else it is nn.Conv2d. The product
 accumulates in float32 and rounds once, as the native kernel does, so it changes no result
 beyond the last bits of the compute dtype.
 """
@@ -75,16 +76,22 @@ class MatmulWeightGradConv2d(nn.Conv2d):
         dtype = _compute_dtype(x)
         if dtype is None or not (torch.is_grad_enabled() and self.weight.requires_grad):
             return super().forward(x)
-        sizes = zip(x.shape[-2:], self.padding, self.kernel_size, self.stride, strict=True)
-        positions = 1
-        for size, pad, kernel, step in sizes:
-            positions *= (size + 2 * pad - kernel) // step + 1
-        patch = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-        if positions > MAX_POSITIONS[dtype] or patch < MIN_PATCH:
+        if not product_pays(self, x.shape[-2:], dtype):
             return super().forward(x)
-        return _WeightGradAsMatmul.apply(
-            x, self.weight, self.bias, self.stride, self.padding, dtype
-        )
+        weight, bias = self.weight, self.bias
+        return _WeightGradAsMatmul.apply(x, weight, bias, self.stride, self.padding, dtype)
+
+
+def product_pays(conv: nn.Conv2d, size: tuple[int, int], dtype: torch.dtype) -> bool:
+    """Whether the rule (MAX_POSITIONS, MIN_PATCH) takes the product for `conv` on an input
+    map of `size` (height, width) computed in `dtype`."""
+    positions = 1
+    for length, pad, kernel, step in zip(
+        size, conv.padding, conv.kernel_size, conv.stride, strict=True
+    ):
+        positions *= (length + 2 * pad - kernel) // step + 1
+    patch = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    return positions <= MAX_POSITIONS.get(dtype, 0) and patch >= MIN_PATCH
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype | None:

@@ -18,7 +18,13 @@ from typing import Any
 from cmkd.bench.perf.aims import aims_lines
 from cmkd.bench.perf.markdown import num
 from cmkd.bench.perf.tables_distill import loops_lines, overhead_lines, ska_lines
-from cmkd.bench.perf.tables_parts import coral_lines, data_lines, ddp_lines, dynm_lines
+from cmkd.bench.perf.tables_parts import (
+    coral_lines,
+    data_lines,
+    ddp_lines,
+    dynm_lines,
+    weight_grad_lines,
+)
 from cmkd.bench.perf.tables_runloop import (
     bf16_accuracy_lines,
     checkpoints_lines,
@@ -90,6 +96,14 @@ SECTIONS: dict[str, tuple[str, str, Body]] = {
         "picks on CPUs with AVX512-BF16 or AMX) and against channels-last (issue #19). No aim "
         "of its own: it says what bf16 buys where it is the default.",
         lambda e, r: precision_lines(e),
+    ),
+    "weight_grad": (
+        "Convolution weight gradients: oneDNN against one matrix product",
+        "Why `run.matmul_weight_grad: auto` is on for CPUs, and where its rule takes the "
+        "product: each convolution of the resnets, backward pass with torch's kernel and with "
+        "the weight gradient as one matrix product, in fp32 and bf16 (issue #19). No aim of its "
+        "own: the precision section and the distillation epoch include it.",
+        lambda e, r: weight_grad_lines(e),
     ),
     "bf16_accuracy": (
         "Accuracy: bf16 against fp32",

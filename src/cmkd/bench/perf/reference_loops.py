@@ -15,7 +15,8 @@ the student's training set. The two codes differ in one costly way, and each loo
   gradients unchanged. The authors' loop also computes SKA on every step.
 cmkd runs each method as it ships (SemBridge's SKA on one step in 5, as
 configs/eurosat_asym/sembridge_*.yaml; benchmarks/ska-every.md for its accuracy) through its
-Trainer with its defaults (teacher outputs cached once per run, the run's precision). Both use
+Trainer with its defaults (teacher outputs cached once per run; the run's precision, layout and
+weight-gradient kernels, as cmkd's fit applies them: `training.use_fast_paths`). Both use
 cmkd's own terms, so SKA's arithmetic is the same on both sides.
 
 Scenario (the issue's): RGB teacher -> MS student on the 221 EuroSAT MS training patches,

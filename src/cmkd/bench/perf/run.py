@@ -25,6 +25,7 @@ from cmkd.bench.perf.runloop_distill import checkpoint_costs, precision_steps
 from cmkd.bench.perf.ska import measure as ska_overhead
 from cmkd.bench.perf.threads import threads_under_load
 from cmkd.bench.perf.timing import load
+from cmkd.bench.perf.weight_grad import weight_grad_costs
 from cmkd.config import ModelConfig
 from cmkd.errors import CmkdError
 
@@ -36,6 +37,7 @@ SECTIONS = (
     "overhead_large",
     "ska",
     "precision",
+    "weight_grad",
     "threads",
     "checkpoints",
     "dynm",
@@ -75,6 +77,7 @@ def _steps(
             output_dir=f"{runs_dir}/ska",
         ),
         "precision": lambda: precision_steps(repeats=repeats, output_dir=distill_costs),
+        "weight_grad": lambda: weight_grad_costs(repeats=repeats),
         "threads": lambda: threads_under_load(repeats=repeats),
         "checkpoints": lambda: checkpoint_costs(epochs=min(epochs, 3), output_dir=distill_costs),
         "dynm": lambda: dynm_speed(repeats=repeats),

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from cmkd.bench.perf.tables_runloop import BF16_DEFAULT
 from cmkd.bench.perf.timing import EpochClock, load, quiet, ratios, spread, work_folder
 from cmkd.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, RunConfig, TermConfig
 from cmkd.threads import training_threads
@@ -154,10 +155,15 @@ def _kd_ska_module(teacher_backbone: str, student_backbone: str):
     return module, dm
 
 
-def _step_timer(module, batch: dict, bf16: bool, channels_last: bool) -> Callable[[], float]:
+def _step_timer(
+    module, batch: dict, bf16: bool, channels_last: bool, matmul: bool
+) -> Callable[[], float]:
+    from cmkd.models.matmul_weight_grad import use_matmul_weight_grad
+
     optimizer = module.configure_optimizers()
     layout = torch.channels_last if channels_last else torch.contiguous_format
     module.to(memory_format=layout)
+    use_matmul_weight_grad(module, enabled=matmul)
     batch = {k: v.contiguous(memory_format=layout) if v.ndim == 4 else v for k, v in batch.items()}
 
     def step() -> float:
@@ -180,14 +186,16 @@ def precision_steps(
     output_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Per teacher/student pair: a KD+SKA training step (batch 64) at fp32 and in bf16
-    autocast (what bf16-mixed runs), each with and without channels-last, interleaved, median
-    of `steps` after a warm-up; then one epoch through the Trainer at 32-true and `auto`."""
+    autocast (what bf16-mixed runs), each with and without channels-last, and bf16 as cmkd's
+    defaults run it (channels-last, matmul weight gradients), interleaved, median of `steps`
+    after a warm-up; then one epoch through the Trainer at 32-true and `auto`."""
     from cmkd.precision import resolve_precision
 
     quiet()
     out: dict[str, Any] = {"auto_is": resolve_precision("auto", "cpu"), "pairs": {}}
-    variants = {"fp32": (False, False), "fp32 channels-last": (False, True),
-                "bf16": (True, False), "bf16 channels-last": (True, True)}  # fmt: skip
+    variants = {"fp32": (False, False, False), "fp32 channels-last": (False, True, False),
+                "bf16": (True, False, False), "bf16 channels-last": (True, True, False),
+                BF16_DEFAULT: (True, True, True)}  # fmt: skip
     with work_folder(output_dir) as folder, training_threads("auto") as threads:
         out["threads"] = threads
         for teacher, student in pairs:
@@ -197,8 +205,8 @@ def precision_steps(
             loads = []
             for _ in range(repeats):
                 loads.append(load())
-                for name, (bf16, layout) in variants.items():
-                    step = _step_timer(module, batch, bf16, layout)
+                for name, (bf16, layout, matmul) in variants.items():
+                    step = _step_timer(module, batch, bf16, layout, matmul)
                     step()  # warm-up: kernels chosen, buffers allocated
                     times[name].append(statistics.median(step() for _ in range(steps)))
             entry: dict[str, Any] = {

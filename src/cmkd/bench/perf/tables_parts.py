@@ -1,13 +1,14 @@
-"""The perf page's sections on single parts, rendered from the store: DynM's matcher (`dynm`),
-CORAL's Gram path (`coral`), data loading (`data`), 2 DDP processes against 1 (`ddp`). Each
-returns the section's body (method and tables) as Markdown lines."""
+"""The perf page's sections on single parts, rendered from the store: convolution weight
+gradients (`weight_grad`), DynM's matcher (`dynm`), CORAL's Gram path (`coral`), data loading
+(`data`), 2 DDP processes against 1 (`ddp`). Each returns the section's body (method and
+tables) as Markdown lines."""
 
 from __future__ import annotations
 
 from statistics import median
 from typing import Any
 
-from cmkd.bench.perf.markdown import num
+from cmkd.bench.perf.markdown import loads, num, table
 from cmkd.stats import mean_ci, mean_std
 
 
@@ -121,5 +122,66 @@ def ddp_lines(e: dict[str, Any]) -> list[str]:
         "Every rank holding the same pairs after SSM and after each DynM re-match is checked by "
         "`tests/test_ddp.py`. Several GPUs: `--run.accelerator gpu --run.devices 4`; several "
         "nodes: `--run.num_nodes N` under torchrun or SLURM (README, Scale out).",
+        "",
+    ]
+
+
+def weight_grad_lines(w: dict[str, Any]) -> list[str]:
+    backbones = list(w["totals"])
+    c, h, wd = w["input"]
+
+    def cell(entry: dict[str, Any], variant: str) -> str:
+        taken = entry["rule_takes_product"] == (variant == "product_ms")
+        text = num(entry[variant], 1)
+        return f"**{text}**" if taken else text
+
+    rows = [
+        [" x ".join(map(str, r["input"])),
+         f"{r['kernel'][0]} x {r['kernel'][1]}, stride {r['stride'][0]}, {r['out_channels']}",
+         " / ".join(str(r["count"].get(b, 0)) for b in backbones),
+         *(cell(r[d], v) for d in ("fp32", "bf16") for v in ("native_ms", "product_ms"))]
+        for r in w["shapes"].values()
+    ]  # fmt: skip
+    totals = [
+        [b, *(f"{num(t[d]['native_ms'], 0)} / {num(t[d]['rule_ms'], 0)} "
+              f"(**x{num(t[d]['native_ms'] / t[d]['rule_ms'], 2)}**)" for d in ("fp32", "bf16"))]
+        for b, t in w["totals"].items()
+    ]  # fmt: skip
+    differences = [
+        [b, *(f"{v:.1e}" for v in d.values())] for b, d in w["gradient_difference"].items()
+    ]
+    kinds = list(next(iter(w["gradient_difference"].values())))
+    return [
+        f"Every convolution shape of {' and '.join(backbones)} on EuroSAT MS input "
+        f"({c} x {h} x {wd}, batch {w['batch']}, channels-last): one backward pass (input and "
+        "weight gradients from a kept graph; the first layer's input needs none) with torch's "
+        "own kernel (oneDNN) and with the weight gradient as one matrix product "
+        "(`cmkd.models.matmul_weight_grad`), in ms, medians of "
+        f"{w['repeats']} interleaved repeats, {w['threads']} thread(s); load "
+        f"{loads(w['load'])}. In bold: what cmkd takes (`run.matmul_weight_grad: auto`, "
+        "its rule MAX_POSITIONS / MIN_PATCH).",
+        "",
+        *table(
+            [
+                "input (C x H x W)",
+                "kernel, stride, out channels",
+                "layers in " + " / ".join(backbones),
+                "fp32 torch",
+                "fp32 product",
+                "bf16 torch",
+                "bf16 product",
+            ],
+            rows,
+        ),  # fmt: skip
+        "",
+        "All convolutions of a network, backward ms, torch's kernel alone / with cmkd's rule:",
+        "",
+        *table(["network", "fp32", "bf16"], totals),
+        "",
+        "How far the product moves the gradients of a whole training step (all parameters, the "
+        "same weights and batch, relative L2 difference), beside how far bf16 itself moves "
+        "them from fp32:",
+        "",
+        *table(["network", *kinds], differences),
         "",
     ]
