@@ -202,6 +202,24 @@ def test_classifier_task_trains_tests_and_predicts_with_a_plain_trainer(data_roo
     assert isinstance(task(dm.sets["test"].x[:3]), cmkd.ModelOutput)
 
 
+def test_use_fast_paths_readies_a_task_as_the_cli_does(data_root) -> None:
+    from cmkd.models.matmul_weight_grad import MatmulWeightGradConv2d
+    from cmkd.precision import resolve_precision
+
+    ms = cmkd.DataModule.from_source("eurosat_paired", "ms", batch_size=8, seed=0)
+    task = cmkd.ClassifierTask.for_data(ms, model="resnet18")
+    run = cmkd.RunConfig(accelerator="cpu")
+    precision, channels_last, matmul = cmkd.use_fast_paths(task, run)
+    assert precision == resolve_precision("auto", "cpu", task) and channels_last and matmul
+    convs = [m for m in task.model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(type(m) is MatmulWeightGradConv2d for m in convs)
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    plain = cmkd.ClassifierTask.for_data(ms, model="resnet18")
+    off = replace(run, precision="32-true", channels_last=False, matmul_weight_grad=False)
+    assert cmkd.use_fast_paths(plain, off) == ("32-true", False, False)
+    assert all(type(m) is nn.Conv2d for m in plain.model.modules() if isinstance(m, nn.Conv2d))
+
+
 def _weights(module: cmkd.ClassifierTask) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in module.model.state_dict().items()}
 

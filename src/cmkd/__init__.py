@@ -15,11 +15,12 @@ The public API is the names below; each is imported from its module when first u
 
 Networks: `create_network`, `available_backbones`, `adapt_network` (your own module),
 `ModelOutput`, `load_model`. Data: `DataModule`. Tasks (LightningModules): `ClassifierTask`,
-`DistillTask`. Registries: `LOSSES` / `register_loss` / `DistillationTerm`, `PAIRINGS` /
-`register_pairing` / `Pairing`, `MATCHERS` / `register_matcher`, `PairList`. Configs (the CLI's
-sections): `DataConfig`, `ModelConfig`, `OptimConfig`, `RunConfig`, `DistillConfig`,
-`TermConfig`, `PairingConfig`, `MatchConfig`, `QualityConfig`, `CorruptionConfig`. Errors:
-`CmkdError`.
+`DistillTask`; `use_fast_paths` readies one for a plain Trainer as the CLI does (layout, weight
+gradients; it returns the precision). Registries: `LOSSES` / `register_loss` /
+`DistillationTerm`, `PAIRINGS` / `register_pairing` / `Pairing`, `MATCHERS` /
+`register_matcher`, `PairList`. Configs (the CLI's sections): `DataConfig`, `ModelConfig`,
+`OptimConfig`, `RunConfig`, `DistillConfig`, `TermConfig`, `PairingConfig`, `MatchConfig`,
+`QualityConfig`, `CorruptionConfig`. Errors: `CmkdError`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "DataModule": ("cmkd.data.datamodule", "ModalityDataModule"),
     "ClassifierTask": ("cmkd.methods.classifier", "ClassifierModule"),
     "DistillTask": ("cmkd.methods.distill", "DistillModule"),
+    "use_fast_paths": ("cmkd.training", "use_fast_paths"),
     # registries (importing their packages registers the built-ins)
     "LOSSES": ("cmkd.losses", "LOSSES"),
     "DistillationTerm": ("cmkd.losses", "DistillationTerm"),
@@ -78,6 +80,7 @@ __all__ = [
     "DataModule",
     "ClassifierTask",
     "DistillTask",
+    "use_fast_paths",
     "LOSSES",
     "DistillationTerm",
     "register_loss",

@@ -107,10 +107,10 @@ class RunConfig:
     whether it was used."""
     matmul_weight_grad: bool | Literal["auto"] = "auto"
     """Compute a convolution's weight gradient as one matrix product where its output map is
-    small (bf16 up to 4 x 4, fp32 up to 2 x 2), where oneDNN's own kernel is slow; auto (the
-    default): on a CPU. The same gradient to the last bits; about x1.3 per resnet18/34 step on
-    an AMX CPU (benchmarks/performance.md). results.json records whether it was on (a network
-with convolutions, on a CPU)."""
+    small and its channels many (resnet18/34's last stages; cmkd.models.matmul_weight_grad),
+    where oneDNN's own kernel is slow; auto (the default): on a CPU. The same gradient to the
+    last bits, x1.3-1.4 per resnet18/34 bf16 step on an AMX CPU (benchmarks/performance.md).
+    results.json records whether it was on (a network with convolutions, on a CPU)."""
     threads: int | Literal["auto"] | None = None
     """CPU threads for training: None leaves torch's setting (every core; the `cmkd` command
     makes idle OpenMP threads wait passively, so extra threads on a busy machine cost little),

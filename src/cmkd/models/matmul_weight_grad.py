@@ -34,7 +34,7 @@ class _WeightGradAsMatmul(torch.autograd.Function):
     """conv2d(x, weight, bias) with the weight gradient computed as one matrix product."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dtype):  # noqa: PLR0913
+    def forward(ctx, x, weight, bias, stride, padding, dtype):
         # Cast as autocast would, outside it, to keep the tensors the product needs.
         x, weight = x.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
