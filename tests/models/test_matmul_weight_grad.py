@@ -116,3 +116,25 @@ def test_conversion_keeps_parameters_and_skips_other_convolutions() -> None:
     assert use_matmul_weight_grad(grouped) == 0
     assert use_matmul_weight_grad(net, enabled=False) == plain
     assert sum(1 for m in net.modules() if type(m) is nn.Conv2d) == plain
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_a_whole_resnet_step_keeps_its_gradients(bf16) -> None:
+    """resnet18 (batch 8, 32 x 32: the last stage at 1 x 1), one step with and without the
+    product: the same gradients to the last bits of the compute dtype."""
+    grads = []
+    for matmul in (False, True):
+        torch.manual_seed(0)
+        net = create_network("resnet18", in_chans=13, num_classes=10)
+        for norm in net.modules():  # timm's zero last-BN would leave those convolutions no gradient
+            if isinstance(norm, nn.BatchNorm2d):
+                nn.init.ones_(norm.weight)
+        assert use_matmul_weight_grad(net, enabled=matmul) == 20
+        x, y = torch.randn(8, 13, 32, 32), torch.arange(8) % 10
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            logits = net(x).logits
+        F.cross_entropy(logits.float(), y).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+    native, product = grads
+    assert native.norm() > 0
+    assert ((product - native).norm() / native.norm()).item() < (1e-3 if bf16 else 1e-6)
