@@ -38,7 +38,7 @@ from cmkd.data.datamodule import ModalityDataModule
 from cmkd.epochs import EpochBlockLoader, EpochPlan, InOrder, plan_epochs, tiny_epochs
 from cmkd.errors import CmkdError
 from cmkd.io import write_atomic, write_json
-from cmkd.models.matmul_weight_grad import use_matmul_weight_grad
+from cmkd.models.matmul_weight_grad import convertible_convolutions, use_matmul_weight_grad
 from cmkd.paths import child_path
 from cmkd.precision import (
     resolve_channels_last,
@@ -273,16 +273,25 @@ class Fit:
         }
 
 
-def use_fast_paths(module: torch.nn.Module, run: RunConfig) -> tuple[str, bool, bool]:
-    """Resolve the run's precision, channels-last layout and matmul weight gradients for
-    `module` on its device, and apply the last two to it in place (as every fit does); the
-    last is True where it converted a convolution."""
+def fast_paths(module: torch.nn.Module, run: RunConfig) -> tuple[str, bool, bool]:
+    """What the run's precision, channels-last layout and matmul weight gradients resolve to
+    for `module` on its device (the last: on, and `module` has a convolution to convert)."""
     precision = resolve_precision(run.precision, run.accelerator, module)
     channels_last = resolve_channels_last(run.channels_last, module)
+    matmul_weight_grad = resolve_matmul_weight_grad(
+        run.matmul_weight_grad, run.accelerator
+    ) and bool(convertible_convolutions(module))
+    return precision, channels_last, matmul_weight_grad
+
+
+def use_fast_paths(module: torch.nn.Module, run: RunConfig) -> tuple[str, bool, bool]:
+    """`fast_paths`, with the layout and the weight gradients applied to `module` in place (as
+    every fit does)."""
+    precision, channels_last, matmul_weight_grad = fast_paths(module, run)
     if channels_last:
         module.to(memory_format=torch.channels_last)
-    matmul_weight_grad = resolve_matmul_weight_grad(run.matmul_weight_grad, run.accelerator)
-    matmul_weight_grad = matmul_weight_grad and use_matmul_weight_grad(module) > 0
+    if matmul_weight_grad:
+        use_matmul_weight_grad(module)
     return precision, channels_last, matmul_weight_grad
 
 

@@ -119,10 +119,15 @@ def _convertible(conv: nn.Module) -> bool:
     )
 
 
+def convertible_convolutions(module: nn.Module) -> list[nn.Module]:
+    """The convolutions of `module` that use_matmul_weight_grad converts."""
+    return [conv for conv in module.modules() if _convertible(conv)]
+
+
 def use_matmul_weight_grad(module: nn.Module, enabled: bool = True) -> int:
     """Turn every plain nn.Conv2d in `module` into a MatmulWeightGradConv2d in place (same
     parameters and state-dict keys), or back with `enabled=False`; returns how many."""
-    convs = [conv for conv in module.modules() if _convertible(conv)]
+    convs = convertible_convolutions(module)
     for conv in convs:
         conv.__class__ = MatmulWeightGradConv2d if enabled else nn.Conv2d
     return len(convs)

@@ -198,19 +198,11 @@ def default_variant(task) -> str:
     """What cmkd's defaults (RunConfig) run `task` at here: its precision, then the fast paths
     they choose ("channels-last", "matmul-weight-grad"), as cmkd's fit resolves them."""
     from cmkd.config import RunConfig
-    from cmkd.precision import (
-        resolve_channels_last,
-        resolve_matmul_weight_grad,
-        resolve_precision,
-    )
+    from cmkd.training import fast_paths
 
-    defaults = RunConfig()
-    variant = resolve_precision(defaults.precision, "cpu", task)
-    if resolve_channels_last(defaults.channels_last, task):
-        variant += " " + CHANNELS_LAST
-    if resolve_matmul_weight_grad(defaults.matmul_weight_grad, "cpu"):
-        variant += " " + MATMUL_WEIGHT_GRAD
-    return variant
+    precision, channels_last, matmul_weight_grad = fast_paths(task, RunConfig(accelerator="cpu"))
+    paths = [CHANNELS_LAST] * channels_last + [MATMUL_WEIGHT_GRAD] * matmul_weight_grad
+    return " ".join([precision, *paths])
 
 
 def _compare(
