@@ -134,10 +134,12 @@ def test_every_section_reports_what_its_page_section_shows(toy_store) -> None:
             default = "32-true channels-last matmul-weight-grad"
             assert row["default_variant"] == default
             assert set(row["speedup"]) == {"32-true", default}
-        # The student-alone floor is timed once per backbone, with plain KD.
-        floors = {name: row["student_alone_epoch_s"] for name, row in c["rows"].items()}
-        assert floors["small_cnn SemBridge (KD + SKA)"] is None
-        assert floors["small_cnn plain KD"] > 0
+        # The student-alone floors (fp32, at cmkd's defaults) are timed once per backbone,
+        # with plain KD.
+        for key in ("student_alone_epoch_s", "student_alone_defaults_epoch_s"):
+            floors = {name: row[key] for name, row in c["rows"].items()}
+            assert floors["small_cnn SemBridge (KD + SKA)"] is None
+            assert floors["small_cnn plain KD"] > 0
     assert s["overhead"]["sembridge"]["amortised_epoch_ratio_vs_kd"] > 0
     steps = s["ska"]["steps"][0]
     assert steps["feature_map"] == [128, 4, 4] and set(steps["arms"]) == set(TINY_SKA)
@@ -181,6 +183,9 @@ def test_the_page_shows_every_section_in_order_and_renders_again_from_its_store(
     assert ran == len(MEASURED) == len(SECTIONS) - 2
     verdicts = re.findall(r"\| (met|\*\*not met\*\*|not measured) \|$", text, re.M)
     assert verdicts and "not measured" not in verdicts  # every aim has its numbers
+    # the loops verdicts show both floors beside the ratios they bound
+    sembridge = next(line for line in text.splitlines() if "SemBridge (KD + SKA) epoch at" in line)
+    assert re.search(r"\(student alone x[\d.]+, at cmkd's defaults x[\d.]+\)", sembridge)
     # `cmkd report` renders the same page from the store alone
     page.unlink()
     assert main(["report", str(store_path(page)), "--plots", "false"]) == 0

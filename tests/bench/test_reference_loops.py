@@ -57,3 +57,23 @@ def test_cmkd_runs_sembridge_as_shipped_and_the_reference_on_every_step() -> Non
     reference_ska = {t["name"]: t["params"] for t in spec.reference_terms}["ska"]
     assert ska == SHIPPED_SKA and reference_ska.get("every", 1) == 1
     assert {k: v for k, v in ska.items() if k != "every"} == reference_ska
+
+
+def test_the_floor_at_cmkds_defaults_steps_the_readied_student_in_its_precision() -> None:
+    """The second floor runs the same student step on the network as cmkd's fit readies it:
+    channels-last weights, matmul weight gradients, and the forward in bf16 autocast."""
+    from cmkd.models.matmul_weight_grad import MatmulWeightGradConv2d
+
+    task, data, table = loops._setup("small_cnn", 0, 64, PLAIN, "reference")
+    data.sets["train"] = torch.utils.data.Subset(data.sets["train"], range(64))
+    variant = " ".join(["bf16-mixed", loops.CHANNELS_LAST, loops.MATMUL_WEIGHT_GRAD])
+    assert loops.ready(task, variant) == "bf16-mixed"
+    convs = [m for m in task.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(isinstance(m, MatmulWeightGradConv2d) for m in convs)
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    dtypes = []
+    task.model.network.classifier.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    before = [p.detach().clone() for p in task.model.parameters()]
+    loops.reference_epochs(task, data, table, 1, False, alone=True, bf16=True)
+    assert dtypes == [torch.bfloat16]
+    assert any(not torch.equal(p, b) for p, b in zip(task.model.parameters(), before, strict=True))

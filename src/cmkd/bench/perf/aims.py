@@ -9,7 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 from cmkd.bench.perf.markdown import num, table, verdict
-from cmkd.bench.perf.tables_distill import loop_default, over_student_alone
+from cmkd.bench.perf.tables_distill import (
+    ALONE_AT_DEFAULTS,
+    ALONE_FP32,
+    loop_default,
+    over_student_alone,
+)
 from cmkd.stats import interval
 
 HELP_S = 2.0
@@ -105,8 +110,13 @@ def _loops(report: dict[str, Any]) -> list[Row]:
 
 
 def _ceiling(rows: dict[str, Any], row: dict[str, Any]) -> str:
-    ceiling = over_student_alone(rows, row)
-    return "" if ceiling is None else f" (student alone x{num(ceiling)})"
+    """The floors beside a loops verdict: what the student's own step leaves reachable."""
+    ceilings = [
+        f"{name} x{num(x)}"
+        for name, key in (("student alone", ALONE_FP32), ("at cmkd's defaults", ALONE_AT_DEFAULTS))
+        if (x := over_student_alone(rows, row, key)) is not None
+    ]
+    return f" ({', '.join(ceilings)})" if ceilings else ""
 
 
 def _sembridge_vs_kd(report: dict[str, Any]) -> list[Row]:

@@ -26,7 +26,9 @@ resnet34 (the issue's pair and the paper's R/R); SemBridge = 0.3 CE + 0.4 KD
 data in memory (the authors' decode every image from disk each epoch). Per-epoch wall time,
 median over the epochs after the first (the cache is filled before the first epoch and its
 one-off cost is reported on its own), interleaved repeats; once on the machine as found and
-once with busy-looping processes added (other users' load).
+once with busy-looping processes added (other users' load). Two floors bound what cmkd could
+reach: the student's own step in the reference loop, as written (fp32) and at cmkd's
+defaults (no teacher and no term, so no teacher cache can go below it).
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ CHANNELS_LAST, MATMUL_WEIGHT_GRAD = "channels-last", "matmul-weight-grad"
 PLAIN_KD = [{"name": "kd", "weight": 0.5, "params": {"temperature": 4.0}}]
 ALONE = "student alone"
 """The reference loop's variant without teacher or term: the student's own fp32 step."""
+ALONE_AT_DEFAULTS = "student alone at cmkd's defaults"
+"""The same loop on the student readied as cmkd's defaults ready it (layout, weight-gradient
+kernels, bf16 autocast where the precision is bf16-mixed): the floor under cmkd's epoch,
+whatever cmkd does about the teacher."""
 
 
 @dataclass(frozen=True)
@@ -115,12 +121,14 @@ def _network(backbone: str, in_chans: int, seed: int):
 
 
 def reference_epochs(
-    task, data, table: torch.Tensor, epochs: int, teacher_backward: bool, alone: bool = False
-) -> list[float]:
+    task, data, table: torch.Tensor, epochs: int, teacher_backward: bool, alone: bool = False,
+    bf16: bool = False,
+) -> list[float]:  # fmt: skip
     """The reference loop on `task`'s own networks and terms: teacher forward every step (with
     autograd and a backward through it where `teacher_backward`), fp32, Adam; returns each
     epoch's wall seconds. `alone`: the student's step by itself (cross-entropy only, no teacher
-    and no term), the floor no teacher cache can go below in this loop."""
+    and no term), the floor no teacher cache can go below in this loop; `bf16`: that step's
+    forward and loss in bf16 autocast, as Lightning's bf16-mixed runs them."""
     student, teacher = task.model, task.teacher
     terms, weights = task.terms, task.weights
     params = [p for p in task.parameters() if p.requires_grad]  # the teacher's are not among them
@@ -134,7 +142,9 @@ def reference_epochs(
         start = time.perf_counter()
         for batch in loader:
             if alone:
-                loss = F.cross_entropy(student(batch[data.modality]).logits, batch["label"])
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    logits = student(batch[data.modality]).logits
+                    loss = F.cross_entropy(logits, batch["label"])
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
@@ -167,16 +177,7 @@ def cmkd_epochs(task, data, epochs: int, variant: str) -> tuple[list[float], flo
     one-off seconds of filling the teacher cache."""
     import lightning as L
 
-    from cmkd.config import RunConfig
-    from cmkd.training import use_fast_paths
-
-    precision, *paths = variant.split(" ")
-    run = RunConfig(
-        precision=precision,
-        channels_last=CHANNELS_LAST in paths,
-        matmul_weight_grad=MATMUL_WEIGHT_GRAD in paths,
-    )
-    use_fast_paths(task, run)  # as cmkd's fit applies them
+    precision = ready(task, variant)
     timer = EpochClock()
     trainer = L.Trainer(
         max_epochs=epochs,
@@ -192,6 +193,22 @@ def cmkd_epochs(task, data, epochs: int, variant: str) -> tuple[list[float], flo
     )
     trainer.fit(task, datamodule=data)
     return timer.epoch_seconds, task.teacher_seconds
+
+
+def ready(task, variant: str) -> str:
+    """`task` readied at `variant` (a Lightning precision, then the names of the fast paths
+    used, as `default_variant` writes them) as cmkd's fit readies it; returns the precision."""
+    from cmkd.config import RunConfig
+    from cmkd.training import use_fast_paths
+
+    precision, *paths = variant.split(" ")
+    run = RunConfig(
+        precision=precision,
+        channels_last=CHANNELS_LAST in paths,
+        matmul_weight_grad=MATMUL_WEIGHT_GRAD in paths,
+    )
+    use_fast_paths(task, run)
+    return precision
 
 
 def default_variant(task) -> str:
@@ -216,8 +233,9 @@ def _compare(
         for method in METHODS:
             default = default_variant(_setup(backbone, seed, batch_size, method, "cmkd")[0])
             measured = list(dict.fromkeys([default, *precisions]))
-            # The floor is the same for every method: timed once per backbone, with plain KD.
-            loops_here = ["reference", *([ALONE] if method == "plain KD" else [])]
+            # The floors are the same for every method: timed once per backbone, with plain KD.
+            floors = [ALONE, ALONE_AT_DEFAULTS] if method == "plain KD" else []
+            loops_here = ["reference", *floors]
             seconds: dict[str, list[float]] = {"reference": []}
             cache: list[float] = []
             for r in range(repeats):
@@ -225,7 +243,10 @@ def _compare(
                 for variant in variants[r % len(variants) :] + variants[: r % len(variants)]:
                     side = "cmkd" if variant in measured else "reference"
                     task, data, table = _setup(backbone, seed, batch_size, method, side)
-                    if variant in loops_here:
+                    if variant == ALONE_AT_DEFAULTS:
+                        bf16 = ready(task, default) == "bf16-mixed"
+                        times = reference_epochs(task, data, table, epochs, False, True, bf16)
+                    elif variant in loops_here:
                         backward = METHODS[method].teacher_backward
                         times = reference_epochs(task, data, table, epochs, backward,
                                                  alone=variant == ALONE)  # fmt: skip
@@ -244,6 +265,9 @@ def _compare(
                 "speedup": {p: ref / median(seconds[p]) for p in measured},
                 "cache_fill_s": median(cache) if cache else None,
                 "student_alone_epoch_s": median(seconds[ALONE]) if ALONE in seconds else None,
+                "student_alone_defaults_epoch_s": (
+                    median(seconds[ALONE_AT_DEFAULTS]) if ALONE_AT_DEFAULTS in seconds else None
+                ),
                 "spread": {k: [min(v), max(v)] for k, v in seconds.items()},
             }
     return rows

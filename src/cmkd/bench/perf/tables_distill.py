@@ -19,13 +19,18 @@ def loop_default(row: dict[str, Any]) -> str:
     return row.get("default_variant", "32-true")
 
 
-def over_student_alone(rows: dict[str, Any], row: dict[str, Any]) -> float | None:
-    """`row`'s reference epoch over the student-alone epoch of its backbone in the same
-    condition (timed with the plain-KD row): the most that removing the teacher could give at
-    fp32. None where the floor was not timed."""
-    found = [
-        r.get("student_alone_epoch_s") for r in rows.values() if r["backbone"] == row["backbone"]
-    ]
+ALONE_FP32, ALONE_AT_DEFAULTS = "student_alone_epoch_s", "student_alone_defaults_epoch_s"
+"""The stored floors: the student's own step in the reference loop, at fp32 as the reference
+codes run it, and at cmkd's defaults (stores before 2026-12-01 hold only the first)."""
+
+
+def over_student_alone(
+    rows: dict[str, Any], row: dict[str, Any], floor_key: str = ALONE_FP32
+) -> float | None:
+    """`row`'s reference epoch over the student-alone epoch (`floor_key`) of its backbone in
+    the same condition (timed with the plain-KD row): the most that removing the teacher could
+    give with that student step. None where the floor was not timed."""
+    found = [r.get(floor_key) for r in rows.values() if r["backbone"] == row["backbone"]]
     floor = next((x for x in found if x), None)
     return None if floor is None else row["reference_epoch_s"] / floor
 
@@ -55,12 +60,14 @@ def loops_lines(lo: dict[str, Any]) -> list[str]:
     header = ["condition (load before, after)", "backbones", "method", "reference loop s/epoch",
               "cmkd's defaults here", "cmkd default s/epoch", "reference / cmkd default",
               "cmkd 32-true s/epoch", "reference / cmkd 32-true",
-              "reference / student alone", "teacher cache fill s (once)"]  # fmt: skip
+              "reference / student alone", "reference / student alone at cmkd's defaults",
+              "teacher cache fill s (once)"]  # fmt: skip
     rows = []
     for condition, c in lo["conditions"].items():
         for row in c["rows"].values():
             default, fp32 = loop_default(row), "32-true"
             ceiling = over_student_alone(c["rows"], row)
+            at_defaults = over_student_alone(c["rows"], row, ALONE_AT_DEFAULTS)
             rows.append([
                 f"{condition} ({num(c['load'][0])}, {num(c['load'][1])})", row["backbone"],
                 f"{row['method']} (reference: {REFERENCE.get(row['method'], '?')} loop)",
@@ -69,6 +76,7 @@ def loops_lines(lo: dict[str, Any]) -> list[str]:
                 f"**x{row['speedup'][default]:.2f}**",
                 _seconds(row, fp32, row["cmkd_epoch_s"][fp32]), f"x{row['speedup'][fp32]:.2f}",
                 "" if ceiling is None else f"x{ceiling:.2f}",
+                "" if at_defaults is None else f"x{at_defaults:.2f}",
                 num(row["cache_fill_s"]),
             ])  # fmt: skip
     cmkd_ska, reference_ska = _ska_options(lo, "cmkd_terms"), _ska_options(lo, "reference_terms")
@@ -93,7 +101,11 @@ def loops_lines(lo: dict[str, Any]) -> list[str]:
         "0.4 KD (T 3) + 0.003 SKA; plain KD = 0.5 CE + 0.5 KD (T 4). *Student alone*: the "
         "reference loop with no teacher and no term, the student's own fp32 step (timed with "
         "plain KD), so *reference / student alone* is the most that removing the teacher "
-        "could give at fp32 without touching the student's own step. "
+        "could give at fp32 without touching the student's own step; *student alone at "
+        "cmkd's defaults*: the same loop with the student readied as cmkd's defaults ready it "
+        "(layout, weight-gradient kernels, bf16 autocast where the default is bf16-mixed), "
+        "the floor under cmkd's own epoch whatever it does about the teacher, so *reference / "
+        "student alone at cmkd's defaults* is the most any teacher-side saving could reach. "
         f"{lo['epochs']} epochs x {lo['repeats']} interleaved repeats, per run the median "
         "epoch after the first, then the median over repeats (in brackets the fastest and "
         "slowest repeat: bf16 runs vary most here); *+N busy*: with N busy-looping "
