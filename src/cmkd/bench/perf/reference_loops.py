@@ -26,9 +26,9 @@ resnet34 (the issue's pair and the paper's R/R); SemBridge = 0.3 CE + 0.4 KD
 data in memory (the authors' decode every image from disk each epoch). Per-epoch wall time,
 median over the epochs after the first (the cache is filled before the first epoch and its
 one-off cost is reported on its own), interleaved repeats; once on the machine as found and
-once with busy-looping processes added (other users' load). Two floors bound what cmkd could
-reach: the student's own step in the reference loop, as written (fp32) and at cmkd's
-defaults (no teacher and no term, so no teacher cache can go below it).
+once with busy-looping processes added (other users' load). Two floors say what cmkd could
+reach: the student's own step in the reference loop (no teacher and no term), as the
+reference codes run it (fp32) and at cmkd's defaults.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ ALONE = "student alone"
 """The reference loop's variant without teacher or term: the student's own fp32 step."""
 ALONE_AT_DEFAULTS = "student alone at cmkd's defaults"
 """The same loop on the student readied as cmkd's defaults ready it (layout, weight-gradient
-kernels, bf16 autocast where the precision is bf16-mixed): the floor under cmkd's epoch,
-whatever cmkd does about the teacher."""
+kernels, bf16 autocast where the precision is bf16-mixed): about the epoch cmkd's would take
+with no teacher and no term, whatever cmkd does about the teacher."""
 
 
 @dataclass(frozen=True)
