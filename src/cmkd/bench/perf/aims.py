@@ -10,8 +10,8 @@ from typing import Any
 
 from cmkd.bench.perf.markdown import num, table, verdict
 from cmkd.bench.perf.tables_distill import (
-    ALONE_AT_DEFAULTS,
-    ALONE_FP32,
+    FLOOR_AT_DEFAULTS_KEY,
+    FLOOR_FP32_KEY,
     loop_default,
     over_student_alone,
 )
@@ -113,7 +113,10 @@ def _ceiling(rows: dict[str, Any], row: dict[str, Any]) -> str:
     """The floors beside a loops verdict: what the student's own step leaves reachable."""
     ceilings = [
         f"{name} x{num(x)}"
-        for name, key in (("student alone", ALONE_FP32), ("at cmkd's defaults", ALONE_AT_DEFAULTS))
+        for name, key in (
+            ("student alone", FLOOR_FP32_KEY),
+            ("at cmkd's defaults", FLOOR_AT_DEFAULTS_KEY),
+        )
         if (x := over_student_alone(rows, row, key)) is not None
     ]
     return f" ({', '.join(ceilings)})" if ceilings else ""

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from cmkd.bench.perf.overhead import SHIPPED_SKA
+from cmkd.bench.perf.tables_distill import FLOOR_AT_DEFAULTS_KEY, FLOOR_FP32_KEY
 from cmkd.bench.perf.timing import EpochClock, busy_processes, load
 
 
@@ -264,10 +265,13 @@ def _compare(
                 "cmkd_epoch_s": {p: median(seconds[p]) for p in measured},
                 "speedup": {p: ref / median(seconds[p]) for p in measured},
                 "cache_fill_s": median(cache) if cache else None,
-                "student_alone_epoch_s": median(seconds[ALONE]) if ALONE in seconds else None,
-                "student_alone_defaults_epoch_s": (
-                    median(seconds[ALONE_AT_DEFAULTS]) if ALONE_AT_DEFAULTS in seconds else None
-                ),
+                **{
+                    key: median(seconds[floor]) if floor in seconds else None
+                    for key, floor in (
+                        (FLOOR_FP32_KEY, ALONE),
+                        (FLOOR_AT_DEFAULTS_KEY, ALONE_AT_DEFAULTS),
+                    )
+                },
                 "spread": {k: [min(v), max(v)] for k, v in seconds.items()},
             }
     return rows

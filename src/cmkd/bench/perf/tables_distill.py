@@ -19,13 +19,13 @@ def loop_default(row: dict[str, Any]) -> str:
     return row.get("default_variant", "32-true")
 
 
-ALONE_FP32, ALONE_AT_DEFAULTS = "student_alone_epoch_s", "student_alone_defaults_epoch_s"
+FLOOR_FP32_KEY, FLOOR_AT_DEFAULTS_KEY = "student_alone_epoch_s", "student_alone_defaults_epoch_s"
 """The stored floors: the student's own step in the reference loop, at fp32 as the reference
 codes run it, and at cmkd's defaults (stores before 2026-12-01 hold only the first)."""
 
 
 def over_student_alone(
-    rows: dict[str, Any], row: dict[str, Any], floor_key: str = ALONE_FP32
+    rows: dict[str, Any], row: dict[str, Any], floor_key: str = FLOOR_FP32_KEY
 ) -> float | None:
     """`row`'s reference epoch over the student-alone epoch (`floor_key`) of its backbone in
     the same condition (timed with the plain-KD row): the most that removing the teacher could
@@ -67,7 +67,7 @@ def loops_lines(lo: dict[str, Any]) -> list[str]:
         for row in c["rows"].values():
             default, fp32 = loop_default(row), "32-true"
             ceiling = over_student_alone(c["rows"], row)
-            at_defaults = over_student_alone(c["rows"], row, ALONE_AT_DEFAULTS)
+            at_defaults = over_student_alone(c["rows"], row, FLOOR_AT_DEFAULTS_KEY)
             rows.append([
                 f"{condition} ({num(c['load'][0])}, {num(c['load'][1])})", row["backbone"],
                 f"{row['method']} (reference: {REFERENCE.get(row['method'], '?')} loop)",
