@@ -431,6 +431,7 @@ def test_auto_precision_and_layout_are_the_defaults_used_and_recorded(quiet_run,
             seen["matmul_weight_grad"] = any(
                 isinstance(m, MatmulWeightGradConv2d) for m in module.model.modules()
             )
+            seen["standardized_once"] = module.inputs_standardized  # cmkd.served
 
     data = DataConfig(source="eurosat_paired", batch_size=64)
     model = ModelConfig(backbone="small_cnn", options={"widths": [8, 16]})
@@ -443,6 +444,8 @@ def test_auto_precision_and_layout_are_the_defaults_used_and_recorded(quiet_run,
     assert result["run"]["channels_last"] is True and seen["channels_last"]
     # On a CPU, convolutions use the product weight gradient where it pays (no small_cnn layer does)
     assert result["run"]["matmul_weight_grad"] is True and seen["matmul_weight_grad"]
+    # On a CPU the training split is standardised once per fit, not once per batch
+    assert result["run"]["inputs_standardized_once"] is True and seen["standardized_once"]
     assert 0 <= result["best"]["test"]["acc"] <= 1
     # A 1.3M-parameter MLP: bf16 where this CPU computes it natively; no convolutions, no layout
     large = ModelConfig(backbone="mlp", options={"hidden": [1024, 1024]})

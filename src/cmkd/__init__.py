@@ -16,9 +16,10 @@ The public API is the names below; each is imported from its module when first u
 Networks: `create_network`, `available_backbones`, `adapt_network` (your own module),
 `ModelOutput`, `load_model`. Data: `DataModule`. Tasks (LightningModules): `ClassifierTask`,
 `DistillTask`; `use_fast_paths` readies one for a plain Trainer as the CLI does (layout, weight
-gradients; it returns the precision). Registries: `LOSSES` / `register_loss` /
-`DistillationTerm`, `PAIRINGS` / `register_pairing` / `Pairing`, `MATCHERS` /
-`register_matcher`, `PairList`. Configs (the CLI's sections): `DataConfig`, `ModelConfig`,
+gradients; it returns the precision), and `standardized_once` serves its training data as the
+CLI does (standardised once per fit on a CPU, not once per batch). Registries: `LOSSES` /
+`register_loss` / `DistillationTerm`, `PAIRINGS` / `register_pairing` / `Pairing`, `MATCHERS`
+/ `register_matcher`, `PairList`. Configs (the CLI's sections): `DataConfig`, `ModelConfig`,
 `OptimConfig`, `RunConfig`, `DistillConfig`, `TermConfig`, `PairingConfig`, `MatchConfig`,
 `QualityConfig`, `CorruptionConfig`. Errors: `CmkdError`.
 """
@@ -44,6 +45,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "ClassifierTask": ("cmkd.methods.classifier", "ClassifierModule"),
     "DistillTask": ("cmkd.methods.distill", "DistillModule"),
     "use_fast_paths": ("cmkd.training", "use_fast_paths"),
+    "standardized_once": ("cmkd.served", "standardized_once"),
     # registries (importing their packages registers the built-ins)
     "LOSSES": ("cmkd.losses", "LOSSES"),
     "DistillationTerm": ("cmkd.losses", "DistillationTerm"),
@@ -81,6 +83,7 @@ __all__ = [
     "ClassifierTask",
     "DistillTask",
     "use_fast_paths",
+    "standardized_once",
     "LOSSES",
     "DistillationTerm",
     "register_loss",
@@ -150,3 +153,5 @@ if TYPE_CHECKING:
         register_matcher,
         register_pairing,
     )
+    from cmkd.served import standardized_once
+    from cmkd.training import use_fast_paths

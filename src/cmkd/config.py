@@ -111,6 +111,12 @@ class RunConfig:
     where oneDNN's own kernel is slow; auto (the default): on a CPU. The same gradient to the
     last bits, x1.3-1.4 per resnet18/34 bf16 step on an AMX CPU (benchmarks/performance.md).
     results.json records whether it was on (a network with convolutions, on a CPU)."""
+    standardize_once: bool | Literal["auto"] = "auto"
+    """Standardise the training split once per fit, in the network's layout, and serve batches
+    from that copy instead of standardising every batch (cmkd.served): the same values bit for
+    bit, held beside the raw split. auto (the default): on a CPU, where that float32 copy
+    takes at most 1 GiB; true: wherever the data allows it. results.json records whether it
+    was used (run.inputs_standardized_once)."""
     threads: int | Literal["auto"] | None = None
     """CPU threads for training: None leaves torch's setting (every core; the `cmkd` command
     makes idle OpenMP threads wait passively, so extra threads on a busy machine cost little),

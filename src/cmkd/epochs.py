@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cmkd.data.datamodule import ModalityDataset, SeededShuffle
+from cmkd.data.datamodule import ModalityDataModule, ModalityDataset, SeededShuffle
 from cmkd.errors import CmkdError
 
 # Validations (and checkpoints) per run that the defaults aim at, at most.
@@ -143,13 +143,12 @@ class InOrder:
 
 class EpochBlockLoader:
     """What Lightning iterates instead of the training DataLoader: one EpochBlock per
-    Lightning epoch. Lightning calls `sampler.set_epoch` before each epoch (as for any
+    Lightning epoch, drawn from `datamodule.training_split()` (the split as served when the
+    epoch starts). Lightning calls `sampler.set_epoch` before each epoch (as for any
     DataLoader), which picks the block."""
 
-    def __init__(
-        self, dataset: ModalityDataset, batch_size: int, seed: int, plan: EpochPlan
-    ) -> None:
-        self.dataset, self.batch_size, self.seed, self.plan = dataset, batch_size, seed, plan
+    def __init__(self, datamodule: ModalityDataModule, plan: EpochPlan) -> None:
+        self.datamodule, self.plan = datamodule, plan
         self.sampler = self
         self.epoch = 0
 
@@ -160,5 +159,6 @@ class EpochBlockLoader:
         return 1
 
     def __iter__(self) -> Iterator[EpochBlock]:
+        data = self.datamodule
         epochs = self.plan.data_epochs(self.epoch)
-        yield EpochBlock(self.dataset, self.batch_size, self.seed, epochs)
+        yield EpochBlock(data.training_split(), data.batch_size, data.seed, epochs)

@@ -46,6 +46,7 @@ from cmkd.precision import (
     resolve_precision,
 )
 from cmkd.seeding import seed_for
+from cmkd.served import standardized_once
 from cmkd.threads import choose_threads, training_threads
 from cmkd.tracking import TestTracker
 
@@ -138,7 +139,7 @@ def check_run(run: RunConfig, optim: OptimConfig, data: DataConfig | None = None
         child_path(run.output_dir, run.name, "run.name")
     choose_threads(run.threads, 1)
     plan_epochs(optim.epochs, run.val_every, run.checkpoint_every)
-    for option in ("channels_last", "matmul_weight_grad"):
+    for option in ("channels_last", "matmul_weight_grad", "standardize_once"):
         if getattr(run, option) not in (True, False, "auto"):
             raise CmkdError(f"run.{option} must be true, false or auto, got {getattr(run, option)}")
     accelerator = str(run.accelerator).lower()
@@ -255,6 +256,7 @@ class Fit:
     precision: str
     channels_last: bool
     matmul_weight_grad: bool
+    standardized_once: bool
     threads: int
     seconds: float
 
@@ -265,6 +267,7 @@ class Fit:
             "precision": self.precision,
             "channels_last": self.channels_last,
             "matmul_weight_grad": self.matmul_weight_grad,
+            "inputs_standardized_once": self.standardized_once,
             "threads": self.threads,
             "val_every": plan.val_every if plan.validation else None,
             "checkpoint_every": plan.checkpoint_every,
@@ -304,13 +307,16 @@ def fitted(
     plan: EpochPlan,
     resume_from: str | None = None,
     callbacks: list[Callback] | tuple = (),
+    datamodule: L.LightningDataModule | None = None,
 ) -> Iterator[Fit]:
     """Train `module` in its run folder and hand over the result; the block runs with the
     run's CPU threads (score there). Every recipe trains here: the Trainer of `build_trainer`
     (devices, precision, progress, validation and last.ckpt as `plan` says, best.ckpt where
     the module logs `val/acc`), channels-last where chosen, dropout and augmentation from the
     stream of (seed, "fit"), and a resume from `resume_from` checked first. `data`: the
-    Trainer.fit arguments (`datamodule`, or the loaders)."""
+    Trainer.fit arguments (`datamodule`, or the loaders); `datamodule` (the one `data` draws
+    its training batches from): its training split is standardised once where
+    `run.standardize_once` asks for it (`cmkd.served.serves`)."""
     if resume_from is not None:
         check_resume_checkpoint(resume_from, plan)
     precision, channels_last, matmul_weight_grad = use_fast_paths(module, run)
@@ -322,8 +328,9 @@ def fitted(
     L.seed_everything(seed_for(module.hparams.seed, "fit"), verbose=False)
     with training_threads(run.threads) as threads:
         start = time.perf_counter()
-        # weights_only everywhere a checkpoint is read: loading one must never execute code.
-        trainer.fit(module, **data, ckpt_path=resume_from, weights_only=True)
+        with standardized_once(module, datamodule, run.accelerator, run.standardize_once) as served:
+            # weights_only everywhere a checkpoint is read: loading one must never run code.
+            trainer.fit(module, **data, ckpt_path=resume_from, weights_only=True)
         seconds = time.perf_counter() - start
         if trainer.interrupted:
             raise CmkdError(f"training was interrupted; resume with --run.resume true ({run_dir})")
@@ -334,6 +341,7 @@ def fitted(
             precision,
             channels_last,
             matmul_weight_grad,
+            served,
             threads,
             seconds,
         )
@@ -373,13 +381,12 @@ def fit_and_test(
         callbacks = (*callbacks, tracker)
     if plan.block > 1:
         module.automatic_optimization = False  # the module steps through each EpochBlock
-        train = datamodule.sets["train"]
-        loader = EpochBlockLoader(train, datamodule.batch_size, datamodule.seed, plan)
+        loader = EpochBlockLoader(datamodule, plan)
         val = InOrder(datamodule.sets["val"], datamodule.batch_size)
         data = {"train_dataloaders": loader, "val_dataloaders": val}
     else:
         data = {"datamodule": datamodule}
-    with fitted(module, data, run_dir, run, plan, resume_from, callbacks) as fit:
+    with fitted(module, data, run_dir, run, plan, resume_from, callbacks, datamodule) as fit:
         scores = _score(fit.trainer, module, datamodule, fit.checkpoints, sizes["test"] != 0)
     results = {
         "modality": module.modality,

@@ -12,7 +12,7 @@ user's own arrays or torch Dataset (`from_arrays`, `from_dataset`, see `cmkd.dat
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -74,6 +74,29 @@ class ModalityDataset(Dataset):
         """Rows `rows` as one collated batch (what a DataLoader would give)."""
         index = torch.as_tensor(list(rows), dtype=torch.long)
         return {self.modality: self.x[index], "label": self.y[index], "index": index}
+
+
+class StandardizedSplit(ModalityDataset):
+    """A split whose inputs are standardised once for one network (`standardize`, e.g. a
+    `StandardizedNetwork`'s), in the layout that network takes, with the split's labels: what
+    the training loader serves while `cmkd.training.standardized_once` is open. A DataLoader
+    gets each batch whole (`__getitems__`: one gather, which keeps a channels-last layout where
+    stacking per-sample rows would give the standard one back) through `whole_batch`."""
+
+    def __init__(
+        self, split: ModalityDataset, standardize: Callable[[torch.Tensor], torch.Tensor]
+    ) -> None:
+        with torch.no_grad():
+            self.x = standardize(split.x)
+        self.y, self.modality = split.y, split.modality
+
+    def __getitems__(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        return self.batch(rows)
+
+
+def whole_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The collate function of a loader whose dataset gathers each batch whole."""
+    return batch
 
 
 @dataclass
@@ -241,6 +264,9 @@ class ModalityDataModule(L.LightningDataModule):
         # (`with_modality`) and for the pairing; `config` rebuilds them (None: from Python).
         self.prepared, self.config = data, config
         self.sets = {name: ModalityDataset(data.rows(modality, name), modality) for name in SPLITS}
+        # The training split standardised once for the network being fitted, served in place
+        # of sets["train"] while `cmkd.training.standardized_once` is open; else None.
+        self.served: StandardizedSplit | None = None
 
     @classmethod
     def from_config(cls, config: DataConfig, modality: str, seed: int = 0) -> ModalityDataModule:
@@ -383,9 +409,19 @@ class ModalityDataModule(L.LightningDataModule):
         sizes = ", ".join(f"{name} {len(self.sets[name])}" for name in SPLITS)
         return f"{type(self).__name__}({source}: {self.modality!r}, {sizes}, seed {self.seed})"
 
+    def training_split(self) -> ModalityDataset:
+        """What training batches are drawn from: the split standardised once where a fit
+        serves it so (`served`), else the raw training split."""
+        return self.served if self.served is not None else self.sets["train"]
+
     def train_dataloader(self) -> DataLoader:
-        train = self.sets["train"]
-        return DataLoader(train, self.batch_size, sampler=SeededShuffle(len(train), self.seed))
+        train = self.training_split()
+        return DataLoader(
+            train,
+            self.batch_size,
+            sampler=SeededShuffle(len(train), self.seed),
+            collate_fn=whole_batch if isinstance(train, StandardizedSplit) else None,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.sets["val"], self.batch_size)

@@ -156,6 +156,9 @@ class ClassifierModule(L.LightningModule):
     # training_step can take a cmkd.epochs.EpochBlock (several data epochs, manual
     # optimisation). A subclass whose loss depends on the epoch (pairings, warm-ups) sets False.
     supports_epoch_blocks: bool = True
+    # True while the training batches come standardised for this network
+    # (cmkd.training.standardized_once): training_output then skips the standardisation.
+    inputs_standardized: bool = False
 
     def __init__(
         self,
@@ -272,9 +275,16 @@ class ClassifierModule(L.LightningModule):
         finally:
             self.model.train(was)
 
+    def training_output(self, batch: dict) -> ModelOutput:
+        """The network on a training batch: augmented where set, standardised unless the
+        batch already is (`inputs_standardized`; flips and rotations commute with a
+        per-channel standardisation, so the order changes no value)."""
+        x = self.student_input(batch, train=True)
+        return self.model.network(x) if self.inputs_standardized else self.model(x)
+
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Named, already weighted loss terms; their sum is optimised."""
-        out = self.model(self.student_input(batch, train=True))
+        out = self.training_output(batch)
         return {"ce": F.cross_entropy(out.logits, batch["label"])}
 
     def training_step(self, batch: dict | EpochBlock, batch_idx: int) -> torch.Tensor | None:

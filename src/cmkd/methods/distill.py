@@ -468,7 +468,7 @@ class DistillModule(ClassifierModule):
                 experiment.add_histogram("train/quality/weights", weights, self.current_epoch)
 
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        student = self.model(self.student_input(batch, train=True))
+        student = self.training_output(batch)
         losses = {"ce": self.hparams.ce_weight * F.cross_entropy(student.logits, batch["label"])}
         teacher, rows, keep = self._teacher_side(batch, self.current_epoch)
         if keep is not None:  # under a class map the terms see the covered samples only

@@ -20,7 +20,12 @@ class StandardizedNetwork(nn.Module):
         self.network = network
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
-        return self.network(self.normalize(x, channels_last=self._channels_last()))
+        return self.network(self.standardize(x))
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw inputs as the network takes them: standardised, in its first convolution's
+        layout. `network(standardize(x))` is `forward(x)`, bit for bit."""
+        return self.normalize(x, channels_last=self._channels_last())
 
     def _channels_last(self) -> bool:
         """Whether the network's first convolution is laid out channels-last (cmkd's fit does

@@ -16,7 +16,8 @@ the student's training set. The two codes differ in one costly way, and each loo
 cmkd runs each method as it ships (SemBridge's SKA on one step in 5, as
 configs/eurosat_asym/sembridge_*.yaml; benchmarks/ska-every.md for its accuracy) through its
 Trainer with its defaults (teacher outputs cached once per run; the run's precision, layout and
-weight-gradient kernels, as cmkd's fit applies them: `training.use_fast_paths`). Both use
+weight-gradient kernels, as cmkd's fit applies them: `training.use_fast_paths`; the training
+split standardised once, as cmkd's fit serves it on a CPU: `served.standardized_once`). Both use
 cmkd's own terms, so SKA's arithmetic is the same on both sides.
 
 Scenario (the issue's): RGB teacher -> MS student on the 221 EuroSAT MS training patches,
@@ -61,8 +62,9 @@ ALONE = "student alone"
 """The reference loop's variant without teacher or term: the student's own fp32 step."""
 ALONE_AT_DEFAULTS = "student alone at cmkd's defaults"
 """The same loop on the student readied as cmkd's defaults ready it (layout, weight-gradient
-kernels, bf16 autocast where the precision is bf16-mixed): about the epoch cmkd's would take
-with no teacher and no term, whatever cmkd does about the teacher."""
+kernels, bf16 autocast where the precision is bf16-mixed, the training split standardised
+once): about the epoch cmkd's would take with no teacher and no term, whatever cmkd does about
+the teacher."""
 
 
 @dataclass(frozen=True)
@@ -128,14 +130,15 @@ def reference_epochs(
     """The reference loop on `task`'s own networks and terms: teacher forward every step (with
     autograd and a backward through it where `teacher_backward`), fp32, Adam; returns each
     epoch's wall seconds. `alone`: the student's step by itself (cross-entropy only, no teacher
-    and no term), the floor no teacher cache can go below in this loop; `bf16`: that step's
-    forward and loss in bf16 autocast, as Lightning's bf16-mixed runs them."""
+    and no term, on the batches `data` serves: raw, or standardised once inside
+    `standardized_once`), the floor no teacher cache can go below in this loop; `bf16`: that
+    step's forward and loss in bf16 autocast, as Lightning's bf16-mixed runs them."""
     student, teacher = task.model, task.teacher
     terms, weights = task.terms, task.weights
     params = [p for p in task.parameters() if p.requires_grad]  # the teacher's are not among them
     optimiser = torch.optim.Adam(params, lr=1e-3)
     teacher.requires_grad_(teacher_backward)
-    loader = torch.utils.data.DataLoader(data.sets["train"], data.batch_size, shuffle=True)
+    loader = data.train_dataloader()  # shuffled per epoch, as the reference codes' loaders
     bank = task.teacher_inputs
     student.train()
     times = []
@@ -144,7 +147,7 @@ def reference_epochs(
         for batch in loader:
             if alone:
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    logits = student(batch[data.modality]).logits
+                    logits = task.training_output(batch).logits
                     loss = F.cross_entropy(logits, batch["label"])
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
@@ -178,6 +181,8 @@ def cmkd_epochs(task, data, epochs: int, variant: str) -> tuple[list[float], flo
     one-off seconds of filling the teacher cache."""
     import lightning as L
 
+    from cmkd.served import standardized_once
+
     precision = ready(task, variant)
     timer = EpochClock()
     trainer = L.Trainer(
@@ -192,7 +197,8 @@ def cmkd_epochs(task, data, epochs: int, variant: str) -> tuple[list[float], flo
         limit_val_batches=0,
         callbacks=[timer],
     )
-    trainer.fit(task, datamodule=data)
+    with standardized_once(task, data, "cpu"):  # as cmkd's fit does, at every precision
+        trainer.fit(task, datamodule=data)
     return timer.epoch_seconds, task.teacher_seconds
 
 
@@ -229,6 +235,8 @@ def _compare(
 ) -> dict[str, Any]:  # fmt: skip
     """Per backbone and method: the reference loop's epoch seconds over cmkd's at each
     precision and at cmkd's defaults, medians over interleaved repeats."""
+    from cmkd.served import standardized_once
+
     rows: dict[str, Any] = {}
     for backbone in backbones:
         for method in METHODS:
@@ -246,7 +254,8 @@ def _compare(
                     task, data, table = _setup(backbone, seed, batch_size, method, side)
                     if variant == ALONE_AT_DEFAULTS:
                         bf16 = ready(task, default) == "bf16-mixed"
-                        times = reference_epochs(task, data, table, epochs, False, True, bf16)
+                        with standardized_once(task, data, "cpu"):
+                            times = reference_epochs(task, data, table, epochs, False, True, bf16)
                     elif variant in loops_here:
                         backward = METHODS[method].teacher_backward
                         times = reference_epochs(task, data, table, epochs, backward,
