@@ -4,7 +4,7 @@ A network standardises its raw inputs itself (`StandardizedNetwork`), so a check
 data anywhere. In training that repeats the same arithmetic on every sample in every epoch, and
 on a CPU it is not cheap: for a batch of 64 13-band 64 x 64 patches written straight into a
 channels-last layout it took 6-10 ms of a small CNN's 47-53 ms step (2-core AMX CPU, one
-thread), more than the step's largest convolution. While `standardized_once` is open, the
+thread). While `standardized_once` is open, the
 training split is standardised once, by the network's own `standardize`, in its layout; the
 loader gathers each batch from it whole, and the task skips the standardisation of training
 batches. Every value goes through the same elementwise arithmetic as before, so the batches, and

@@ -79,7 +79,7 @@ class ModalityDataset(Dataset):
 class StandardizedSplit(ModalityDataset):
     """A split whose inputs are standardised once for one network (`standardize`, e.g. a
     `StandardizedNetwork`'s), in the layout that network takes, with the split's labels: what
-    the training loader serves while `cmkd.training.standardized_once` is open. A DataLoader
+    the training loader serves while `cmkd.served.standardized_once` is open. A DataLoader
     gets each batch whole (`__getitems__`: one gather, which keeps a channels-last layout where
     stacking per-sample rows would give the standard one back) through `whole_batch`."""
 
@@ -265,7 +265,7 @@ class ModalityDataModule(L.LightningDataModule):
         self.prepared, self.config = data, config
         self.sets = {name: ModalityDataset(data.rows(modality, name), modality) for name in SPLITS}
         # The training split standardised once for the network being fitted, served in place
-        # of sets["train"] while `cmkd.training.standardized_once` is open; else None.
+        # of sets["train"] while `cmkd.served.standardized_once` is open; else None.
         self.served: StandardizedSplit | None = None
 
     @classmethod

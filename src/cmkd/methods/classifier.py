@@ -157,7 +157,7 @@ class ClassifierModule(L.LightningModule):
     # optimisation). A subclass whose loss depends on the epoch (pairings, warm-ups) sets False.
     supports_epoch_blocks: bool = True
     # True while the training batches come standardised for this network
-    # (cmkd.training.standardized_once): training_output then skips the standardisation.
+    # (cmkd.served.standardized_once): training_output then skips the standardisation.
     inputs_standardized: bool = False
 
     def __init__(
