@@ -103,6 +103,11 @@ def test_unknown_and_abbreviated_options_are_refused(tmp_path, capsys) -> None:
         ("--optim.optimizer", "rmsprop", ["optim.optimizer", "adam, adamw, sgd", "'rmsprop'"]),
         ("--data.train_per_class", "many", ["data.train_per_class", "an integer or null"]),
         ("--run.matmul_weight_grad", "maybe", ["run.matmul_weight_grad", "'maybe'"]),
+        (
+            "--run.standardize_once",
+            "maybe",
+            ["run.standardize_once: expected true or false or auto, got 'maybe'"],
+        ),
         ("--distill.terms", "[{name: kd, weight: x}]", ["distill.terms", "weight", "'x'"]),
     ],
 )

@@ -302,10 +302,23 @@ def _expected(text: str) -> str:
     text = re.sub(r"<class '([\w.]+)'>", lambda m: m.group(1), text)
     literal = re.match(r"typing\.Literal\[(.*)\]$", text)
     if literal:
-        return "one of " + literal.group(1).replace("'", "")
+        values = literal.group(1).replace("'", "")
+        return values if "," not in values else "one of " + values
     if text.startswith("typing.Union[") or text.startswith("Optional["):
         return text.replace("typing.", "").replace("NoneType", "null")
     return _TYPE_NAMES.get(text, text)
+
+
+def _top_level_items(text: str) -> list[str]:
+    """The comma-separated items of a type list, commas inside brackets kept: "bool,
+    typing.Literal['a', 'b']" is two items."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(text[start:i].strip())
+            start = i + 1
+    return [*items, text[start:].strip()]
 
 
 def parse_error_line(message: str, line: CommandLine, commands: dict) -> str:
@@ -342,9 +355,10 @@ def parse_error_line(message: str, line: CommandLine, commands: dict) -> str:
         return f"a config given on the command line is not valid YAML: {problem}"
     keys = re.findall(r'Parser key "([^"]+)"', text)
     got = re.findall(r"Expected (?:a |an )?(.*?)\. Got value: (.*)", text)
-    union = re.search(r"Subtypes: \[(.*?)\].*Given value: (.*)$", text, re.S)
+    # The subtypes list ends with its line (a Literal inside it has brackets of its own).
+    union = re.search(r"Subtypes: \[([^\n]*)\][ \t]*\n.*Given value: (.*)$", text, re.S)
     if keys and union:
-        names = [_expected(t.strip()) for t in union.group(1).split(", ")]
+        names = [_expected(t) for t in _top_level_items(union.group(1))]
         key = ".".join(dict.fromkeys(k for k in keys if k != "init_args"))
         return (
             f"{key}: expected {' or '.join(names)}, got {union.group(2).strip()!r}"
