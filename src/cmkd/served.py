@@ -4,11 +4,11 @@ A network standardises its raw inputs itself (`StandardizedNetwork`), so a check
 data anywhere. In training that repeats the same arithmetic on every sample in every epoch, and
 on a CPU it is not cheap: for a batch of 64 13-band 64 x 64 patches written straight into a
 channels-last layout it took 6-10 ms of a small CNN's 47-53 ms step (2-core AMX CPU, one
-thread). While `standardized_once` is open, the
-training split is standardised once, by the network's own `standardize`, in its layout; the
-loader gathers each batch from it whole, and the task skips the standardisation of training
-batches. Every value goes through the same elementwise arithmetic as before, so the batches, and
-the run, are bit-identical; validation and test batches stay raw.
+thread). While `standardized_once` is open, the training split is standardised once, by the
+network's own `standardize`, in its layout; the loader gathers each batch from it whole, and
+the task skips the standardisation of training batches. Every value goes through the same
+elementwise arithmetic as before, so the batches, and the run, are bit-identical; validation
+and test batches stay raw.
 
 By default (`run.standardize_once: auto`) only on the CPU: a GPU standardises a batch in
 microseconds, and serving float32 batches from the host would move up to 4x the bytes of uint8
