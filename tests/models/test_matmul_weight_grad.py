@@ -138,3 +138,27 @@ def test_a_whole_resnet_step_keeps_its_gradients(bf16) -> None:
     native, product = grads
     assert native.norm() > 0
     assert ((product - native).norm() / native.norm()).item() < (1e-3 if bf16 else 1e-6)
+
+
+def _unfolded_product(x, grad, weight, stride, padding) -> torch.Tensor:
+    """The textbook weight gradient: output-gradient rows times F.unfold's im2col patches."""
+    columns = F.unfold(x, weight.shape[-2:], padding=padding, stride=stride)
+    batch, patch, positions = columns.shape
+    rows = grad.permute(1, 0, 2, 3).reshape(weight.shape[0], batch * positions)
+    return (rows @ columns.transpose(1, 2).reshape(batch * positions, patch)).reshape(weight.shape)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_weight_gradient_is_the_unfolded_product_bit_for_bit_in_the_weights_layout(
+    dtype, channels_last, stride
+) -> None:
+    torch.manual_seed(2)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(4, 24, 5, 5).to(dtype).contiguous(memory_format=layout)
+    weight = torch.randn(16, 24, 3, 3).to(dtype).contiguous(memory_format=layout)
+    grad = F.conv2d(x, weight, stride=stride, padding=1).contiguous(memory_format=layout)
+    got = mwg._weight_grad(x, grad, weight, (stride, stride), (1, 1))
+    assert torch.equal(got, _unfolded_product(x, grad, weight, (stride, stride), (1, 1)))
+    assert got.stride() == weight.stride()  # autograd stores it without a permuting copy

@@ -22,14 +22,15 @@ import torch.nn.functional as F
 from torch import nn
 
 MAX_POSITIONS = {torch.bfloat16: 16, torch.float32: 4}
-MIN_PATCH = 2304
+MIN_PATCH = {torch.bfloat16: 1152, torch.float32: 2304}
 """Where the product is used: an output map of at most MAX_POSITIONS[dtype] positions (H x W)
-and a patch (in_channels x kernel height x kernel width) of at least MIN_PATCH values (3 x 3
-convolutions from 256 input channels on). Timed shape by shape over resnet18/34 (the
-weight_grad section), the product was faster there in each of three runs: bf16 at 4 x 4 and
-2 x 2 maps, fp32 at 2 x 2. With smaller patches it was slower in some runs and faster in
-others, by a few ms, and at larger maps oneDNN was faster (10-25x at the stem): those keep
-oneDNN."""
+and a patch (in_channels x kernel height x kernel width) of at least MIN_PATCH[dtype] values.
+Timed shape by shape over resnet18/34 (the weight_grad section), the product was faster in
+each of four runs at these shapes: in bf16, the 3 x 3 convolutions from 128 input channels on
+at 4 x 4 maps and smaller; in fp32, those from 256 channels at 2 x 2 maps. Elsewhere it was
+slower in some runs and faster in others (bf16 at 8 x 8 maps, fp32 at 4 x 4, 1 x 1
+convolutions, by a few ms), or oneDNN was faster (larger maps and smaller patches, 5-10x at
+the stem): those keep oneDNN."""
 
 
 class _WeightGradAsMatmul(torch.autograd.Function):
@@ -57,12 +58,7 @@ class _WeightGradAsMatmul(torch.autograd.Function):
                 grad, x, weight, None, stride, padding, (1, 1), False, (0, 0), 1,
                 (True, False, False),
             )[0]  # fmt: skip
-        out_channels = weight.shape[0]
-        columns = F.unfold(x, weight.shape[-2:], padding=padding, stride=stride)
-        batch, patch, positions = columns.shape
-        grad_rows = grad.permute(1, 0, 2, 3).reshape(out_channels, batch * positions)
-        patches = columns.transpose(1, 2).reshape(batch * positions, patch)
-        grad_weight = (grad_rows @ patches).reshape(weight.shape)
+        grad_weight = _weight_grad(x, grad, weight, stride, padding)
         if has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum((0, 2, 3))
         # autograd casts each gradient back to its input's dtype (float32 parameters).
@@ -84,6 +80,27 @@ class MatmulWeightGradConv2d(nn.Conv2d):
         return _WeightGradAsMatmul.apply(x, weight, bias, self.stride, self.padding, dtype)
 
 
+def _weight_grad(x, grad, weight, stride, padding) -> torch.Tensor:
+    """The weight gradient of conv2d(x, weight) for the output gradient `grad`: the gradient
+    rows (one per output position) times the input patches, in `weight`'s layout. The patches
+    are gathered from an (N, H, W, C) view of `x` in one copy: for channels-last maps that is
+    the order in memory (F.unfold's im2col is slow there, 2-3x this whole function in bf16),
+    and the gradient rows are then a plain view of `grad`. For channels-last weights the
+    patch runs (kh, kw, C), so the product lands in the weight's own layout and autograd need
+    not permute it into the parameter's; either order is the same sum (bit for bit)."""
+    out_channels, _, kh, kw = weight.shape
+    (pad_h, pad_w), (step_h, step_w) = padding, stride
+    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, pad_w, pad_w, pad_h, pad_h))
+    windows = padded.unfold(1, kh, step_h).unfold(2, kw, step_w)  # N, Ho, Wo, C, kh, kw
+    rows = windows.shape[0] * windows.shape[1] * windows.shape[2]
+    grad_rows = grad.permute(0, 2, 3, 1).reshape(rows, out_channels)
+    if weight.is_contiguous():
+        patches = windows.reshape(rows, -1)  # (C, kh, kw), torch's order
+        return (grad_rows.t() @ patches).view(weight.shape)
+    patches = windows.permute(0, 1, 2, 4, 5, 3).reshape(rows, -1)
+    return (grad_rows.t() @ patches).view(out_channels, kh, kw, -1).permute(0, 3, 1, 2)
+
+
 def product_pays(conv: nn.Conv2d, size: tuple[int, int], dtype: torch.dtype) -> bool:
     """Whether the rule (MAX_POSITIONS, MIN_PATCH) takes the product for `conv` on an input
     map of `size` (height, width) computed in `dtype`."""
@@ -93,7 +110,7 @@ def product_pays(conv: nn.Conv2d, size: tuple[int, int], dtype: torch.dtype) -> 
     ):
         positions *= (length + 2 * pad - kernel) // step + 1
     patch = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
-    return positions <= MAX_POSITIONS.get(dtype, 0) and patch >= MIN_PATCH
+    return positions <= MAX_POSITIONS.get(dtype, 0) and patch >= MIN_PATCH[dtype]
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype | None:
