@@ -69,3 +69,33 @@ def test_only_trainable_parameters_and_known_optimizers() -> None:
     assert "momentum" not in optimizer.param_groups[0]  # SGD's options go to SGD only
     with pytest.raises(CmkdError, match="unknown optim.optimizer 'lbfgs'"):
         lightning_optimizers([trained], {**asdict(OptimConfig()), "optimizer": "lbfgs"})
+
+
+def _adam_steps(fused: bool | str, steps: int = 5) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """A small channels-last network's weights before and after `steps` Adam steps."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    net.to(memory_format=torch.channels_last)
+    start = [p.detach().clone() for p in net.parameters()]
+    x, y = torch.randn(8, 3, 6, 6), torch.randint(0, 2, (8,))
+    optimizer, _ = build_optimizer(net.parameters(), OptimConfig(weight_decay=1e-2), fused)
+    assert all(bool(g["fused"]) is (fused is not False) for g in optimizer.param_groups)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+    return start, [p.detach().clone() for p in net.parameters()]
+
+
+def test_fused_optimiser_is_the_default_on_a_cpu_and_the_same_update() -> None:
+    start, fused = _adam_steps("auto")
+    _, loop = _adam_steps(False)
+    for before, a, b in zip(start, fused, loop, strict=True):
+        assert not a.equal(before)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # the same update, to rounding
+    assert all(a.equal(b) for a, b in zip(_adam_steps(True)[1], fused, strict=True))
+
+
+def test_fused_optimiser_setting_is_checked() -> None:
+    with pytest.raises(CmkdError, match="run.fused_optimizer must be true, false or auto"):
+        build_optimizer([torch.nn.Parameter(torch.ones(2))], OptimConfig(), "yes")

@@ -419,7 +419,7 @@ def test_auto_precision_and_layout_are_the_defaults_used_and_recorded(quiet_run,
     from cmkd.precision import resolve_precision
 
     assert (quiet_run.precision, quiet_run.channels_last) == ("auto", "auto")
-    assert quiet_run.matmul_weight_grad == "auto"
+    assert quiet_run.matmul_weight_grad == quiet_run.fused_optimizer == "auto"
 
     seen = {}
 
@@ -432,6 +432,7 @@ def test_auto_precision_and_layout_are_the_defaults_used_and_recorded(quiet_run,
                 isinstance(m, MatmulWeightGradConv2d) for m in module.model.modules()
             )
             seen["standardized_once"] = module.inputs_standardized  # cmkd.served
+            seen["fused"] = [g["fused"] for g in trainer.optimizers[0].param_groups]
 
     data = DataConfig(source="eurosat_paired", batch_size=64)
     model = ModelConfig(backbone="small_cnn", options={"widths": [8, 16]})
@@ -446,12 +447,17 @@ def test_auto_precision_and_layout_are_the_defaults_used_and_recorded(quiet_run,
     assert result["run"]["matmul_weight_grad"] is True and seen["matmul_weight_grad"]
     # On a CPU the training split is standardised once per fit, not once per batch
     assert result["run"]["inputs_standardized_once"] is True and seen["standardized_once"]
+    # On a CPU the optimiser steps with torch's fused kernel
+    assert result["run"]["fused_optimizer"] is True and seen["fused"] == [True]
     assert 0 <= result["best"]["test"]["acc"] <= 1
     # A 1.3M-parameter MLP: bf16 where this CPU computes it natively; no convolutions, no layout
     large = ModelConfig(backbone="mlp", options={"hidden": [1024, 1024]})
     flat = train_classifier(MFEAT, large, OptimConfig(epochs=1), replace(run, name="m"), "fac", 0)
     assert flat["run"]["precision"] == resolve_precision("auto", "cpu")
     assert flat["run"]["channels_last"] is flat["run"]["matmul_weight_grad"] is False
+    loop = replace(run, name="loop", fused_optimizer=False)
+    unfused = train_classifier(MFEAT, large, OptimConfig(epochs=1), loop, "fac", 0)
+    assert unfused["run"]["fused_optimizer"] is False and flat["run"]["fused_optimizer"] is True
 
 
 def test_thread_policy(monkeypatch, quiet_run, data_root) -> None:

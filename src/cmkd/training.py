@@ -139,7 +139,7 @@ def check_run(run: RunConfig, optim: OptimConfig, data: DataConfig | None = None
         child_path(run.output_dir, run.name, "run.name")
     choose_threads(run.threads, 1)
     plan_epochs(optim.epochs, run.val_every, run.checkpoint_every)
-    for option in ("channels_last", "matmul_weight_grad", "standardize_once"):
+    for option in ("channels_last", "matmul_weight_grad", "fused_optimizer", "standardize_once"):
         if getattr(run, option) not in (True, False, "auto"):
             raise CmkdError(f"run.{option} must be true, false or auto, got {getattr(run, option)}")
     accelerator = str(run.accelerator).lower()
@@ -267,6 +267,9 @@ class Fit:
             "precision": self.precision,
             "channels_last": self.channels_last,
             "matmul_weight_grad": self.matmul_weight_grad,
+            "fused_optimizer": any(
+                group.get("fused") for opt in self.trainer.optimizers for group in opt.param_groups
+            ),
             "inputs_standardized_once": self.standardized_once,
             "threads": self.threads,
             "val_every": plan.val_every if plan.validation else None,
@@ -320,6 +323,7 @@ def fitted(
     if resume_from is not None:
         check_resume_checkpoint(resume_from, plan)
     precision, channels_last, matmul_weight_grad = use_fast_paths(module, run)
+    module.fused_optimizer = run.fused_optimizer
     trainer, checkpoints = build_trainer(
         run_dir, replace(run, precision=precision), plan, callbacks
     )

@@ -66,6 +66,7 @@ def _toy_sections(folder: Path) -> dict[str, Any]:
         "weight_grad": lambda: weight_grad.weight_grad_costs(
             ("resnet18",), batch=2, size=32, repeats=1
         ),
+        "optimizer": lambda: micro.optimizer_steps("small_cnn", repeats=2, steps=2),
         "threads": lambda: threads_under_load(busy=0, repeats=1, steps=1),
         "checkpoints": lambda: runloop_distill.checkpoint_costs(
             ("small_cnn",), teacher="small_cnn", epochs=1, output_dir=folder / "costs"
@@ -125,13 +126,13 @@ def test_every_section_reports_what_its_page_section_shows(toy_store) -> None:
     assert set(commands) == {"plain PyTorch script", "cmkd train"}
     assert all(0 <= e["test_acc"] <= 1 and e["ratio"]["n"] == 1 for e in commands.values())
     # loops: cmkd's defaults for the network and fp32 are measured, as found and under load,
-    # both methods (a small CNN: fp32, channels-last).
+    # both methods (a small CNN: fp32, channels-last, fused Adam).
     lo = s["loops"]
     assert set(lo["conditions"]) == {"+0 busy", "+1 busy"}
     for c in lo["conditions"].values():
         assert len(c["rows"]) == 2
         for row in c["rows"].values():
-            default = "32-true channels-last matmul-weight-grad"
+            default = "32-true channels-last matmul-weight-grad fused-adam"
             assert row["default_variant"] == default
             assert set(row["speedup"]) == {"32-true", default}
         # The student-alone floors (fp32, at cmkd's defaults) are timed once per backbone,
@@ -161,6 +162,11 @@ def test_every_section_reports_what_its_page_section_shows(toy_store) -> None:
         "bf16 product vs torch",
         "bf16 torch vs fp32 torch",
     }
+    # optimizer: both layouts timed; the fused step is the loop's update to float rounding
+    opt = s["optimizer"]
+    assert set(opt["layouts"]) == {"standard", "channels-last"} and opt["parameters"] > 0
+    assert all(v["loop_ms"] > 0 and v["fused_ms"] > 0 for v in opt["layouts"].values())
+    assert 0 <= opt["max_difference"] < 1e-5
     assert set(s["threads"]["conditions"]) == {"+0 busy, default", "+0 busy, PASSIVE"}
     ckpt = s["checkpoints"]["students"]["small_cnn"]
     # cmkd 0.1 kept the teacher's weights in last.ckpt; now it is referenced by path.

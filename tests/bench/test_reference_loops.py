@@ -85,23 +85,30 @@ def test_cmkds_epochs_standardise_the_training_split_once_as_its_fit_does() -> N
     task, data, _ = loops._setup("small_cnn", 0, 64, PLAIN, "cmkd")
     calls = []
     task.model.normalize.register_forward_hook(lambda *_: calls.append(1))
-    times, _ = loops.cmkd_epochs(task, data, 2, loops.default_variant(task))
+    variant = loops.default_variant(task)
+    assert loops.FUSED in variant.split(" ")  # run.fused_optimizer: auto, on a CPU
+    times, _ = loops.cmkd_epochs(task, data, 2, variant)
     assert len(times) == 2 and len(data.train_dataloader()) == 4  # 221 patches, batch 64
     assert calls == [1]  # once for the run, not once for each of the 8 batches
+    assert [g["fused"] for g in task.trainer.optimizers[0].param_groups] == [True]
     assert data.served is None and not task.inputs_standardized
 
 
-def test_only_the_floor_at_cmkds_defaults_is_served_standardised_inputs(monkeypatch) -> None:
-    """The reference loops and the fp32 floor standardise every batch as the reference codes
-    do; the floor at cmkd's defaults takes the inputs as cmkd's fit serves them."""
+def test_only_the_floor_at_cmkds_defaults_is_served_standardised_inputs_and_fused_adam(
+    monkeypatch,
+) -> None:
+    """The reference loops and the fp32 floor standardise every batch and step Adam's loop as
+    the reference codes do; the floor at cmkd's defaults takes the inputs as cmkd's fit serves
+    them and the fused Adam step of `run.fused_optimizer: auto`."""
     seen = []
 
-    def reference(task, data, table, epochs, backward, alone=False, bf16=False):
-        seen.append((alone, data.served is not None and task.inputs_standardized))
+    def reference(task, data, table, epochs, backward, alone=False, bf16=False, fused=False):
+        seen.append((alone, data.served is not None and task.inputs_standardized, fused))
         return [0.1] * epochs
 
     monkeypatch.setattr(loops, "reference_epochs", reference)
     monkeypatch.setattr(loops, "cmkd_epochs", lambda task, data, epochs, variant: ([0.1] * 2, 0))
     loops._compare(("small_cnn",), 2, 1, ("32-true",), 0, 64)
     # SemBridge: its reference loop; plain KD: its reference loop, then the two floors
-    assert seen == [(False, False), (False, False), (True, False), (True, True)]
+    expected = [(False, False, False), (False, False, False), (True, False, False)]
+    assert seen == [*expected, (True, True, True)]

@@ -235,7 +235,8 @@ def perf(
             method's epoch against no KD), overhead_large (the same at `large_backbone`), ska
             (SemBridge's step against KD's), precision (fp32 against bf16 and channels-last),
             weight_grad (each resnet convolution's backward, oneDNN against the weight
-            gradient as one matrix product), threads (1, 2, auto threads under load),
+            gradient as one matrix product), optimizer (Adam's step, torch's loop against its
+            fused kernel), threads (1, 2, auto threads under load),
             checkpoints, dynm, coral, data, ddp (accuracy of 2 DDP processes against 1).
             Default: all.
         epochs: Epochs per timed distillation run (>= 3).

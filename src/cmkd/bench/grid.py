@@ -65,15 +65,16 @@ class GridRunner:
         self.optim = OptimConfig(lr=grid.lr, epochs=grid.epochs, scheduler=grid.scheduler)
         # Every cell also records its test score per epoch, for the page's authors'-protocol
         # columns only (nothing is selected on it; see cmkd.tracking).
-        # The layout and the weight-gradient kernels are pinned (each changes the last bits of
-        # every result) and are not in a cell's hash: stores stay comparable whatever
-        # RunConfig's defaults.
+        # The layout, the weight-gradient kernels and the optimiser's kernel are pinned (each
+        # changes the last bits of every result) and are not in a cell's hash: stores stay
+        # comparable whatever RunConfig's defaults.
         self.run_cfg = RunConfig(
             output_dir=str(self.out / "runs"),
             progress_bar=False,
             track_test=True,
             channels_last=False,
             matmul_weight_grad=False,
+            fused_optimizer=False,
         )
         self.counts = {"ran": 0, "reused": 0, "busy": 0}
         self.passed_over: list[CellKey] = []  # cells of this run that other workers held

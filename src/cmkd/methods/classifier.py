@@ -159,6 +159,8 @@ class ClassifierModule(L.LightningModule):
     # True while the training batches come standardised for this network
     # (cmkd.served.standardized_once): training_output then skips the standardisation.
     inputs_standardized: bool = False
+    # run.fused_optimizer, as the run's fit sets it (cmkd.training.fitted).
+    fused_optimizer: bool | str = "auto"
 
     def __init__(
         self,
@@ -392,4 +394,4 @@ class ClassifierModule(L.LightningModule):
         self.log_dict(metrics, sync_dist=True)
 
     def configure_optimizers(self):
-        return lightning_optimizers(self.parameters(), self.hparams.optim)
+        return lightning_optimizers(self.parameters(), self.hparams.optim, self.fused_optimizer)

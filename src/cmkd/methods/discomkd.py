@@ -106,6 +106,9 @@ def check_weights(weights: dict[str, float]) -> None:
 class DisComKDModule(L.LightningModule):
     """The joint model: one `DisComStudent` per modality plus the training-only heads."""
 
+    # run.fused_optimizer, as the run's fit sets it (cmkd.training.fitted).
+    fused_optimizer: bool | str = "auto"
+
     def __init__(
         self,
         networks: dict[str, dict[str, Any]],
@@ -248,7 +251,7 @@ class DisComKDModule(L.LightningModule):
         self._val = {n: [] for n in self.names}
 
     def configure_optimizers(self):
-        return lightning_optimizers(self.parameters(), self.hparams.optim)
+        return lightning_optimizers(self.parameters(), self.hparams.optim, self.fused_optimizer)
 
     # The per-modality selection is training state: last.ckpt carries it, so a resumed run
     # still knows each student's best epoch and weights from before the interruption.

@@ -23,6 +23,7 @@ from cmkd.bench.perf.tables_parts import (
     data_lines,
     ddp_lines,
     dynm_lines,
+    optimizer_lines,
     weight_grad_lines,
 )
 from cmkd.bench.perf.tables_runloop import (
@@ -104,6 +105,13 @@ SECTIONS: dict[str, tuple[str, str, Body]] = {
         "the weight gradient as one matrix product, in fp32 and bf16 (issue #19). No aim of its "
         "own: the precision section and the distillation epoch include it.",
         lambda e, r: weight_grad_lines(e),
+    ),
+    "optimizer": (
+        "The optimiser step: torch's loop against its fused kernel",
+        "Why `run.fused_optimizer: auto` is on: Adam's step over resnet18's parameters "
+        "with torch's default loop and with its fused kernel (issue #19). No aim of its own: "
+        "the distillation epoch includes it.",
+        lambda e, r: optimizer_lines(e),
     ),
     "bf16_accuracy": (
         "Accuracy: bf16 against fp32",

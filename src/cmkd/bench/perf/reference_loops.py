@@ -15,8 +15,9 @@ the student's training set. The two codes differ in one costly way, and each loo
   gradients unchanged. The authors' loop also computes SKA on every step.
 cmkd runs each method as it ships (SemBridge's SKA on one step in 5, as
 configs/eurosat_asym/sembridge_*.yaml; benchmarks/ska-every.md for its accuracy) through its
-Trainer with its defaults (teacher outputs cached once per run; the run's precision, layout and
-weight-gradient kernels, as cmkd's fit applies them: `training.use_fast_paths`; the training
+Trainer with its defaults (teacher outputs cached once per run; the run's precision, layout,
+weight-gradient kernels and fused Adam step, as cmkd's fit applies them:
+`training.use_fast_paths`, `run.fused_optimizer`; the training
 split standardised once, as cmkd's fit serves it on a CPU: `served.standardized_once`). Both use
 cmkd's own terms, so SKA's arithmetic is the same on both sides.
 
@@ -55,8 +56,8 @@ def _sembridge(ska: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-CHANNELS_LAST, MATMUL_WEIGHT_GRAD = "channels-last", "matmul-weight-grad"
-"""How a variant names cmkd's fast paths (after its precision)."""
+CHANNELS_LAST, MATMUL_WEIGHT_GRAD, FUSED = "channels-last", "matmul-weight-grad", "fused-adam"
+"""How a variant names cmkd's fast paths (after its precision); FUSED: `run.fused_optimizer`."""
 PLAIN_KD = [{"name": "kd", "weight": 0.5, "params": {"temperature": 4.0}}]
 ALONE = "student alone"
 """The reference loop's variant without teacher or term: the student's own fp32 step."""
@@ -125,18 +126,20 @@ def _network(backbone: str, in_chans: int, seed: int):
 
 def reference_epochs(
     task, data, table: torch.Tensor, epochs: int, teacher_backward: bool, alone: bool = False,
-    bf16: bool = False,
+    bf16: bool = False, fused: bool = False,
 ) -> list[float]:  # fmt: skip
     """The reference loop on `task`'s own networks and terms: teacher forward every step (with
     autograd and a backward through it where `teacher_backward`), fp32, Adam; returns each
     epoch's wall seconds. `alone`: the student's step by itself (cross-entropy only, no teacher
     and no term, on the batches `data` serves: raw, or standardised once inside
     `standardized_once`), the floor no teacher cache can go below in this loop; `bf16`: that
-    step's forward and loss in bf16 autocast, as Lightning's bf16-mixed runs them."""
+    step's forward and loss in bf16 autocast, as Lightning's bf16-mixed runs them; `fused`:
+    Adam's fused kernel, as `run.fused_optimizer` gives it (the reference codes use torch's
+    default loop)."""
     student, teacher = task.model, task.teacher
     terms, weights = task.terms, task.weights
     params = [p for p in task.parameters() if p.requires_grad]  # the teacher's are not among them
-    optimiser = torch.optim.Adam(params, lr=1e-3)
+    optimiser = torch.optim.Adam(params, lr=1e-3, fused=fused or None)
     teacher.requires_grad_(teacher_backward)
     loader = data.train_dataloader()  # shuffled per epoch, as the reference codes' loaders
     bank = task.teacher_inputs
@@ -209,6 +212,7 @@ def ready(task, variant: str) -> str:
     from cmkd.training import use_fast_paths
 
     precision, *paths = variant.split(" ")
+    task.fused_optimizer = FUSED in paths
     run = RunConfig(
         precision=precision,
         channels_last=CHANNELS_LAST in paths,
@@ -219,13 +223,19 @@ def ready(task, variant: str) -> str:
 
 
 def default_variant(task) -> str:
-    """What cmkd's defaults (RunConfig) run `task` at here: its precision, then the fast paths
-    they choose ("channels-last", "matmul-weight-grad"), as cmkd's fit resolves them."""
+    """What cmkd's defaults (RunConfig) run `task` at here: its precision, then the
+    fast paths they choose (CHANNELS_LAST, MATMUL_WEIGHT_GRAD, FUSED), as cmkd's fit resolves
+    them."""
     from cmkd.config import RunConfig
+    from cmkd.optim import fused_step
     from cmkd.training import fast_paths
 
-    precision, channels_last, matmul_weight_grad = fast_paths(task, RunConfig(accelerator="cpu"))
+    defaults = RunConfig(accelerator="cpu")
+    precision, channels_last, matmul_weight_grad = fast_paths(task, defaults)
+    trainable = [p for p in task.parameters() if p.requires_grad]
+    fused = bool(fused_step(defaults.fused_optimizer, trainable))
     paths = [CHANNELS_LAST] * channels_last + [MATMUL_WEIGHT_GRAD] * matmul_weight_grad
+    paths += [FUSED] * fused
     return " ".join([precision, *paths])
 
 
@@ -254,8 +264,10 @@ def _compare(
                     task, data, table = _setup(backbone, seed, batch_size, method, side)
                     if variant == ALONE_AT_DEFAULTS:
                         bf16 = ready(task, default) == "bf16-mixed"
+                        fused = FUSED in default.split(" ")
                         with standardized_once(task, data, "cpu"):
-                            times = reference_epochs(task, data, table, epochs, False, True, bf16)
+                            times = reference_epochs(task, data, table, epochs, False, True,
+                                                     bf16, fused)  # fmt: skip
                     elif variant in loops_here:
                         backward = METHODS[method].teacher_backward
                         times = reference_epochs(task, data, table, epochs, backward,

@@ -16,7 +16,7 @@ from cmkd.bench.machine import machine
 from cmkd.bench.pagestore import publish
 from cmkd.bench.perf.ddp import ddp_accuracy
 from cmkd.bench.perf.loading import data_rates
-from cmkd.bench.perf.micro import coral_cost, dynm_speed
+from cmkd.bench.perf.micro import coral_cost, dynm_speed, optimizer_steps
 from cmkd.bench.perf.overhead import distill_overhead
 from cmkd.bench.perf.page import render
 from cmkd.bench.perf.reference_loops import loops
@@ -38,6 +38,7 @@ SECTIONS = (
     "ska",
     "precision",
     "weight_grad",
+    "optimizer",
     "threads",
     "checkpoints",
     "dynm",
@@ -78,6 +79,7 @@ def _steps(
         ),
         "precision": lambda: precision_steps(repeats=repeats, output_dir=distill_costs),
         "weight_grad": lambda: weight_grad_costs(repeats=repeats),
+        "optimizer": lambda: optimizer_steps(repeats=max(repeats, 5)),
         "threads": lambda: threads_under_load(repeats=repeats),
         "checkpoints": lambda: checkpoint_costs(epochs=min(epochs, 3), output_dir=distill_costs),
         "dynm": lambda: dynm_speed(repeats=repeats),
