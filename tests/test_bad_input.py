@@ -103,6 +103,7 @@ def test_unknown_and_abbreviated_options_are_refused(tmp_path, capsys) -> None:
         ("--optim.optimizer", "rmsprop", ["optim.optimizer", "adam, adamw, sgd", "'rmsprop'"]),
         ("--data.train_per_class", "many", ["data.train_per_class", "an integer or null"]),
         ("--run.matmul_weight_grad", "maybe", ["run.matmul_weight_grad", "'maybe'"]),
+        ("--run.fused_optimizer", "often", ["run.fused_optimizer: expected true or false or auto"]),
         (
             "--run.standardize_once",
             "maybe",
@@ -113,6 +114,18 @@ def test_unknown_and_abbreviated_options_are_refused(tmp_path, capsys) -> None:
 )
 def test_value_of_the_wrong_type_names_key_and_value(option, value, culprits, capsys) -> None:
     refused(capsys, ["distill", "--modality", "fou", option, value], *culprits)
+
+
+def test_a_bad_value_is_blamed_on_the_file_only_when_the_file_gave_it(tmp_path, capsys) -> None:
+    config = tmp_path / "fine.yaml"  # a valid value in the file, a bad one on the command line
+    config.write_text("modality: fou\noptim:\n  optimizer: adamw\n")
+    for args in (["--config", str(config), "--optim.optimizer", "rmsprop"],
+                 ["--optim.optimizer", "rmsprop", "--config", str(config)]):  # fmt: skip
+        message = refused(capsys, ["train", *args], "optim.optimizer", "'rmsprop'")
+        assert "config file" not in message
+    config.write_text("modality: fou\noptim:\n  optimizer: rmsprop\n")
+    args = ["train", "--config", str(config), "--optim.optimizer", "sgd"]
+    refused(capsys, args, "'rmsprop' (in config file " + str(config))
 
 
 def test_missing_required_option_and_unknown_command(capsys) -> None:

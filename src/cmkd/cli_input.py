@@ -362,7 +362,7 @@ def parse_error_line(message: str, line: CommandLine, commands: dict) -> str:
         key = ".".join(dict.fromkeys(k for k in keys if k != "init_args"))
         return (
             f"{key}: expected {' or '.join(names)}, got {union.group(2).strip()!r}"
-            f"{_in_config(keys[0], line)}; {helper} describes it"
+            f"{_in_config(keys[0], line, union.group(2).strip())}; {helper} describes it"
         )
     if keys and got:
         keys = [k for k in keys if k != "init_args"]
@@ -370,7 +370,7 @@ def parse_error_line(message: str, line: CommandLine, commands: dict) -> str:
         expected, value = got[-1]
         return (
             f"{key}: expected {_expected(expected.strip())}, got {value.strip()!r}"
-            f"{_in_config(keys[0], line)}; {helper} describes it"
+            f"{_in_config(keys[0], line, value.strip())}; {helper} describes it"
         )
     return " ".join(text.split()) + f" ({helper})"
 
@@ -391,14 +391,17 @@ def _unknown_option(key: str, line: CommandLine, commands: dict, helper: str) ->
     return f"{where} has no option '{key}'{_in_config(key, line)}{hint} ({helper} lists them)"
 
 
-def _in_config(key: str, line: CommandLine) -> str:
-    """' (in config file F)' when the offending key was given in a config file."""
-    for path, data in line.configs:
+def _in_config(key: str, line: CommandLine, value: str | None = None) -> str:
+    """' (in config file F)' when the offending key was given in a config file, and, where
+    the parser names the value it refused, with that value (the same key on the command
+    line is checked, and refused, on its own)."""
+    for path, data in reversed(line.configs):
         node: Any = data
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
                 break
             node = node[part]
         else:
-            return f" (in config file {path})"
+            if value is None or str(node) == value:
+                return f" (in config file {path})"
     return ""
