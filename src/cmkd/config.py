@@ -109,14 +109,14 @@ class RunConfig:
     """Compute a convolution's weight gradient as one matrix product where its output map is
     small and its channels many (resnet18/34's last stages; cmkd.models.matmul_weight_grad),
     where oneDNN's own kernel is slow; auto (the default): on a CPU. The same gradient to the
-    last bits, x1.3-1.4 per resnet18/34 bf16 step on an AMX CPU (benchmarks/performance.md).
+    last bits, x1.5 per resnet18 bf16 step on an AMX CPU (benchmarks/performance.md).
     results.json records whether it was on (a network with convolutions, on a CPU)."""
     fused_optimizer: bool | Literal["auto"] = "auto"
     """torch's fused optimiser kernel (Adam, AdamW, SGD): one pass over all parameters per step
     instead of a loop of elementwise operations per tensor; the same update to the last bits.
     auto (the default): where every trained parameter is a floating-point tensor on a CPU or
-    CUDA device. On a 2-core CPU resnet18's Adam step ran x1.8 faster with channels-last
-    weights, x3.7 in the standard layout (benchmarks/performance.md, optimizer section).
+    CUDA device. On a 2-core CPU resnet18's Adam step ran x1.7-2.1 faster with channels-last
+    weights, x3.4-3.8 in the standard layout (benchmarks/performance.md, optimizer section).
     results.json records whether it was used."""
     standardize_once: bool | Literal["auto"] = "auto"
     """Standardise the training split once per fit, in the network's layout, and serve batches

@@ -3,10 +3,10 @@
 oneDNN's backward-weights convolution is slow on a CPU when the output map has only a few
 positions and the channels are many. On a 2-core AMX CPU (benchmarks/performance.md,
 weight_grad section: `cmkd bench perf --sections '[weight_grad]'`), one backward pass of
-resnet34's last-stage convolution (512 channels, 2 x 2 maps, batch 64) took 80 ms in bf16, and
-31 ms with the weight gradient as below; all of a bf16 resnet34's convolution backward passes
-took 992 ms, and 616 ms where the rule below takes the product. The weight gradient of a
-convolution is the output gradient times the unfolded input (im2col), which at a few positions
+resnet34's last-stage convolution (512 channels, 2 x 2 maps, batch 64) took 75 ms in bf16, and
+22 ms with the weight gradient as below; all of a bf16 resnet34's convolution backward passes
+took 705 ms, and 325 ms where the rule below takes the product. The weight gradient of a
+convolution is the output gradient times the input patches (im2col), which at a few positions
 per map is a small copy and one large, well-shaped GEMM. So `MatmulWeightGradConv2d` computes
 the forward pass and the input gradient as before (oneDNN is fast there) and only the weight
 gradient as that product, where the output map is small and the patch large (MAX_POSITIONS,

@@ -1,8 +1,7 @@
 """The perf page's sections on single parts, rendered from the store: convolution weight
 gradients (`weight_grad`), Adam's fused step (`optimizer`), DynM's matcher (`dynm`), CORAL's
-Gram path (`coral`), data loading
-(`data`), 2 DDP processes against 1 (`ddp`). Each returns the section's body (method and
-tables) as Markdown lines."""
+Gram path (`coral`), data loading (`data`), 2 DDP processes against 1 (`ddp`). Each returns
+the section's body (method and tables) as Markdown lines."""
 
 from __future__ import annotations
 
