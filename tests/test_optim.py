@@ -99,3 +99,12 @@ def test_fused_optimiser_is_the_default_on_a_cpu_and_the_same_update() -> None:
 def test_fused_optimiser_setting_is_checked() -> None:
     with pytest.raises(CmkdError, match="run.fused_optimizer must be true, false or auto"):
         build_optimizer([torch.nn.Parameter(torch.ones(2))], OptimConfig(), "yes")
+
+
+@pytest.mark.parametrize("make", MODULES.values(), ids=MODULES.keys())
+def test_a_task_steps_fused_unless_told_not_to(make) -> None:
+    """README, From Python: `task.fused_optimizer = False` gives torch's default loop."""
+    module = make(asdict(OptimConfig()))
+    assert [g["fused"] for g in module.configure_optimizers().param_groups] == [True]
+    module.fused_optimizer = False
+    assert not any(g["fused"] for g in module.configure_optimizers().param_groups)
