@@ -405,13 +405,18 @@ def test_precision_auto_follows_the_hardware(monkeypatch) -> None:
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
     assert precision.resolve_precision("auto", "cpu") == "bf16-mixed"
     assert precision.resolve_precision("16-mixed", "cpu") == "16-mixed"
-    # bf16 only for networks large enough to gain from it (trainable parameters counted)
+    # bf16 only for networks that gain from it: fully connected ones from 1M trainable
+    # parameters on, convolutional ones at any size
     small, large = torch.nn.Linear(998, 1000), torch.nn.Linear(1000, 1000)
     assert precision.resolve_precision("auto", "cpu", small) == "32-true"  # 998,000 + 1,000
     assert precision.resolve_precision("auto", "cpu", large) == "bf16-mixed"  # 1,001,000
     large.requires_grad_(False)  # a frozen teacher's weights do not count
     assert precision.resolve_precision("auto", "cpu", large) == "32-true"
     assert precision.resolve_precision("32-true", "cpu", large) == "32-true"
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Linear(8, 2))  # 242 parameters
+    assert precision.resolve_precision("auto", "cpu", conv) == "bf16-mixed"
+    conv[0].requires_grad_(False)  # a frozen convolution (a teacher's) does not count either
+    assert precision.resolve_precision("auto", "cpu", conv) == "32-true"
 
 
 def test_auto_precision_and_layout_are_the_defaults_used_and_recorded(quiet_run, data_root) -> None:
@@ -440,8 +445,8 @@ def test_auto_precision_and_layout_are_the_defaults_used_and_recorded(quiet_run,
     result = train_classifier(
         data, model, OptimConfig(epochs=1), run, "rgb", 0, callbacks=(_Look(),)
     )
-    # A small CNN: channels-last, but too small for bf16 to pay (precision.BF16_MIN_PARAMETERS)
-    assert result["run"]["precision"] == seen["precision"] == "32-true"
+    # A small CNN: channels-last, and bf16 where this CPU computes it natively
+    assert result["run"]["precision"] == seen["precision"] == resolve_precision("auto", "cpu")
     assert result["run"]["channels_last"] is True and seen["channels_last"]
     # On a CPU, convolutions use the product weight gradient where it pays (no small_cnn layer does)
     assert result["run"]["matmul_weight_grad"] is True and seen["matmul_weight_grad"]

@@ -100,26 +100,39 @@ def test_a_run_refuses_an_unknown_standardize_once(data_root, quiet_run) -> None
         check_run(replace(quiet_run, standardize_once="yes"), cmkd.OptimConfig(), data)
 
 
-def _fit(task: L.LightningModule, dm: cmkd.DataModule, serve: bool) -> dict[str, torch.Tensor]:
+def _fit(
+    task: L.LightningModule, dm: cmkd.DataModule, serve: bool, precision: str = "32-true"
+) -> dict[str, torch.Tensor]:
     """Two epochs through a plain Trainer, standardised once or per batch."""
     _ready(task)
     L.seed_everything(0, verbose=False)  # the augmentation's draws
     trainer = L.Trainer(
         max_epochs=2,
         accelerator="cpu",
+        precision=precision,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    with cmkd.standardized_once(task, dm, "cpu" if serve else "gpu") as serving:
+    device = "cpu" if serve else "gpu"
+    with cmkd.standardized_once(task, dm, device, precision=precision) as serving:
         assert serving is serve
+        if serve:  # under bf16-mixed a small CNN's inputs are served in bf16
+            want = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
+            assert dm.training_split().x.dtype == want
         trainer.fit(task, datamodule=dm)
     return {k: v.clone() for k, v in task.state_dict().items()}
 
 
-@pytest.mark.parametrize("method", ["no KD, augmented", "KD"])
-def test_a_served_fit_is_bit_identical_to_a_per_batch_one(data_root, method: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "precision"),
+    [("no KD, augmented", "32-true"), ("KD", "32-true"), ("no KD, augmented", "bf16-mixed"),
+     ("KD", "bf16-mixed")],
+)  # fmt: skip
+def test_a_served_fit_is_bit_identical_to_a_per_batch_one(
+    data_root, method: str, precision: str
+) -> None:
     # EuroSAT paired: the student on MS, a KD teacher on the RGB twins
     ms = cmkd.DataModule.from_source(
         "eurosat_paired", "ms", batch_size=16, train_per_class=4, seed=0
@@ -134,9 +147,43 @@ def test_a_served_fit_is_bit_identical_to_a_per_batch_one(data_root, method: str
         return cmkd.ClassifierTask.for_data(ms, SMALL_CNN, augment=True)
 
     start = build().state_dict()["model.network.classifier.weight"]
-    per_batch, once = _fit(build(), ms, False), _fit(build(), ms, True)
+    per_batch, once = _fit(build(), ms, False, precision), _fit(build(), ms, True, precision)
     assert per_batch.keys() == once.keys()
     for key, value in per_batch.items():
         assert torch.equal(once[key], value), key
     # training moved the weights: the comparison is not of two untouched networks
     assert not torch.equal(once["model.network.classifier.weight"], start)
+
+
+class _SkipFromInput(torch.nn.Module):
+    """A convolution first, but the raw input is added to its output too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + x
+
+
+@pytest.mark.parametrize(
+    ("network", "casts"),
+    [
+        (torch.nn.Conv2d(3, 4, 3), True),
+        (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 4)), True),  # an MLP
+        (torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 4, 3)), False),
+        (_SkipFromInput(), False),
+    ],
+    ids=["conv", "flatten-linear", "batchnorm-first", "skip-from-input"],
+)
+def test_inputs_are_served_in_bf16_only_where_autocast_would_round_them_first(
+    network: torch.nn.Module, casts: bool
+) -> None:
+    network.train()
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    x = torch.randn(2, 3, 8, 8)
+    assert served.first_layer_casts_input(network, x) is casts
+    # the probe leaves the network as it was: mode, statistics, no hooks
+    assert network.training and all(not m._forward_pre_hooks for m in network.modules())
+    after = network.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

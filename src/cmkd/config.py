@@ -98,7 +98,8 @@ class RunConfig:
     precision: str = "auto"
     """A Lightning precision (32-true, bf16-mixed, 16-mixed, ...) or auto (the default):
     bf16-mixed where the device computes bfloat16 natively (CUDA capability >= 8.0; a CPU with
-    AVX512-BF16 or AMX) and the network has at least 1M trainable parameters, else 32-true.
+    AVX512-BF16 or AMX) and the network trains a convolution or has at least 1M trainable
+    parameters (`cmkd.precision.gains_from_bf16`), else 32-true.
     bf16 costs no accuracy on the SemBridge grid's scenarios (benchmarks/precision.md);
     results.json records the precision used."""
     channels_last: bool | Literal["auto"] = "auto"

@@ -4,11 +4,15 @@ machine.
 bfloat16 pays only where the hardware multiplies it natively: CUDA GPUs of compute capability
 8.0 and later (Ampere on), and CPUs with AVX512-BF16 or AMX-BF16 (Intel Cooper Lake, Sapphire
 Rapids on; AMD Zen 4 on). Elsewhere it is emulated and slower than float32, so `auto` stays
-at 32-true there. It also pays only where the network's matrix products outweigh autocast's
-per-op casts: on a 2-core AMX CPU (benchmarks/performance.md) a resnet18 step took x0.53-0.67
-the fp32 time, a small CNN's (99k parameters) x0.94-1.0, and a 50-d linear model's 1,000-step
-fit 1.7x longer. So `auto` picks bf16 for networks of at least BF16_MIN_PARAMETERS trainable
-parameters.
+at 32-true there. It also pays only where the network's products outweigh autocast's per-op
+casts. A convolution's work per parameter grows with its input's area, and its activations
+(half the bytes in bf16) dominate memory traffic: on a 2-core AMX CPU (the precision section
+of benchmarks/performance.md) a 99k-parameter small CNN's training step took x0.48-0.94 the
+fp32 time on every built-in image and audio source (UC Merced 256 x 256 to MNIST 28 x 28),
+and a resnet18 step x0.5. A fully connected layer does one multiply-add per parameter and
+sample: there a 50-d linear model's 1,000-step fit took 1.7x longer in bf16. So `auto` picks
+bf16 for networks with a trainable convolution, and for others of at least
+BF16_MIN_PARAMETERS trainable parameters.
 """
 
 from __future__ import annotations
@@ -58,17 +62,24 @@ def resolve_precision(
     precision: str, accelerator: str, module: torch.nn.Module | None = None
 ) -> str:
     """`run.precision` as Lightning takes it: auto becomes bf16-mixed where the device computes
-    bf16 natively and `module` (when given) has at least BF16_MIN_PARAMETERS trainable
-    parameters, else 32-true."""
+    bf16 natively and `module` (when given) gains from it (`gains_from_bf16`), else 32-true."""
     if str(precision) != "auto":
         return str(precision)
     if not native_bf16(training_device(accelerator)):
         return "32-true"
-    if module is not None:
-        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        if trainable < BF16_MIN_PARAMETERS:
-            return "32-true"
+    if module is not None and not gains_from_bf16(module):
+        return "32-true"
     return "bf16-mixed"
+
+
+def gains_from_bf16(module: torch.nn.Module) -> bool:
+    """Whether bf16 autocast speeds up training `module` where bf16 is native: it trains a
+    convolution (a 4-D weight), or at least BF16_MIN_PARAMETERS parameters. Frozen parameters
+    (a teacher's) do not count."""
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    if any(p.ndim == 4 for p in trainable):
+        return True
+    return sum(p.numel() for p in trainable) >= BF16_MIN_PARAMETERS
 
 
 def resolve_channels_last(setting: bool | str, module: torch.nn.Module) -> bool:

@@ -332,7 +332,9 @@ def fitted(
     L.seed_everything(seed_for(module.hparams.seed, "fit"), verbose=False)
     with training_threads(run.threads) as threads:
         start = time.perf_counter()
-        with standardized_once(module, datamodule, run.accelerator, run.standardize_once) as served:
+        with standardized_once(
+            module, datamodule, run.accelerator, run.standardize_once, precision
+        ) as served:
             # weights_only everywhere a checkpoint is read: loading one must never run code.
             trainer.fit(module, **data, ckpt_path=resume_from, weights_only=True)
         seconds = time.perf_counter() - start

@@ -32,6 +32,7 @@ from cmkd.bench.perf.run import _machine, perf
 from cmkd.bench.perf.threads import threads_under_load
 from cmkd.cli import main
 from cmkd.errors import CmkdError
+from cmkd.precision import resolve_precision
 
 TINY_SKA = {"grid": {"dim": 16, "heads": 4}, "every 2": {"dim": 16, "heads": 4, "every": 2}}
 
@@ -56,13 +57,21 @@ def _toy_sections(folder: Path) -> dict[str, Any]:
             scenarios=(("small_cnn", 4, TINY_SKA),),
             output_dir=str(folder / "ska"),
         ),  # fmt: skip
-        "precision": lambda: runloop_distill.precision_steps(
-            (("small_cnn", "small_cnn"),),
-            repeats=1,
-            steps=1,
-            epoch_repeats=1,
-            output_dir=folder / "costs",
-        ),  # fmt: skip
+        "precision": lambda: {
+            **runloop_distill.precision_steps(
+                (("small_cnn", "small_cnn"),),
+                repeats=1,
+                steps=1,
+                epoch_repeats=1,
+                output_dir=folder / "costs",
+            ),
+            "sources": runloop_distill.bf16_by_source(
+                (("fsdd", "audio", "small_cnn"), ("mfeat", "fac", "mlp")),
+                repeats=2,
+                steps=1,
+                batch_size=8,
+            ),
+        },  # fmt: skip
         "weight_grad": lambda: weight_grad.weight_grad_costs(
             ("resnet18",), batch=2, size=32, repeats=1
         ),
@@ -126,13 +135,14 @@ def test_every_section_reports_what_its_page_section_shows(toy_store) -> None:
     assert set(commands) == {"plain PyTorch script", "cmkd train"}
     assert all(0 <= e["test_acc"] <= 1 and e["ratio"]["n"] == 1 for e in commands.values())
     # loops: cmkd's defaults for the network and fp32 are measured, as found and under load,
-    # both methods (a small CNN: fp32, channels-last, fused Adam).
+    # both methods (a small CNN: bf16 where this CPU has it, channels-last, fused Adam).
     lo = s["loops"]
+    auto = resolve_precision("auto", "cpu")
     assert set(lo["conditions"]) == {"+0 busy", "+1 busy"}
     for c in lo["conditions"].values():
         assert len(c["rows"]) == 2
         for row in c["rows"].values():
-            default = "32-true channels-last matmul-weight-grad fused-adam"
+            default = f"{auto} channels-last matmul-weight-grad fused-adam"
             assert row["default_variant"] == default
             assert set(row["speedup"]) == {"32-true", default}
         # The student-alone floors (fp32, at cmkd's defaults) are timed once per backbone,
@@ -148,6 +158,12 @@ def test_every_section_reports_what_its_page_section_shows(toy_store) -> None:
     pair = s["precision"]["pairs"]["small_cnn -> small_cnn"]
     assert pair["fp32"]["vs_fp32"]["median"] == 1.0 and "bf16 channels-last" in pair
     assert pair["bf16 channels-last matmul-weight-grad"]["vs_fp32"]["median"] > 0
+    # precision by source: auto's rule beside each measured ratio (a CNN yes, a small MLP no)
+    by_source = s["precision"]["sources"]
+    assert by_source["fsdd"]["input_shape"] == [1, 32, 48] and by_source["fsdd"]["bf16_served"]
+    assert by_source["fsdd"]["auto_picks_bf16"] and not by_source["mfeat"]["auto_picks_bf16"]
+    assert all(e["bf16_vs_fp32"]["n"] == 2 and e["fp32_seconds"]["median"] > 0
+               for e in by_source.values())  # fmt: skip
     # weight_grad: resnet18's 20 convolutions; at a 32 x 32 input the last stage's maps are
     # 1 x 1, where the rule takes the product in both dtypes; the stem stays with oneDNN.
     wg = s["weight_grad"]

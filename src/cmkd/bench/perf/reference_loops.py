@@ -18,7 +18,8 @@ configs/eurosat_asym/sembridge_*.yaml; benchmarks/ska-every.md for its accuracy)
 Trainer with its defaults (teacher outputs cached once per run; the run's precision, layout,
 weight-gradient kernels and fused Adam step, as cmkd's fit applies them:
 `training.use_fast_paths`, `run.fused_optimizer`; the training
-split standardised once, as cmkd's fit serves it on a CPU: `served.standardized_once`). Both use
+split standardised once, as cmkd's fit serves it on a CPU, in bf16 where the run is and that
+changes no bit: `served.standardized_once`). Both use
 cmkd's own terms, so SKA's arithmetic is the same on both sides.
 
 Scenario (the issue's): RGB teacher -> MS student on the 221 EuroSAT MS training patches,
@@ -200,7 +201,7 @@ def cmkd_epochs(task, data, epochs: int, variant: str) -> tuple[list[float], flo
         limit_val_batches=0,
         callbacks=[timer],
     )
-    with standardized_once(task, data, "cpu"):  # as cmkd's fit does, at every precision
+    with standardized_once(task, data, "cpu", precision=precision):  # as cmkd's fit does
         trainer.fit(task, datamodule=data)
     return timer.epoch_seconds, task.teacher_seconds
 
@@ -263,9 +264,9 @@ def _compare(
                     side = "cmkd" if variant in measured else "reference"
                     task, data, table = _setup(backbone, seed, batch_size, method, side)
                     if variant == ALONE_AT_DEFAULTS:
-                        bf16 = ready(task, default) == "bf16-mixed"
-                        fused = FUSED in default.split(" ")
-                        with standardized_once(task, data, "cpu"):
+                        precision = ready(task, default)
+                        bf16, fused = precision == "bf16-mixed", FUSED in default.split(" ")
+                        with standardized_once(task, data, "cpu", precision=precision):
                             times = reference_epochs(task, data, table, epochs, False, True,
                                                      bf16, fused)  # fmt: skip
                     elif variant in loops_here:

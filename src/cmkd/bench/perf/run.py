@@ -21,7 +21,7 @@ from cmkd.bench.perf.overhead import distill_overhead
 from cmkd.bench.perf.page import render
 from cmkd.bench.perf.reference_loops import loops
 from cmkd.bench.perf.runloop import fit_vs_plain, help_times
-from cmkd.bench.perf.runloop_distill import checkpoint_costs, precision_steps
+from cmkd.bench.perf.runloop_distill import bf16_by_source, checkpoint_costs, precision_steps
 from cmkd.bench.perf.ska import measure as ska_overhead
 from cmkd.bench.perf.threads import threads_under_load
 from cmkd.bench.perf.timing import load
@@ -77,7 +77,10 @@ def _steps(
             epoch_repeats=repeats,
             output_dir=f"{runs_dir}/ska",
         ),
-        "precision": lambda: precision_steps(repeats=repeats, output_dir=distill_costs),
+        "precision": lambda: {
+            **precision_steps(repeats=repeats, output_dir=distill_costs),
+            "sources": bf16_by_source(repeats=max(repeats, 5)),
+        },
         "weight_grad": lambda: weight_grad_costs(repeats=repeats),
         "optimizer": lambda: optimizer_steps(repeats=max(repeats, 5)),
         "threads": lambda: threads_under_load(repeats=repeats),

@@ -1,6 +1,8 @@
 """Run-loop costs of a distillation (issue #19): the checkpoint share of an epoch and the
 sizes of its files, before and now (`checkpoint_costs`); a KD+SKA step and epoch at 32-true
-against `precision: auto`, with and without channels-last (`precision_steps`).
+against `precision: auto`, with and without channels-last (`precision_steps`); a student's
+step at fp32 and bf16 on every built-in source, the measurements behind `precision: auto`'s
+rule (`bf16_by_source`).
 
 Both run under cmkd's thread policy (`run.threads: auto`), as a training run does.
 """
@@ -226,4 +228,68 @@ def precision_steps(
             entry["epoch_seconds"] = {k: spread(v) for k, v in epochs.items()}
             entry["epoch_auto_vs_fp32"] = ratios(epochs["auto"], epochs["32-true"])
             out["pairs"][f"{teacher} -> {student}"] = entry
+    return out
+
+
+BF16_SOURCES = (
+    ("eurosat_ms", "ms", "small_cnn"),
+    ("eurosat_rgb", "rgb", "small_cnn"),
+    ("ucmerced", "rgb", "small_cnn"),
+    ("fsdd", "audio", "small_cnn"),
+    ("mnist", "image", "small_cnn"),
+    ("mfeat", "fac", "mlp"),
+)
+"""(source, modality, backbone): each built-in source with the backbone its configs train."""
+
+
+def bf16_by_source(
+    sources: tuple[tuple[str, str, str], ...] = BF16_SOURCES,
+    repeats: int = 5,
+    steps: int = 5,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Per source: a student's training step (a batch of its training split, cross-entropy,
+    Adam) at fp32 and in bf16 autocast, the network otherwise as cmkd's defaults ready it
+    (layout, weight-gradient kernels, fused Adam, the split standardised once, and served in
+    bf16 to the bf16 step where cmkd's fit serves it so: `cmkd.served`), interleaved,
+    the median of `steps` per repeat; the paired ratio bf16 / fp32 beside what `precision:
+    auto` picks for that network (`cmkd.precision.gains_from_bf16`)."""
+    from cmkd.data.datamodule import ModalityDataModule
+    from cmkd.methods.classifier import ClassifierModule
+    from cmkd.precision import gains_from_bf16
+    from cmkd.served import standardized_once
+    from cmkd.training import use_fast_paths
+
+    out: dict[str, Any] = {}
+    with training_threads("auto"):
+        for source, modality, backbone in sources:
+            data = ModalityDataModule.from_source(source, modality, batch_size=batch_size)
+            task = ClassifierModule.for_data(data, backbone, seed=0)
+            _, channels_last, matmul = use_fast_paths(task, RunConfig(accelerator="cpu"))
+            times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+            batches = {}
+            for name, precision in (("fp32", "32-true"), ("bf16", "bf16-mixed")):
+                with standardized_once(task, data, "cpu", precision=precision):
+                    batches[name] = data.training_split().batch(range(batch_size))
+            with standardized_once(task, data, "cpu"):  # the task takes standardised inputs
+                timers = {
+                    name: _step_timer(task, batches[name], name == "bf16", channels_last, matmul)
+                    for name in times
+                }
+                for timer in timers.values():
+                    timer()  # warm-up: kernels chosen, buffers allocated
+                for r in range(repeats):
+                    for name in (*times,)[r % 2 :] + (*times,)[: r % 2]:
+                        times[name].append(statistics.median(timers[name]() for _ in range(steps)))
+            out[source] = {
+                "modality": modality,
+                "backbone": backbone,
+                "input_shape": list(batches["fp32"][modality].shape[1:]),
+                "bf16_served": batches["bf16"][modality].dtype == torch.bfloat16,
+                "parameters": sum(p.numel() for p in task.parameters() if p.requires_grad),
+                "auto_picks_bf16": gains_from_bf16(task),
+                "fp32_seconds": spread(times["fp32"]),
+                "bf16_vs_fp32": ratios(times["bf16"], times["fp32"]),
+                "load": load(),
+            }
     return out
