@@ -7,10 +7,11 @@ Rapids on; AMD Zen 4 on). Elsewhere it is emulated and slower than float32, so `
 at 32-true there. It also pays only where the network's products outweigh autocast's per-op
 casts. A convolution's work per parameter grows with its input's area, and its activations
 (half the bytes in bf16) dominate memory traffic: on a 2-core AMX CPU (the precision section
-of benchmarks/performance.md) a 99k-parameter small CNN's training step took x0.48-0.94 the
+of benchmarks/performance.md) a 99k-parameter small CNN's training step took x0.46-0.97 the
 fp32 time on every built-in image and audio source (UC Merced 256 x 256 to MNIST 28 x 28),
 and a resnet18 step x0.5. A fully connected layer does one multiply-add per parameter and
-sample: there a 50-d linear model's 1,000-step fit took 1.7x longer in bf16. So `auto` picks
+sample: there a 90k-parameter MLP's step took x1.24, and a 50-d linear model's 1,000-step fit
+1.7x longer in bf16. So `auto` picks
 bf16 for networks with a trainable convolution, and for others of at least
 BF16_MIN_PARAMETERS trainable parameters.
 """
