@@ -11,9 +11,8 @@ of benchmarks/performance.md) a 99k-parameter small CNN's training step took x0.
 fp32 time on every built-in image and audio source (UC Merced 256 x 256 to MNIST 28 x 28),
 and a resnet18 step x0.5. A fully connected layer does one multiply-add per parameter and
 sample: there a 90k-parameter MLP's step took x1.24, and a 50-d linear model's 1,000-step fit
-1.7x longer in bf16. So `auto` picks
-bf16 for networks with a trainable convolution, and for others of at least
-BF16_MIN_PARAMETERS trainable parameters.
+1.7x longer in bf16. So `auto` picks bf16 for networks with a trainable convolution, and for
+others of at least BF16_MIN_PARAMETERS trainable parameters.
 """
 
 from __future__ import annotations
