@@ -108,8 +108,6 @@ def first_layer_casts_input(network: nn.Module, x: torch.Tensor) -> bool:
         network.eval()
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
             full = _tensors(network(x))
-            for hook in hooks:
-                hook.remove()
             if not (first and isinstance(first[0], CASTING_LAYERS)):
                 return False
             rounded = _tensors(network(x.to(torch.bfloat16)))
