@@ -12,6 +12,7 @@ from cmkd.bench.machine import machine, peak_memory
 from cmkd.bench.perf.loading import data_rates
 from cmkd.bench.perf.micro import _logits, coral_cost, dynm_speed, min_kl_authors, min_kl_loop
 from cmkd.bench.perf.overhead import summarise_overhead
+from cmkd.bench.perf.timing import timed_epochs
 from cmkd.bench.perf.page import render
 from cmkd.pairing.dynamic import min_kl_match
 
@@ -66,6 +67,27 @@ def _run(epoch: list[float], step: list[float], fill: float | None = None) -> di
         "teacher_seconds": fill,
         "test_acc": 0.5,
     }
+
+
+def test_a_cost_paid_on_one_step_in_k_counts_in_its_proportion() -> None:
+    # SemBridge's SKA on one step in 10, 7 steps an epoch: 7 of the 10 timed epochs hold one
+    # SKA step (+0.7 s), 3 none. A median epoch would count it on every epoch (x1.7); the mean
+    # counts it 7 times in 10 epochs: 1 + 0.49.
+    epochs = timed_epochs(5, samples=221, batch_size=32, every=10, untimed=2)
+    assert epochs == 12  # 2 untimed + 10 epochs of 7 steps: 7 whole cycles of 10 steps
+    with_ska = [9.0, 1.7, 9.0, 1.7, 1.0, 1.7, 1.7, 1.0, 1.7, 1.7, 1.0, 1.7]
+    runs = {
+        "no KD": [_run([9.0] + [1.0] * 11, [9.0] + [1.0] * 11)],
+        "KD (teacher cache)": [_run([9.0] + [1.0] * 11, [9.0] + [1.0] * 11, 1.0)],
+        "SemBridge (KD + SKA + DynM)": [_run(with_ska, with_ska, 1.0)],
+    }
+    out = summarise_overhead(runs, rematch_epoch=2)
+    assert out["epoch_statistic"] == "mean"
+    assert out["sembridge"]["epoch_ratio_vs_kd"] == pytest.approx(1.49)
+    # Other sizes: the fewest epochs at least asked for whose timed part is whole cycles.
+    assert timed_epochs(5, samples=221, batch_size=64, every=10, untimed=1) == 6  # 4 steps
+    assert timed_epochs(5, samples=221, batch_size=32, every=1, untimed=2) == 5
+    assert timed_epochs(30, samples=100, batch_size=10, every=5, untimed=1) == 30  # 2 cycles each
 
 
 def test_overhead_ratios_leave_out_warm_up_and_rematch_epochs() -> None:
@@ -142,3 +164,24 @@ def test_the_overhead_sembridge_arm_runs_ska_as_the_shipped_sembridge_configs() 
     for path in shipped:
         terms = yaml.safe_load(path.read_text())["distill"]["terms"]
         assert [t["params"] for t in terms if t["name"] == "ska"] == [SHIPPED_SKA], path.name
+
+
+def test_the_every_grid_checks_the_shipped_ska_schedule() -> None:
+    # The perf page's SKA every-k accuracy check reads the grid's first contrast: its cheaper
+    # row must run SKA as the shipped SemBridge configs do, its other row on every step.
+    from pathlib import Path
+
+    import yaml
+
+    from cmkd.bench.perf.overhead import SHIPPED_SKA
+
+    grid = yaml.safe_load((Path(__file__).parents[2] / "configs/bench/ska-every.yaml").read_text())
+    approx, exact = next(iter(grid["contrasts"].values()))
+
+    def ska(row: str) -> dict:
+        (params,) = [t["params"] for t in grid["methods"][row]["terms"] if t["name"] == "ska"]
+        return params
+
+    assert ska(approx) == SHIPPED_SKA
+    assert ska(exact).get("every", 1) == 1
+    assert {**ska(exact), "every": 1} == {**SHIPPED_SKA, "every": 1}

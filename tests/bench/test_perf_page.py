@@ -112,9 +112,9 @@ def test_every_verdict_follows_the_numbers_across_its_bound() -> None:
 def test_the_ska_every_check_is_met_only_within_one_point() -> None:
     close = {"ska_every_accuracy": {"seeds": [0, 1, 2], "exact": [0.8, 0.7, 0.9],
                                     "approx": [0.802, 0.7, 0.901]}}  # fmt: skip
-    assert _find(_verdicts(close), "SKA on every 5th step") == "met"
+    assert _find(_verdicts(close), "SKA on every k-th step") == "met"
     close["ska_every_accuracy"]["approx"] = [0.78, 0.66, 0.9]  # 0 to 4 points lower
-    assert _find(_verdicts(close), "SKA on every 5th step") == "**not met**"
+    assert _find(_verdicts(close), "SKA on every k-th step") == "**not met**"
 
 
 def test_aims_without_their_sections_are_not_measured() -> None:

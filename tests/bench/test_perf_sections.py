@@ -26,6 +26,7 @@ from cmkd.bench.perf import (
 )
 from cmkd.bench.perf.ddp import ddp_accuracy
 from cmkd.bench.perf.loading import data_rates
+from cmkd.bench.perf.overhead import SHIPPED_SKA
 from cmkd.bench.perf.page import SECTIONS, render
 from cmkd.bench.perf.run import SECTIONS as MEASURED
 from cmkd.bench.perf.run import _machine, perf
@@ -154,7 +155,7 @@ def test_every_section_reports_what_its_page_section_shows(toy_store) -> None:
     assert s["overhead"]["sembridge"]["amortised_epoch_ratio_vs_kd"] > 0
     steps = s["ska"]["steps"][0]
     assert steps["feature_map"] == [128, 4, 4] and set(steps["arms"]) == set(TINY_SKA)
-    assert set(s["ska"]["epoch"]["ratio"]) == {"grid", "grid, every 5"}
+    assert set(s["ska"]["epoch"]["ratio"]) == {"grid", f"grid, every {SHIPPED_SKA['every']}"}
     pair = s["precision"]["pairs"]["small_cnn -> small_cnn"]
     assert pair["fp32"]["vs_fp32"]["median"] == 1.0 and "bf16 channels-last" in pair
     assert pair["bf16 channels-last matmul-weight-grad"]["vs_fp32"]["median"] > 0

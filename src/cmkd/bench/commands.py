@@ -251,8 +251,9 @@ def perf(
         accuracy_grid: A grid that trains the same models at bf16 and fp32 (its page, store or
             results folder; configs/bench/precision.yaml), read into the bf16 accuracy check.
             `--sections '[]' --accuracy_grid benchmarks/precision.md` adds only that check.
-        every_grid: A grid contrasting SemBridge with SKA on every 5th step against every step
-            (configs/bench/ska-every.yaml), read into the SKA every-k accuracy check.
+        every_grid: A grid contrasting SemBridge with SKA on every k-th step against every step
+            (configs/bench/ska-every.yaml; its first contrast), read into the SKA every-k
+            accuracy check.
         keep: Keep the page's stored sections that this run does not measure (each names the
             run that measured it); refused where the page was measured on another machine.
     """

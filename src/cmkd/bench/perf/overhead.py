@@ -5,10 +5,10 @@ the DynM re-match are reported on their own."""
 from __future__ import annotations
 
 from dataclasses import replace
-from statistics import median
+from statistics import fmean, median
 from typing import Any
 
-from cmkd.bench.perf.timing import EpochClock
+from cmkd.bench.perf.timing import EpochClock, timed_epochs
 from cmkd.config import (
     DataConfig,
     DistillConfig,
@@ -19,9 +19,9 @@ from cmkd.config import (
     TermConfig,
 )
 
-SHIPPED_SKA = {"dim": 256, "every": 5}
+SHIPPED_SKA = {"dim": 256, "every": 10}
 """SKA's options in the SemBridge configs cmkd ships (configs/eurosat_asym/sembridge_*.yaml):
-the SemBridge grid's width, computed on every 5th step (benchmarks/ska-every.md: it keeps
+the SemBridge grid's width, computed on every 10th step (benchmarks/ska-every.md: it keeps
 SemBridge's accuracy). `distill_overhead`'s SemBridge arm runs SKA so by default; its KD + SKA
 arm computes SKA on every step."""
 
@@ -62,10 +62,12 @@ def distill_overhead(
     `only`: the methods to time (names of `_methods`; "no KD" is always timed).
 
     Every method runs `repeats` times, interleaved (method order rotates each repeat); per run
-    the median over the epochs after the first (warm-up) and, for SemBridge, other than the
-    re-match epoch; then the median over repeats. Reports both whole epochs (steps, data,
-    validation, checkpoint) and the training steps alone, and the teacher-cache fill and the
-    DynM re-match as seconds of their own.
+    the mean over the epochs after the first (warm-up) other than the re-match epoch, so that
+    a cost paid on one step in k (SKA's `every`) counts in its proportion (a median epoch
+    would hold 0 or 1 such step; `epochs` grows to whole cycles of it: `timed_epochs`); then
+    the median over repeats, against the noise. Reports
+    both whole epochs (steps, data, validation, checkpoint) and the training steps alone, and
+    the teacher-cache fill and the DynM re-match as seconds of their own.
     """
     from cmkd.data.datamodule import prepare_data
     from cmkd.recipes import distill_student, train_classifier
@@ -77,13 +79,15 @@ def distill_overhead(
     data = DataConfig(source="eurosat_paired", batch_size=batch_size)
     run = RunConfig(output_dir=output_dir, progress_bar=False, overwrite=True, accelerator="cpu")
     prepared = prepare_data(data, seed)
+    ska = SHIPPED_SKA if ska is None else ska
+    rematch = 2
+    samples = len(prepared.rows("rgb", "train"))
+    epochs = timed_epochs(epochs, samples, batch_size, ska.get("every", 1), untimed=2)
     t_timer = EpochClock()
     t_result = train_classifier(
         data, model=teacher, optim=OptimConfig(epochs=2), run=replace(run, name="teacher"),
         modality="ms", seed=seed, callbacks=(t_timer,), prepared=prepared,
     )  # fmt: skip
-    rematch = 2
-    ska = SHIPPED_SKA if ska is None else ska
     methods = _methods(rematch, ska)
     names = [n for n in methods if only is None or n in only or n == "no KD"]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
@@ -136,10 +140,14 @@ def summarise_overhead(runs: dict[str, list[dict[str, Any]]], rematch_epoch: int
     """Ratios against "no KD" from per-run epoch timings (see distill_overhead)."""
     steady = [e for e in range(1, len(next(iter(runs.values()))[0]["epoch_seconds"]))]
     steady = [e for e in steady if e != rematch_epoch]
+
+    def per_run(r: dict[str, Any], key: str = "epoch_seconds") -> float:
+        return fmean(r[key][e] for e in steady)
+
     med: dict[str, dict[str, float]] = {}
     for name, rs in runs.items():
-        epoch = median([median([r["epoch_seconds"][e] for e in steady]) for r in rs])
-        step = median([median([r["step_seconds"][e] for e in steady]) for r in rs])
+        epoch = median([per_run(r) for r in rs])
+        step = median([per_run(r, "step_seconds") for r in rs])
         entry = {"epoch_s": epoch, "step_s": step}
         rematch = [r["epoch_seconds"][rematch_epoch] for r in rs]
         entry["epoch_at_rematch_s"] = median(rematch)
@@ -154,12 +162,10 @@ def summarise_overhead(runs: dict[str, list[dict[str, Any]]], rematch_epoch: int
         entry["step_ratio"] = entry["step_s"] / base["step_s"]
         # The spread: each repeat's ratio against the no-KD run of the same repeat.
         per_repeat = [
-            median([r["epoch_seconds"][e] for e in steady])
-            / median([b["epoch_seconds"][e] for e in steady])
-            for r, b in zip(runs[name], runs["no KD"], strict=False)
+            per_run(r) / per_run(b) for r, b in zip(runs[name], runs["no KD"], strict=False)
         ]
         entry["epoch_ratio_range"] = [min(per_repeat), max(per_repeat)]
-    out: dict[str, Any] = {"methods": med}
+    out: dict[str, Any] = {"methods": med, "epoch_statistic": "mean"}
     sb = next((k for k in med if k.startswith("SemBridge")), None)
     kd = "KD (teacher cache)"
     if sb is not None and kd in med:

@@ -121,8 +121,8 @@ SECTIONS: dict[str, tuple[str, str, Body]] = {
         lambda e, r: bf16_accuracy_lines(e),
     ),
     "ska_every_accuracy": (
-        "Accuracy: SKA on every 5th step against every step",
-        "SemBridge with SKA computed on every 5th training step only (times 5 there) against "
+        "Accuracy: SKA on every k-th step against every step",
+        "SemBridge with SKA computed on every k-th training step only (times k there) against "
         "SKA on every step, paired by seed, from a grid (`--every_grid`; `cmkd bench perf` "
         "does not train to convergence). Aim (issue #19): the cheaper schedule keeps "
         "SemBridge's accuracy (the paired interval lies within +-1 point).",

@@ -13,8 +13,8 @@ the student's training set. The two codes differ in one costly way, and each loo
   used: the teacher is not in the optimiser). cmkd's terms detach the teacher's outputs, so
   the reference joins them to its loss with weight 0: the same backward pass, and the student's
   gradients unchanged. The authors' loop also computes SKA on every step.
-cmkd runs each method as it ships (SemBridge's SKA on one step in 5, as
-configs/eurosat_asym/sembridge_*.yaml; benchmarks/ska-every.md for its accuracy) through its
+cmkd runs each method as it ships (SemBridge's SKA on one step in k, `overhead.SHIPPED_SKA`,
+as configs/eurosat_asym/sembridge_*.yaml; benchmarks/ska-every.md for its accuracy) through its
 Trainer with its defaults (teacher outputs cached once per run; the run's precision, layout,
 weight-gradient kernels and fused Adam step, as cmkd's fit applies them:
 `training.use_fast_paths`, `run.fused_optimizer`; the training
@@ -27,8 +27,9 @@ matched (here class-random, fixed) pairs, batch 64, one thread; a small CNN, res
 resnet34 (the issue's pair and the paper's R/R); SemBridge = 0.3 CE + 0.4 KD
 (T 3, no T^2) + 0.003 SKA (dim 256); plain KD = 0.5 CE + 0.5 KD (T 4). Both loops keep the
 data in memory (the authors' decode every image from disk each epoch). Per-epoch wall time,
-median over the epochs after the first (the cache is filled before the first epoch and its
-one-off cost is reported on its own), interleaved repeats; once on the machine as found and
+mean over the epochs after the first (the cache is filled before the first epoch and its
+one-off cost is reported on its own; as many epochs as hold whole cycles of SKA's every-k
+steps, `timing.timed_epochs`), median over interleaved repeats; once on the machine as found and
 once with busy-looping processes added (other users' load). Two floors say what cmkd could
 reach: the student's own step in the reference loop (no teacher and no term), as the
 reference codes run it (fp32) and at cmkd's defaults.
@@ -39,7 +40,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass
-from statistics import median
+from statistics import fmean, median
 from typing import Any
 
 import torch
@@ -47,7 +48,7 @@ import torch.nn.functional as F
 
 from cmkd.bench.perf.overhead import SHIPPED_SKA
 from cmkd.bench.perf.tables_distill import FLOOR_AT_DEFAULTS_KEY, FLOOR_FP32_KEY
-from cmkd.bench.perf.timing import EpochClock, busy_processes, load
+from cmkd.bench.perf.timing import EpochClock, busy_processes, load, timed_epochs
 
 
 def _sembridge(ska: dict[str, Any]) -> list[dict[str, Any]]:
@@ -276,7 +277,7 @@ def _compare(
                     else:
                         times, fill = cmkd_epochs(task, data, epochs, variant)
                         cache.append(fill)
-                    seconds.setdefault(variant, []).append(median(times[1:]))
+                    seconds.setdefault(variant, []).append(fmean(times[1:]))
             ref = median(seconds["reference"])
             rows[f"{backbone} {method}"] = {
                 "backbone": backbone,
@@ -310,14 +311,17 @@ def loops(
 ) -> dict[str, Any]:
     """Per backbone and method: the reference loop's epoch seconds over cmkd's, for cmkd at its
     defaults (precision and layout as cmkd picks them for that network here) and at each of
-    `precisions` (ratios > 1: cmkd is faster), medians over interleaved repeats; on the machine
+    `precisions` (ratios > 1: cmkd is faster), per run the mean epoch after the first (at least
+    `epochs` epochs, `timed_epochs`), medians over interleaved repeats; on the machine
     as found, then with `busy` busy-looping processes added (default: one per core; 0: none)."""
     from cmkd.precision import resolve_precision
 
     auto = resolve_precision("auto", "cpu")
     busy = (os.cpu_count() or 1) if busy is None else busy
+    samples = len(_setup(backbones[0], seed, batch_size, "plain KD", "cmkd")[1].sets["train"].y)
+    epochs = timed_epochs(epochs, samples, batch_size, SHIPPED_SKA["every"], untimed=1)
     out: dict[str, Any] = {
-        "epochs": epochs, "repeats": repeats, "batch_size": batch_size,
+        "epochs": epochs, "repeats": repeats, "batch_size": batch_size, "epoch_statistic": "mean",
         "auto_precision": auto, "conditions": {},
     }  # fmt: skip
     for extra in (0, busy) if busy else (0,):

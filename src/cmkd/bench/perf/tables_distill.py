@@ -112,9 +112,9 @@ def loops_lines(lo: dict[str, Any]) -> list[str]:
         "so *reference / student alone at cmkd's defaults* is about the most any teacher-side "
         "saving could reach (cmkd's Trainer loop and this plain loop differ by some percent "
         "either way, within this machine's noise). "
-        f"{lo['epochs']} epochs x {lo['repeats']} interleaved repeats, per run the median "
-        "epoch after the first, then the median over repeats (in brackets the fastest and "
-        "slowest repeat: bf16 runs vary most here); *+N busy*: with N busy-looping "
+        f"{lo['epochs']} epochs x {lo['repeats']} interleaved repeats, per run the "
+        f"{_per_run(lo)} after the first, then the median over repeats (in brackets the "
+        "fastest and slowest repeat: bf16 runs vary most here); *+N busy*: with N busy-looping "
         "processes added. The cache fill is paid once per run, outside the epochs.",
         "",
         *table(header, rows),
@@ -122,12 +122,20 @@ def loops_lines(lo: dict[str, Any]) -> list[str]:
     ]
 
 
+def _per_run(measured: dict[str, Any]) -> str:
+    """How a run's epochs were summarised: the mean (SKA's every-k steps in their proportion)
+    or, in stores from before that, the median epoch."""
+    if measured.get("epoch_statistic") == "mean":
+        return "mean over the epochs"
+    return "median epoch"
+
+
 def overhead_lines(a: dict[str, Any]) -> list[str]:
     lines = [
         f"EuroSAT paired MS -> RGB, {a['train_samples']} training samples, batch "
         f"{a['batch_size']}, teacher {a['teacher']} (MS), student {a['student']} (RGB); "
-        f"{a['epochs']} epochs x {a['repeats']} interleaved repeats. Per run the median "
-        f"epoch after the first (warm-up), leaving out the DynM re-match epoch "
+        f"{a['epochs']} epochs x {a['repeats']} interleaved repeats. Per run the "
+        f"{_per_run(a)} after the first (warm-up), leaving out the DynM re-match epoch "
         f"({a['rematch_epoch']}); then the median over repeats. *Epoch* is wall time from "
         "epoch start to end (steps, data, validation, checkpoint); *steps* the time "
         "inside the training steps only. The teacher-cache fill happens once before "
@@ -284,7 +292,7 @@ def ska_lines(report: dict[str, Any]) -> list[str]:
             "",
             f"Through cmkd's trainer (`distill_student`, EuroSAT paired MS -> RGB, small_cnn, "
             f"batch 32, teacher cache; {e['epochs']} epochs x {e['repeats']} interleaved "
-            "repeats, per run the median epoch after the first): KD epoch "
+            f"repeats, per run the {_per_run(e)} after the first): KD epoch "
             f"{e['epoch_s']['kd']['cpu']:.3f} s CPU; load at the end {e['load']:.2f}.",
             "",
             *table(

@@ -5,6 +5,7 @@ Lightning. (Machine facts and peak memory: `cmkd.bench.machine`.)"""
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import subprocess
@@ -24,6 +25,16 @@ def load() -> float:
     """The 1-minute load average (other work on the machine), rounded; nan where the system
     has none."""
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else float("nan")
+
+
+def timed_epochs(epochs: int, samples: int, batch_size: int, every: int, untimed: int) -> int:
+    """At least `epochs`, and enough that the timed epochs (all but `untimed`: the warm-up, a
+    re-match) hold whole cycles of a cost paid on one training step in `every` (SemBridge's
+    SKA): then their mean counts that cost in its proportion, where a median epoch would hold
+    it 0 or 1 times. Assumes `samples` training samples in batches of `batch_size`."""
+    steps = math.ceil(samples / batch_size)
+    cycle = every // math.gcd(steps, every)  # epochs per whole number of cycles
+    return untimed + math.ceil(max(epochs - untimed, 1) / cycle) * cycle
 
 
 def spread(values: list[float]) -> dict[str, float]:
