@@ -12,8 +12,8 @@ from cmkd.bench.machine import machine, peak_memory
 from cmkd.bench.perf.loading import data_rates
 from cmkd.bench.perf.micro import _logits, coral_cost, dynm_speed, min_kl_authors, min_kl_loop
 from cmkd.bench.perf.overhead import summarise_overhead
-from cmkd.bench.perf.timing import timed_epochs
 from cmkd.bench.perf.page import render
+from cmkd.bench.perf.timing import timed_epochs
 from cmkd.pairing.dynamic import min_kl_match
 
 

@@ -134,3 +134,34 @@ def test_the_page_names_the_sections_a_store_lacks_and_runs_them_in_page_order()
     page = render(report)
     assert f"Sections not in this store: {', '.join(SECTIONS)}." in page
     assert page.count("| not measured |") == len(aims({}))
+
+
+def test_the_step_row_under_a_sembridge_aim_times_the_ska_that_sembridge_ran() -> None:
+    def arm(options: dict, ratio: float) -> dict:
+        return {"options": options, "ratio": {"cpu": _s(ratio)}}
+
+    every = {"dim": 256, "every": 10}
+    report = {
+        "overhead": {"student": "small_cnn", "sembridge": {"amortised_epoch_ratio_vs_kd": 1.08},
+                     "sembridge_ska": every,
+                     "methods": {"KD (teacher cache)": {"epoch_ratio": 1.0}}},
+        "overhead_large": {"student": "resnet18",  # a store from before sembridge_ska
+                           "sembridge": {"amortised_epoch_ratio_vs_kd": 1.02}},
+        "ska": {"steps": [
+            {"backbone": "small_cnn", "batch": 32, "precision": "32-true", "at_defaults": False,
+             "arms": {"grid": arm({"dim": 256}, 1.5), "grid, every 10": arm(every, 1.06)}},
+            {"backbone": "small_cnn", "batch": 32, "precision": "bf16-mixed", "at_defaults": True,
+             "arms": {"grid": arm({"dim": 256}, 1.9), "grid, every 10": arm(every, 1.12)}},
+            {"backbone": "resnet18", "batch": 32, "arms": {"grid": arm({"dim": 256}, 1.02)}},
+        ]},
+    }  # fmt: skip
+    rows = {row[1]: (row[2], row[3]) for row in aims(report) if row[1].startswith("(the training")}
+    # The small CNN's step at cmkd's defaults (as the epoch ran), not the fp32 one.
+    assert rows == {
+        "(the training step alone at bf16-mixed, CPU time: KD + SKA / KD, small_cnn, batch 32, "
+        "SKA dim 256, every 10)": ("x1.120", "> 1.10"),
+        "(the training step alone, CPU time: KD + SKA / KD, resnet18, batch 32, SKA dim 256)": (
+            "x1.020",
+            "<= 1.05",
+        ),
+    }

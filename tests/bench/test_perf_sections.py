@@ -55,7 +55,7 @@ def _toy_sections(folder: Path) -> dict[str, Any]:
             steps=2,
             epochs=2,
             epoch_repeats=1,
-            scenarios=(("small_cnn", 4, TINY_SKA),),
+            scenarios=(("small_cnn", 4, TINY_SKA, False), ("small_cnn", 4, TINY_SKA, True)),
             output_dir=str(folder / "ska"),
         ),  # fmt: skip
         "precision": lambda: {
@@ -155,6 +155,15 @@ def test_every_section_reports_what_its_page_section_shows(toy_store) -> None:
     assert s["overhead"]["sembridge"]["amortised_epoch_ratio_vs_kd"] > 0
     steps = s["ska"]["steps"][0]
     assert steps["feature_map"] == [128, 4, 4] and set(steps["arms"]) == set(TINY_SKA)
+    # The second scenario steps as cmkd's fit does here; SKA alone is timed in fp32 only.
+    fp32, defaults = s["ska"]["steps"]
+    assert (fp32["precision"], fp32["at_defaults"], defaults["at_defaults"]) == (
+        "32-true",
+        False,
+        True,
+    )
+    assert defaults["precision"].split(" ")[0] == resolve_precision("auto", "cpu")
+    assert len(s["ska"]["ska_alone"]) == 1
     assert set(s["ska"]["epoch"]["ratio"]) == {"grid", f"grid, every {SHIPPED_SKA['every']}"}
     pair = s["precision"]["pairs"]["small_cnn -> small_cnn"]
     assert pair["fp32"]["vs_fp32"]["median"] == 1.0 and "bf16 channels-last" in pair

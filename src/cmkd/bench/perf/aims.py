@@ -137,14 +137,22 @@ def _sembridge_vs_kd(report: dict[str, Any]) -> list[Row]:
         )
         ratio = None if sb is None else sb["amortised_epoch_ratio_vs_kd"]
         rows.append(_judged("#19", text, ratio, lambda x: f"x{num(x)}", lambda x, b=bound: x <= b))
-        for step in (report.get("ska") or {}).get("steps", []):
-            grid = step["arms"].get("grid")
-            if step["backbone"] == backbone and grid is not None:
-                r = grid["ratio"]["cpu"]["median"]
+        # The step ratio of the SKA options the SemBridge run above used (a store from before
+        # `sembridge_ska` ran the grid's, dim 256 on every step), at cmkd's defaults where the
+        # store has such steps, as the epoch above ran.
+        options = a.get("sembridge_ska", {"dim": 256})
+        label = ", ".join(f"{k} {v}" for k, v in options.items())
+        steps = [s for s in (report.get("ska") or {}).get("steps", []) if s["backbone"] == backbone]
+        steps = [s for s in steps if s.get("at_defaults")] or steps
+        for step in steps:
+            arm = next((v for v in step["arms"].values() if v.get("options") == options), None)
+            if arm is not None:
+                r = arm["ratio"]["cpu"]["median"]
+                at = f" at {step['precision']}" if "precision" in step else ""
                 rows.append([
                     "#19",
-                    f"(the training step alone, CPU time: KD + SKA / KD, {backbone}, "
-                    f"batch {step['batch']}, the grid's SKA)",
+                    f"(the training step alone{at}, CPU time: KD + SKA / KD, {backbone}, "
+                    f"batch {step['batch']}, SKA {label})",
                     f"x{r:.3f}",
                     f"{'<=' if r <= bound else '>'} {num(bound)}",
                 ])  # fmt: skip

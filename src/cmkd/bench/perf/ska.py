@@ -3,10 +3,12 @@ same step with SKA added, as ratios timed in one process.
 
 Every arm trains its own copy of one RGB student (same initial weights) with Adam on CE + KD
 (the SemBridge grid's weights: 0.3 CE + 0.4 KD at T = 3 without T^2); an SKA arm adds SKA at
-the paper's weight (0.3 x 0.01), its parameters in the optimiser. The teacher (the same
-backbone on 13-band MS) runs once: its outputs are fixed tensors, as cmkd's teacher cache gives
-them. Steps alternate between the arms (KD, KD + SKA, KD, ...) so all see the same machine
-load. Per repeat each arm's mean step over `steps` consecutive steps (a multiple of every SKA
+the paper's weight (0.3 x 0.01), its parameters in the optimiser. A scenario runs its steps in
+fp32, or at cmkd's defaults as its fit runs them here (bf16 autocast, channels-last and the
+fused Adam step where they apply), as the trainer's epochs run. The teacher (the same backbone
+on 13-band MS) runs once: its outputs are fixed tensors, as cmkd's teacher cache gives them.
+Steps alternate between the arms (KD, KD + SKA, KD, ...) so all see the same machine load. Per
+repeat each arm's mean step over `steps` consecutive steps (a multiple of every SKA
 `every`, so computed and skipped steps count in their proportion) and its ratio to KD's; over
 repeats the median ratio and its range. Each step is timed twice: wall clock, and the CPU time
 of the calling thread (`time.thread_time`; with one intra-op thread the whole step runs
@@ -43,12 +45,15 @@ EVERY = {**GRID, "every": SHIPPED_SKA["every"]}
 (the approximation checked for accuracy)."""
 EVERY_LABEL = f"grid, every {EVERY['every']}"
 
-SCENARIOS: tuple[tuple[str, int, dict[str, dict[str, Any]]], ...] = (
-    ("small_cnn", 32, {"grid": GRID, "default": {}, EVERY_LABEL: EVERY}),
-    ("small_cnn", 64, {"grid": GRID, "default": {}, EVERY_LABEL: EVERY}),
-    ("resnet18", 32, {"grid": GRID}),
+SCENARIOS: tuple[tuple[str, int, dict[str, dict[str, Any]], bool], ...] = (
+    ("small_cnn", 32, {"grid": GRID, "default": {}, EVERY_LABEL: EVERY}, False),
+    ("small_cnn", 64, {"grid": GRID, "default": {}, EVERY_LABEL: EVERY}, False),
+    ("small_cnn", 32, {"grid": GRID, EVERY_LABEL: EVERY}, True),
+    ("small_cnn", 64, {"grid": GRID, EVERY_LABEL: EVERY}, True),
+    ("resnet18", 32, {"grid": GRID}, True),
 )
-"""(backbone, batch, {label: SKA options}): the SKA arms timed against KD in one loop."""
+"""(backbone, batch, {label: SKA options}, at cmkd's defaults): the SKA arms timed against KD
+in one loop, each step in fp32 or as cmkd's fit runs it on this machine (`_stepper`)."""
 
 CE_WEIGHT, KD_WEIGHT, SKA_WEIGHT, TEMPERATURE = 0.3, 0.4, 0.3 * 0.01, 3.0
 
@@ -79,26 +84,42 @@ def _ska(student, teacher, options: dict[str, Any] | Callable, seed: int):
     return build_term("ska", student.network, teacher.network, **options)
 
 
-def _stepper(student, ska, cached, x, y) -> Callable[[], tuple[float, float]]:
-    """One training step: forward, CE + KD (+ SKA), backward, Adam; returns (wall s, CPU s)."""
+def _stepper(
+    student, ska, cached, x, y, at_defaults: bool = False
+) -> tuple[Callable[[], tuple[float, float]], str]:
+    """One training step: forward, CE + KD (+ SKA), backward, Adam; returns (wall s, CPU s).
+    In fp32 with torch's Adam loop, or `at_defaults` as cmkd's fit runs it here (precision,
+    layout, weight-gradient kernels and Adam step as `reference_loops.ready` readies a
+    network). Also returns what it runs at (`reference_loops.default_variant`'s words)."""
+    from cmkd.bench.perf.reference_loops import CHANNELS_LAST, FUSED, default_variant, ready
+
+    variant = default_variant(student) if at_defaults else "32-true"
+    precision = ready(student, variant) if at_defaults else variant
+    if CHANNELS_LAST in variant.split(" "):
+        x = x.contiguous(memory_format=torch.channels_last)
     params = list(student.parameters()) + ([] if ska is None else list(ska.parameters()))
-    optimiser = torch.optim.Adam(params, lr=1e-3)
+    fused = True if FUSED in variant.split(" ") else None
+    optimiser = torch.optim.Adam(params, lr=1e-3, fused=fused)
     soft_teacher = F.softmax(cached.logits / TEMPERATURE, dim=1)
+    bf16 = precision.startswith("bf16")
 
     def step() -> tuple[float, float]:
         wall, cpu = time.perf_counter(), time.thread_time()
-        out = student(x)
-        loss = CE_WEIGHT * F.cross_entropy(out.logits, y) + KD_WEIGHT * F.kl_div(
-            F.log_softmax(out.logits / TEMPERATURE, dim=1), soft_teacher, reduction="batchmean"
-        )
-        if ska is not None:
-            loss = loss + SKA_WEIGHT * sum(ska(out, cached, {}).values())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = student(x)
+            loss = CE_WEIGHT * F.cross_entropy(out.logits, y) + KD_WEIGHT * F.kl_div(
+                F.log_softmax(out.logits / TEMPERATURE, dim=1),
+                soft_teacher,
+                reduction="batchmean",
+            )
+            if ska is not None:
+                loss = loss + SKA_WEIGHT * sum(ska(out, cached, {}).values())
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         return time.perf_counter() - wall, time.thread_time() - cpu
 
-    return step
+    return step, variant
 
 
 def step_overhead(
@@ -108,15 +129,18 @@ def step_overhead(
     repeats: int = 15,
     steps: int = 12,
     seed: int = 0,
+    at_defaults: bool = False,
 ) -> dict[str, Any]:
     """Each SKA arm's step / the KD step (see the module docstring). arms: {label: SKA
-    options, or a callable (student, teacher) -> term}, default the grid's setting."""
+    options, or a callable (student, teacher) -> term}, default the grid's setting;
+    `at_defaults`: every step as cmkd's fit runs it here, else fp32 (`_stepper`)."""
     arms = arms if arms is not None else {"grid": GRID}
     student, teacher, cached, x, y = _networks(backbone, batch, seed)
-    steppers = {"kd": _stepper(copy.deepcopy(student), None, cached, x, y)}
+    steppers = {}
+    steppers["kd"], variant = _stepper(copy.deepcopy(student), None, cached, x, y, at_defaults)
     for label, options in arms.items():
         ska = _ska(student, teacher, options, seed)
-        steppers[label] = _stepper(copy.deepcopy(student), ska, cached, x, y)
+        steppers[label], _ = _stepper(copy.deepcopy(student), ska, cached, x, y, at_defaults)
     for step in steppers.values():  # warm-up, untimed (a multiple of every `every`)
         for _ in range(steps):
             step()
@@ -135,6 +159,8 @@ def step_overhead(
     out: dict[str, Any] = {
         "backbone": backbone,
         "batch": batch,
+        "precision": variant,
+        "at_defaults": at_defaults,
         "feature_map": list(cached.feature_map.shape[1:]),
         "repeats": repeats,
         "steps": steps,
@@ -245,7 +271,7 @@ def compile_cost(backbone: str = "small_cnn", batch: int = 32) -> dict[str, Any]
 
     student, teacher, cached, x, y = _networks(backbone, batch, 0)
     ska = torch.compile(_ska(student, teacher, GRID, 0))
-    first = _stepper(copy.deepcopy(student), ska, cached, x, y)()[0]
+    first = _stepper(copy.deepcopy(student), ska, cached, x, y)[0]()[0]
 
     def compiled(s, t):
         return torch.compile(build_term("ska", s, t, **GRID))
@@ -327,7 +353,7 @@ def measure(
     epochs: int = 8,
     epoch_repeats: int = 5,
     compile_too: bool = False,
-    scenarios: tuple[tuple[str, int, dict[str, dict[str, Any]]], ...] = SCENARIOS,
+    scenarios: tuple[tuple[str, int, dict[str, dict[str, Any]], bool], ...] = SCENARIOS,
     output_dir: str = "runs/bench/perf-ska",
 ) -> dict[str, Any]:
     """Every scenario's step ratios, SKA alone, FLOPs, the attention's product floor; the
@@ -336,13 +362,22 @@ def measure(
     throughout (the CPU clock is the calling thread's), the caller's count restored after."""
     from cmkd.threads import training_threads
 
-    exact = [(b, n, o) for b, n, arms in scenarios for o in arms.values() if "every" not in o]
+    exact = [
+        (b, n, o)
+        for b, n, arms, at_defaults in scenarios
+        if not at_defaults
+        for o in arms.values()
+        if "every" not in o
+    ]
     with training_threads(1) as threads:
         report: dict[str, Any] = {
             "torch": torch.__version__,
             "threads": threads,
             "cpus": os.cpu_count(),
-            "steps": [step_overhead(b, n, arms, repeats, steps) for b, n, arms in scenarios],
+            "steps": [
+                step_overhead(b, n, arms, repeats, steps, at_defaults=d)
+                for b, n, arms, d in scenarios
+            ],
             "ska_alone": [ska_alone(b, n, o) for b, n, o in exact],
             "flops": [flop_share(b, n, o) for b, n, o in exact],
             "attention_products": [

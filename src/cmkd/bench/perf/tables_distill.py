@@ -196,14 +196,29 @@ def _x3(r: dict[str, float], bold: bool = False) -> str:
     return f"{f'**{median}**' if bold else median} ({r['min']:.3f}-{r['max']:.3f})"
 
 
+def _step_precision(report: dict[str, Any]) -> str:
+    """What the step table's rows ran at, where the store says (since 2026-12-02)."""
+    if not any("precision" in r for r in report["steps"]):
+        return ""
+    return (
+        ", in fp32 with torch's Adam loop or at cmkd's defaults (precision, layout, "
+        "weight-gradient kernels and fused Adam as its fit picks them here): the backbone "
+        "column says which; SKA alone is timed in fp32"
+    )
+
+
 def ska_lines(report: dict[str, Any]) -> list[str]:
     alone = {(r["backbone"], r["batch"], _options(r["options"])): r for r in report["ska_alone"]}
     rows = []
     for r in report["steps"]:
+        # Stores from before 2026-12-02 timed fp32 steps only and do not say so.
+        at = f" ({r['precision']})" if "precision" in r else ""
         for label, arm in r["arms"].items():
             key = (r["backbone"], r["batch"], _options(arm["options"]))
+            if r.get("at_defaults"):  # SKA alone is timed in fp32
+                key = None
             rows.append(
-                [r["backbone"], r["batch"], " x ".join(map(str, r["feature_map"])),
+                [r["backbone"] + at, r["batch"], " x ".join(map(str, r["feature_map"])),
                  f"{label}: {_options(arm['options'])}",
                  f"{r['kd_step_ms']['cpu']:.1f} / {r['kd_step_ms']['wall']:.1f}",
                  f"{arm['step_ms']['cpu']:.1f} / {arm['step_ms']['wall']:.1f}",
@@ -214,7 +229,8 @@ def ska_lines(report: dict[str, Any]) -> list[str]:
     lines = [
         f"torch {report['torch']}, {report['threads']} intra-op thread(s) on {report['cpus']} "
         "CPUs. A training step (forward, 0.3 CE + 0.4 KD at T = 3, + 0.003 SKA, backward, Adam) "
-        "of an RGB student; the teacher (same backbone, 13-band MS) run once, its outputs fixed "
+        f"of an RGB student{_step_precision(report)}; the teacher (same backbone, 13-band MS) "
+        "run once, its outputs fixed "
         "as the teacher cache gives them; 64 x 64 inputs. Steps alternate between the arms; "
         "per repeat each arm's mean step and its ratio to KD's, then the median over repeats "
         "and the range. *CPU*: the stepping thread's CPU time, *wall*: the clock. "
