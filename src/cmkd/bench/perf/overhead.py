@@ -65,9 +65,9 @@ def distill_overhead(
     the mean over the epochs after the first (warm-up) other than the re-match epoch, so that
     a cost paid on one step in k (SKA's `every`) counts in its proportion (a median epoch
     would hold 0 or 1 such step; `epochs` grows to whole cycles of it: `timed_epochs`); then
-    the median over repeats, against the noise. Reports
-    both whole epochs (steps, data, validation, checkpoint) and the training steps alone, and
-    the teacher-cache fill and the DynM re-match as seconds of their own.
+    the median over repeats, against the noise. Reports both whole epochs (steps, data,
+    validation, checkpoint) and the training steps alone, and the teacher-cache fill and the
+    DynM re-match as seconds of their own.
     """
     from cmkd.data.datamodule import prepare_data
     from cmkd.recipes import distill_student, train_classifier
